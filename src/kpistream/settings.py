@@ -1,0 +1,225 @@
+"""The one settings object: every tunable of kpistream, read once from ``KPISTREAM_*``.
+
+No other module reads the environment. Durations accept ``250ms``, ``10s``, ``5m``, ``1h``,
+``1d`` or a bare number of seconds, and are exposed in epoch milliseconds (``*_ms``) because
+all event-time arithmetic in the pipeline is integer milliseconds.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ClockMode = Literal["live", "event"]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, None: 1000}
+
+
+def parse_duration_ms(text: str | int | float) -> int:
+    """``"5m"`` -> 300000. A bare number is seconds."""
+    if isinstance(text, (int, float)):
+        return int(round(float(text) * 1000))
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 250ms, 10s, 5m, 1h, 1d)")
+    return int(round(float(match.group(1)) * _UNIT_MS[match.group(2)]))
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSpec:
+    """A rolling window ``SIZE/STEP``; ``name`` is its SIZE as written (``5m``)."""
+
+    name: str
+    size_ms: int
+    step_ms: int
+
+    @classmethod
+    def parse(cls, text: str) -> WindowSpec:
+        size, sep, step = text.partition("/")
+        if not sep:
+            raise ValueError(f"window {text!r} must be SIZE/STEP, e.g. 5m/10s")
+        size_ms, step_ms = parse_duration_ms(size), parse_duration_ms(step)
+        if step_ms <= 0 or size_ms <= 0 or size_ms % step_ms:
+            raise ValueError(f"window {text!r}: SIZE must be a positive multiple of STEP")
+        return cls(size.strip(), size_ms, step_ms)
+
+    @property
+    def buckets(self) -> int:
+        return self.size_ms // self.step_ms
+
+
+DEFAULT_RATES = {
+    "EUR": 1.0,
+    "USD": 0.92,
+    "GBP": 1.17,
+    "CHF": 1.04,
+    "SEK": 0.087,
+    "NOK": 0.085,
+    "DKK": 0.134,
+    "PLN": 0.23,
+    "JPY": 0.0061,
+    "CAD": 0.67,
+    "AUD": 0.60,
+}
+
+
+class Settings(BaseSettings):
+    """Effective configuration. Every field is ``KPISTREAM_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="KPISTREAM_", frozen=True, extra="ignore")
+
+    # --- connections -------------------------------------------------------------------
+    app_id: str = Field("kpistream", description="Faust app id: consumer group and table prefix.")
+    kafka_bootstrap: str = Field("localhost:9092", description="Kafka bootstrap servers.")
+    redis_url: SecretStr = Field(
+        SecretStr("redis://localhost:6379/0"), description="Redis URL (may hold a password)."
+    )
+    web_host: str = Field("0.0.0.0", description="Bind address of the worker's web server.")
+    web_port: int = Field(6066, description="Worker web port: /metrics and health.")
+    data_dir: str = Field(".local/worker-data", description="Faust data directory.")
+    log_level: str = Field("info", description="Worker log level.")
+
+    # --- topics ------------------------------------------------------------------------
+    topic_orders: str = Field("orders", description="Input topic of orders.")
+    topic_ad_spend: str = Field("ad-spend", description="Input topic of ad spend.")
+    topic_surveys: str = Field("survey-responses", description="Input topic of survey responses.")
+    topic_dlq: str = Field("kpistream-dlq", description="Dead-letter topic.")
+    topic_kpi_updates: str = Field("kpi-updates", description="Compacted KPI row topic.")
+    topic_alerts: str = Field("kpi-alerts", description="Alert topic.")
+    topic_events: str = Field(
+        "kpistream-events", description="Internal: validated events keyed by their id."
+    )
+    topic_rollup: str = Field(
+        "kpistream-rollup", description="Internal: bucket values keyed by row."
+    )
+    partitions: int = Field(6, ge=1, description="Partitions of every topic kpistream creates.")
+    replication: int = Field(1, ge=1, description="Replication factor of created topics.")
+
+    # --- windows and time --------------------------------------------------------------
+    windows: tuple[str, ...] = Field(
+        ("5m/10s", "1h/1m", "24h/15m"), description="Rolling windows as SIZE/STEP."
+    )
+    clock: ClockMode = Field("live", description="live: wall clock drives windows; event: only ts.")
+    idle_lag: str = Field("30s", description="Live mode: stream time >= wall clock - idle_lag.")
+    grace: str = Field("5m", description="Lateness allowed beyond the largest window.")
+    max_future: str = Field("5m", description="Reject ts later than wall clock + max_future.")
+
+    # --- input limits ------------------------------------------------------------------
+    max_value_bytes: int = Field(65536, ge=1, description="Larger input values are too_large.")
+    reporting_currency: str = Field("EUR", description="Currency of every published amount.")
+    currency_rates: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_RATES),
+        description="Units of reporting currency per unit of each accepted currency (JSON).",
+    )
+
+    # --- publishing --------------------------------------------------------------------
+    publish_interval: str = Field("1s", description="A row is published at most this often.")
+    redis_prefix: str = Field("kpi", description="Prefix of every Redis key and the index sets.")
+    redis_channel: str = Field("kpi-updates", description="Redis Pub/Sub channel of row updates.")
+    prometheus_max_groups: int = Field(200, ge=0, description="KPI label groups per dimension.")
+    sink_timeout: str = Field("2s", description="Longest a sink write may block the publisher.")
+
+    # --- engine ------------------------------------------------------------------------
+    batch_size: int = Field(1000, ge=1, description="Events aggregated per table write batch.")
+    batch_within: str = Field("200ms", description="Longest wait to fill a batch.")
+    log_interval: str = Field("10s", description="Rate limit of repeated hot-path log lines.")
+
+    @field_validator("windows", mode="before")
+    @classmethod
+    def _split_windows(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("windows")
+    @classmethod
+    def _check_windows(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        specs = [WindowSpec.parse(text) for text in value]
+        if not specs:
+            raise ValueError("at least one window is required")
+        if len({spec.name for spec in specs}) != len(specs):
+            raise ValueError("window names (their SIZE) must be unique")
+        return value
+
+    @field_validator("idle_lag", "grace", "max_future", "publish_interval", "sink_timeout",
+                     "batch_within", "log_interval")
+    @classmethod
+    def _check_duration(cls, value: str) -> str:
+        parse_duration_ms(value)
+        return value
+
+    @field_validator("currency_rates")
+    @classmethod
+    def _check_rates(cls, value: dict[str, float]) -> dict[str, float]:
+        for code, rate in value.items():
+            if not re.fullmatch(r"[A-Z]{3}", code) or not rate > 0:
+                raise ValueError(f"currency rate {code}={rate}: need ISO code and rate > 0")
+        return value
+
+    # --- derived (milliseconds) ----------------------------------------------------------
+    @cached_property
+    def window_specs(self) -> tuple[WindowSpec, ...]:
+        return tuple(WindowSpec.parse(text) for text in self.windows)
+
+    @property
+    def idle_lag_ms(self) -> int:
+        return parse_duration_ms(self.idle_lag)
+
+    @property
+    def grace_ms(self) -> int:
+        return parse_duration_ms(self.grace)
+
+    @property
+    def max_future_ms(self) -> int:
+        return parse_duration_ms(self.max_future)
+
+    @property
+    def publish_interval_ms(self) -> int:
+        return parse_duration_ms(self.publish_interval)
+
+    @property
+    def sink_timeout_s(self) -> float:
+        return parse_duration_ms(self.sink_timeout) / 1000
+
+    @property
+    def batch_within_s(self) -> float:
+        return parse_duration_ms(self.batch_within) / 1000
+
+    @property
+    def log_interval_s(self) -> float:
+        return parse_duration_ms(self.log_interval) / 1000
+
+    @property
+    def retention_ms(self) -> int:
+        """How far behind stream time an event may be: largest window SIZE + grace."""
+        return max(spec.size_ms for spec in self.window_specs) + self.grace_ms
+
+    @property
+    def input_topics(self) -> dict[str, str]:
+        """Input topic name -> event kind."""
+        return {
+            self.topic_orders: "order",
+            self.topic_ad_spend: "spend",
+            self.topic_surveys: "survey",
+        }
+
+    def masked(self) -> dict[str, Any]:
+        """The effective configuration for printing, secrets masked."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = _mask_url(value.get_secret_value())
+            out[name] = value
+        return out
+
+
+def _mask_url(url: str) -> str:
+    """Hide a password in ``scheme://user:password@host`` but keep the rest readable."""
+    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
