@@ -1,0 +1,3 @@
+from kpistream.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,48 @@
+"""Topic creation: inputs, internal topics and outputs with the configured partition count,
+``kpi-updates`` compacted (SPEC.md §5). Idempotent; existing topics are left as they are."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError
+
+from kpistream.exceptions import KpistreamError
+from kpistream.settings import Settings
+
+logger = logging.getLogger(__name__)
+CONNECT_ATTEMPTS = 30
+
+
+def topic_specs(settings: Settings) -> list[NewTopic]:
+    plain = [settings.topic_orders, settings.topic_ad_spend, settings.topic_surveys,
+             settings.topic_events, settings.topic_rollup, settings.topic_dlq,
+             settings.topic_alerts]
+    specs = [NewTopic(name, settings.partitions, settings.replication) for name in plain]
+    specs.append(NewTopic(settings.topic_kpi_updates, settings.partitions, settings.replication,
+                          topic_configs={"cleanup.policy": "compact"}))
+    return specs
+
+
+async def ensure_topics(settings: Settings) -> list[str]:
+    """Create missing topics; returns the names created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    for attempt in range(CONNECT_ATTEMPTS):
+        try:
+            await admin.start()
+            break
+        except KafkaConnectionError as exc:
+            if attempt == CONNECT_ATTEMPTS - 1:
+                raise KpistreamError(
+                    f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
+            await asyncio.sleep(1)
+    try:
+        existing = set(await admin.list_topics())
+        missing = [spec for spec in topic_specs(settings) if spec.name not in existing]
+        if missing:
+            await admin.create_topics(missing)
+        return [spec.name for spec in missing]
+    finally:
+        await admin.close()

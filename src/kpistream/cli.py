@@ -1,0 +1,80 @@
+"""Command line: ``kpistream settings|topics|worker|generate|replay|top``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from kpistream.settings import Settings
+
+
+def _settings_cmd(settings: Settings, args: argparse.Namespace) -> int:
+    print(json.dumps(settings.masked(), indent=2, default=str))
+    return 0
+
+
+def _topics_cmd(settings: Settings, args: argparse.Namespace) -> int:
+    from kpistream.admin import ensure_topics
+
+    created = asyncio.run(ensure_topics(settings))
+    print(f"created: {', '.join(created) or 'nothing (all topics exist)'}")
+    return 0
+
+
+def _worker_cmd(settings: Settings, args: argparse.Namespace) -> int:
+    import faust
+
+    from kpistream.admin import ensure_topics
+    from kpistream.app import create_app
+
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(ensure_topics(settings))
+    app = create_app(settings)
+    worker = faust.Worker(app, loglevel=settings.log_level)
+    worker.execute_from_commandline()
+    return 0
+
+
+def _generate_cmd(settings: Settings, args: argparse.Namespace) -> int:
+    from kpistream.generator.cli import run_generate
+
+    return run_generate(settings, args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kpistream", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("settings", help="print the effective configuration (secrets masked)")
+    topics = sub.add_parser("topics", help="manage topics")
+    topics.add_argument("action", choices=["create"])
+    sub.add_parser("worker", help="run a worker (several form one consumer group)")
+    gen = sub.add_parser("generate", help="produce synthetic orders, spend and surveys")
+    from kpistream.generator.cli import add_generate_arguments
+
+    add_generate_arguments(gen)
+    return parser
+
+
+COMMANDS = {"settings": _settings_cmd, "topics": _topics_cmd, "worker": _worker_cmd,
+            "generate": _generate_cmd}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings()
+    except Exception as exc:  # pydantic's ValidationError names every bad variable
+        print(f"kpistream: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    if args.command == "worker":
+        sys.argv = [sys.argv[0]]  # faust's Worker parses argv itself
+    return COMMANDS[args.command](settings, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,49 @@
+"""Produce generated or recorded input records to the input topics."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from kpistream.generator.traffic import Record
+from kpistream.settings import Settings
+
+
+def topic_of(settings: Settings, kind: str) -> str:
+    return {"order": settings.topic_orders, "spend": settings.topic_ad_spend,
+            "survey": settings.topic_surveys}[kind]
+
+
+async def produce(settings: Settings, records: Iterable[Record], *,
+                  rate: float | None = None, keyed: bool = True,
+                  on_sent: Callable[[int], None] | None = None) -> int:
+    """Send records (keyed by their id unless ``keyed`` is False); ``rate`` in records/s
+    paces the stream (None: as fast as possible). Returns how many were sent."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=20,
+                                max_batch_size=256 * 1024, acks="all")
+    await producer.start()
+    sent = 0
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        for record in records:
+            key = None
+            if keyed:
+                ident = next((str(v) for k, v in record.value.items() if k.endswith("_id")), None)
+                key = ident.encode() if ident else None
+            await producer.send(topic_of(settings, record.kind), orjson.dumps(record.value),
+                                key=key)
+            sent += 1
+            if on_sent is not None:
+                on_sent(sent)
+            if rate:
+                ahead = sent / rate - (loop.time() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return sent

@@ -1,0 +1,126 @@
+"""Pure: which rows to publish now, and what a published row looks like (SPEC.md §5).
+
+A row is published when its window moved, its buckets changed, or at least once per STEP
+while non-empty; the caller ticks once per ``publish_interval``, so a row is published at
+most that often. An empty window publishes a deletion once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from kpistream.kpi.formulas import KPI_FIELDS, WindowSums, compute_kpis
+from kpistream.settings import Settings
+from kpistream.state.aggregate import NO_TIME
+from kpistream.state.buckets import SPENDLESS_DIMENSIONS, RowId
+from kpistream.state.rollup import RollupState
+
+SCHEMA_VERSION = 1
+RowMessage = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RowChange:
+    """One row to write: ``message`` is None for a deletion. ``group_live`` tells whether the
+    group still has a row in some window (it stays in the dimension's index set)."""
+
+    window: str
+    dimension: str
+    group: str
+    message: RowMessage | None
+    group_live: bool
+
+
+@dataclass(slots=True)
+class _Published:
+    window_end: int
+    message: RowMessage | None
+    at: int
+
+
+def build_message(window: str, dimension: str, group: str, start: int, end: int,
+                  sums: WindowSums, now_ms: int, currency: str) -> RowMessage:
+    """The Kafka/PubSub form: undefined KPIs are ``None`` (JSON null)."""
+    kpis = compute_kpis(sums, with_spend=dimension not in SPENDLESS_DIMENSIONS)
+    return {"window": window, "dimension": dimension, "group": group,
+            "window_start": start, "window_end": end, "updated_at": now_ms,
+            "currency": currency, **{name: kpis.get(name) for name in KPI_FIELDS},
+            "schema_version": SCHEMA_VERSION}
+
+
+def decimal_text(value: int | float) -> str:
+    """A decimal string without exponent (``1e-05`` -> ``0.00001``)."""
+    if isinstance(value, int):
+        return str(value)
+    return format(Decimal(repr(value)), "f")
+
+
+def hash_fields(message: RowMessage) -> dict[str, str]:
+    """The Redis hash form: strings, undefined KPIs absent, no schema_version."""
+    return {name: value if isinstance(value, str) else decimal_text(value)
+            for name, value in message.items()
+            if value is not None and name != "schema_version"}
+
+
+def _same_values(a: RowMessage | None, b: RowMessage | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return all(a[k] == b[k] for k in a if k != "updated_at")
+
+
+class RowPublisher:
+    """Decides, per tick, the row changes of the partitions this worker owns."""
+
+    def __init__(self, settings: Settings, state: RollupState) -> None:
+        self.state = state
+        self.currency = settings.reporting_currency
+        self.published: dict[int, dict[tuple[RowId, str], _Published]] = {}
+
+    def forget(self, partitions: set[int]) -> None:
+        for q in partitions:
+            self.published.pop(q, None)
+
+    def current_rows(self, partitions: set[int]) -> list[RowMessage]:
+        """Rows published last by the partitions given (for the Prometheus collector)."""
+        return [p.message for q in partitions for p in self.published.get(q, {}).values()
+                if p.message is not None]
+
+    def tick(self, partitions: set[int], now_ms: int) -> list[RowChange]:
+        changes: list[RowChange] = []
+        for q in sorted(partitions):
+            t = self.state.stream_time(q, now_ms)
+            if t == NO_TIME:
+                continue
+            published = self.published.setdefault(q, {})
+            dirty = self.state.dirty.get(q, set())
+            rows = self.state.cache.get(q, {})
+            for row, windows in list(rows.items()):
+                row_changes: list[tuple[str, RowMessage | None]] = []
+                for name, buckets in windows.items():
+                    spec = self.state.specs[name]
+                    start, end = self.state.window_of(spec, t)
+                    last = published.get((row, name))
+                    if (last is not None and (row, name) not in dirty
+                            and last.window_end == end and now_ms - last.at < spec.step_ms):
+                        continue
+                    sums = WindowSums.from_tuple(buckets.window_sums(start, end))
+                    message = None if sums.is_empty() else build_message(
+                        name, row[0], row[1], start, end, sums, now_ms, self.currency)
+                    if (last is not None and _same_values(last.message, message)
+                            and (message is None or now_ms - last.at < spec.step_ms)):
+                        last.window_end = end
+                        continue
+                    published[(row, name)] = _Published(end, message, now_ms)
+                    row_changes.append((name, message))
+                live = any((held := published.get((row, w))) is not None
+                           and held.message is not None for w in windows)
+                changes.extend(RowChange(name, row[0], row[1], message, live)
+                               for name, message in row_changes)
+                if all(not b.totals for b in windows.values()):
+                    del rows[row]  # every bucket expired: the row is gone for good
+                    for name in windows:
+                        published.pop((row, name), None)
+            dirty.clear()
+        return changes

@@ -1,0 +1,70 @@
+"""KPI gauges on ``/metrics``, built from the rows this worker owns on every scrape.
+
+A custom collector (client_python docs, "Custom Collectors") rather than long-lived gauges:
+a row that moves to another worker, or a KPI that becomes undefined, simply has no sample on
+the next scrape, so ``sum()`` across workers never double counts and there is never a NaN.
+Label cardinality is capped per dimension; the rows left out stay in Redis and Kafka and are
+counted in ``kpistream_prometheus_rows_dropped``. Within the cap, groups are kept by name
+order so the exported set is stable from scrape to scrape.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from kpistream.kpi.rows import RowMessage
+from kpistream.observability.metrics import Metrics
+
+KPI_GAUGES: dict[str, str] = {
+    "orders": "Placed minus cancelled orders in the window.",
+    "revenue": "Revenue of the window's orders, reporting currency.",
+    "spend": "Ad spend in the window, reporting currency.",
+    "cpo": "Cost per order: spend / orders.",
+    "roas": "Return on ad spend: revenue / spend.",
+    "aov": "Average order value: revenue / orders.",
+    "nps": "Net promoter score, -100..100.",
+    "nps_moe": "95% margin of error of NPS, in NPS points.",
+    "nps_responses": "NPS responses in the window.",
+    "ces": "Mean customer effort score, 1..7.",
+    "ces_easy_pct": "Share of CES responses scoring 5-7, percent.",
+    "ces_responses": "CES responses in the window.",
+    "csat": "Share of CSAT responses scoring 4-5, percent.",
+    "csat_responses": "CSAT responses in the window.",
+}
+LABELS = ["window", "dimension", "group"]
+
+
+class KpiCollector(Collector):
+    def __init__(self, rows: Callable[[], list[RowMessage]], max_groups: int,
+                 metrics: Metrics) -> None:
+        self.rows = rows
+        self.max_groups = max_groups
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        families = {name: GaugeMetricFamily(f"kpistream_{name}", help_text, labels=LABELS)
+                    for name, help_text in KPI_GAUGES.items()}
+        for row in self._capped(self.rows()):
+            labels = [row["window"], row["dimension"], row["group"]]
+            for name, family in families.items():
+                value = row.get(name)
+                if value is not None:
+                    family.add_metric(labels, float(value))
+        yield from families.values()
+
+    def _capped(self, rows: list[RowMessage]) -> list[RowMessage]:
+        groups: dict[str, set[str]] = defaultdict(set)
+        for row in rows:
+            groups[row["dimension"]].add(row["group"])
+        kept = {dimension: set(sorted(names)[:self.max_groups])
+                for dimension, names in groups.items()}
+        out = [row for row in rows if row["group"] in kept[row["dimension"]]]
+        for dimension in ("all", "channel", "campaign", "segment"):
+            dropped = sum(1 for row in rows if row["dimension"] == dimension
+                          and row["group"] not in kept.get(dimension, set()))
+            self.metrics.rows_dropped.labels(dimension).set(dropped)
+        return out

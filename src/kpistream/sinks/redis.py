@@ -1,0 +1,98 @@
+"""Redis sink: KPI row hashes, index sets and the Pub/Sub channel (SPEC.md §5).
+
+Each tick's changes go out in one MULTI/EXEC pipeline, so every hash is replaced atomically
+(DEL + HSET: a KPI that became undefined disappears). Writes that fail are kept, coalesced
+per row (only the latest change of a row matters), and retried with exponential backoff; a
+write never blocks the publisher longer than ``sink_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from kpistream.kpi.rows import RowChange, hash_fields
+from kpistream.observability.logs import RateLimitedLog
+from kpistream.observability.metrics import Metrics
+from kpistream.settings import Settings
+
+logger = logging.getLogger(__name__)
+BACKOFF_INITIAL_S = 0.5
+BACKOFF_MAX_S = 5.0
+CHUNK = 500
+
+
+def row_key(prefix: str, window: str, dimension: str, group: str) -> str:
+    return f"{prefix}:{window}:{dimension}:{group}"
+
+
+def index_key(prefix: str, dimension: str) -> str:
+    return f"{prefix}:index:{dimension}"
+
+
+class RedisRowSink:
+    name = "redis"
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        timeout = settings.sink_timeout_s
+        self.client = aioredis.Redis.from_url(
+            settings.redis_url.get_secret_value(), socket_timeout=timeout,
+            socket_connect_timeout=timeout)
+        self.prefix = settings.redis_prefix
+        self.channel = settings.redis_channel
+        self.timeout = timeout
+        self.metrics = metrics
+        self.pending: dict[tuple[str, str, str], RowChange] = {}
+        self.retry_at = 0.0
+        self.backoff = BACKOFF_INITIAL_S
+        self.log = RateLimitedLog(logger, settings.log_interval_s)
+
+    async def write(self, changes: list[RowChange]) -> bool:
+        """Queue changes and try to write everything pending; False while Redis fails."""
+        for change in changes:
+            self.pending[(change.window, change.dimension, change.group)] = change
+        if not self.pending or time.monotonic() < self.retry_at:
+            return not self.pending
+        batch = dict(self.pending)
+        try:
+            items = list(batch.values())
+            for i in range(0, len(items), CHUNK):
+                await asyncio.wait_for(self._send(items[i:i + CHUNK]), self.timeout)
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            self.metrics.sink_errors.labels(self.name).inc()
+            self.retry_at = time.monotonic() + self.backoff
+            self.log.warning("redis_write_failed", error=str(exc) or type(exc).__name__,
+                             pending=len(self.pending), retry_in_s=self.backoff)
+            self.backoff = min(self.backoff * 2, BACKOFF_MAX_S)
+            return False
+        for key, change in batch.items():
+            if self.pending.get(key) is change:
+                del self.pending[key]
+        self.backoff = BACKOFF_INITIAL_S
+        return True
+
+    async def _send(self, changes: list[RowChange]) -> None:
+        async with self.client.pipeline(transaction=True) as pipe:
+            for change in changes:
+                key = row_key(self.prefix, change.window, change.dimension, change.group)
+                index = index_key(self.prefix, change.dimension)
+                pipe.delete(key)
+                if change.message is not None:
+                    pipe.hset(key, mapping=hash_fields(change.message))  # type: ignore[arg-type]
+                if change.group_live:
+                    pipe.sadd(index, change.group)
+                else:
+                    pipe.srem(index, change.group)
+                payload = orjson.dumps(change.message if change.message is not None else {
+                    "window": change.window, "dimension": change.dimension,
+                    "group": change.group, "deleted": True, "schema_version": 1})
+                pipe.publish(self.channel, payload)
+            await pipe.execute()
+
+    async def close(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,48 @@
+"""The key-value interface the pure stages write through, and its in-memory fake.
+
+The Faust adapter (:mod:`kpistream.state.tables`) backs it with a changelog-backed table and
+an explicit changelog partition, so state can be written from timers as well as agents.
+Keys are strings whose first field is the partition; ``SEP`` separates fields and group names
+are parsed from both ends, so a group may contain anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+SEP = "\x1f"
+
+
+class Store(Protocol):
+    def get(self, key: str) -> Any: ...
+
+    def put(self, partition: int, key: str, value: list[Any]) -> None: ...
+
+    def delete(self, partition: int, key: str) -> None: ...
+
+    def keys_of(self, partition: int) -> Iterator[str]: ...
+
+
+class DictStore:
+    """In-memory :class:`Store` for unit and property tests; ``writes`` counts changelog
+    records so tests can drop some of them to simulate a crash."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+        self.writes = 0
+
+    def get(self, key: str) -> Any:
+        return self.data.get(key)
+
+    def put(self, partition: int, key: str, value: list[Any]) -> None:
+        self.writes += 1
+        self.data[key] = value
+
+    def delete(self, partition: int, key: str) -> None:
+        self.writes += 1
+        self.data.pop(key, None)
+
+    def keys_of(self, partition: int) -> Iterator[str]:
+        prefix = f"{partition}{SEP}"
+        return iter([key for key in self.data if key.startswith(prefix)])

@@ -1,0 +1,178 @@
+"""Run real workers against the real local stack, and compare what lands in Redis with the
+reference. Each test gets its own topics, consumer group and Redis prefix."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+
+from kpistream import reference
+from kpistream.contracts.records import Event
+from kpistream.generator.producer import produce
+from kpistream.generator.traffic import Record
+from kpistream.ingest.validate import Validator
+from kpistream.kpi.formulas import KPI_FIELDS
+from kpistream.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+LOG_DIR = ROOT / ".local" / "test-logs"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Deployment:
+    """One isolated kpistream deployment: its environment and its workers."""
+
+    name: str
+    bootstrap: str
+    redis_url: str
+    extra: dict[str, str] = field(default_factory=dict)
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {
+            "KPISTREAM_APP_ID": f"kpistream-{self.name}",
+            "KPISTREAM_KAFKA_BOOTSTRAP": self.bootstrap,
+            "KPISTREAM_REDIS_URL": self.redis_url,
+            "KPISTREAM_TOPIC_ORDERS": f"orders-{self.name}",
+            "KPISTREAM_TOPIC_AD_SPEND": f"ad-spend-{self.name}",
+            "KPISTREAM_TOPIC_SURVEYS": f"survey-responses-{self.name}",
+            "KPISTREAM_TOPIC_DLQ": f"kpistream-dlq-{self.name}",
+            "KPISTREAM_TOPIC_KPI_UPDATES": f"kpi-updates-{self.name}",
+            "KPISTREAM_TOPIC_ALERTS": f"kpi-alerts-{self.name}",
+            "KPISTREAM_TOPIC_EVENTS": f"kpistream-events-{self.name}",
+            "KPISTREAM_TOPIC_ROLLUP": f"kpistream-rollup-{self.name}",
+            "KPISTREAM_REDIS_PREFIX": f"kpi-{self.name}",
+            "KPISTREAM_REDIS_CHANNEL": f"kpi-updates-{self.name}",
+            "KPISTREAM_DATA_DIR": str(ROOT / ".local" / "worker-data" / self.name),
+        }
+        env.update(self.extra)
+        return env
+
+    @property
+    def settings(self) -> Settings:
+        saved = dict(os.environ)
+        os.environ.update(self.env)
+        try:
+            return Settings()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+    def create_topics(self) -> None:
+        subprocess.run([sys.executable, "-m", "kpistream", "topics", "create"],
+                       env={**os.environ, **self.env}, check=True, capture_output=True)
+
+    def start_worker(self) -> tuple[subprocess.Popen[bytes], int]:
+        port = free_port()
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        log = open(LOG_DIR / f"{self.name}-{len(self.workers)}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kpistream", "worker"],
+            env={**os.environ, **self.env, "KPISTREAM_WEB_PORT": str(port),
+                 "KPISTREAM_WEB_HOST": "127.0.0.1"},
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.workers.append(proc)
+        return proc, port
+
+    def stop(self) -> None:
+        for proc in self.workers:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for proc in self.workers:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def produce(self, records: Iterable[Record], *, keyed: bool = True) -> int:
+        return asyncio.run(produce(self.settings, records, keyed=keyed))
+
+
+def normalise(settings: Settings, records: Iterable[Record], now_ms: int) -> list[Event]:
+    """The events ingest accepts from these records, in order (the reference's input)."""
+    validator = Validator(settings)
+    out = []
+    for record in records:
+        result = validator.validate(record.kind, orjson.dumps(record.value), now_ms)  # type: ignore[arg-type]
+        if isinstance(result, Event.__args__):  # type: ignore[attr-defined]
+            out.append(result)
+    return out
+
+
+def read_rows(redis_url: str, prefix: str) -> dict[tuple[str, str, str], dict[str, str]]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    rows = {}
+    for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        if key.startswith(f"{prefix}:index:") or key.startswith(f"{prefix}:alert"):
+            continue
+        fields = client.hgetall(key)
+        if fields:
+            rows[(fields["window"], fields["dimension"], fields["group"])] = fields
+    client.close()
+    return rows
+
+
+def row_mismatches(rows: dict[tuple[str, str, str], dict[str, str]],
+                   outcome: reference.Outcome) -> list[str]:
+    """Every difference between the Redis rows and the reference at the rows' own bounds,
+    plus expected rows that are missing."""
+    problems: list[str] = []
+    bounds_seen: dict[str, tuple[int, int]] = {}
+    for (window, dimension, group), fields in rows.items():
+        start, end = int(fields["window_start"]), int(fields["window_end"])
+        bounds_seen.setdefault(window, (start, end))
+        sums = reference.expected_row(outcome, dimension=dimension, group=group,
+                                      window_start=start, window_end=end)
+        expected = reference.expected_kpis(sums, dimension)
+        for name in KPI_FIELDS:
+            want, got = expected.get(name), fields.get(name)
+            if want is None and got is not None:
+                problems.append(f"{window}/{dimension}/{group}: {name}={got}, want absent")
+            elif want is not None and (got is None or not math.isclose(
+                    float(got), want, rel_tol=1e-9, abs_tol=1e-9)):
+                problems.append(f"{window}/{dimension}/{group}: {name}={got}, want {want}")
+    for window, (start, end) in bounds_seen.items():
+        for dimension, group in reference.expected_rows(outcome, window_start=start,
+                                                        window_end=end):
+            if (window, dimension, group) not in rows:
+                problems.append(f"{window}/{dimension}/{group}: missing")
+    return problems
+
+
+def wait_for_rows(redis_url: str, prefix: str, outcome: reference.Outcome,
+                  timeout_s: float, *, alive: Any = None) -> dict[tuple[str, str, str],
+                                                              dict[str, str]]:
+    """Poll Redis until the rows equal the reference (the pipeline is eventually exact) or
+    the timeout passes; returns the last rows read and leaves the assertion to the test."""
+    deadline = time.monotonic() + timeout_s
+    rows = read_rows(redis_url, prefix)
+    while time.monotonic() < deadline:
+        if rows and not row_mismatches(rows, outcome):
+            return rows
+        if alive is not None:
+            alive()
+        time.sleep(1.0)
+        rows = read_rows(redis_url, prefix)
+    return rows
