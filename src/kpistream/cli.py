@@ -46,6 +46,12 @@ def _generate_cmd(settings: Settings, args: argparse.Namespace) -> int:
     return run_generate(settings, args)
 
 
+def _top_cmd(settings: Settings, args: argparse.Namespace) -> int:
+    from kpistream.top import run_top
+
+    return run_top(settings, args.window, args.dimension, args.limit, args.interval, args.once)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kpistream", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -57,11 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     from kpistream.generator.cli import add_generate_arguments
 
     add_generate_arguments(gen)
+    top = sub.add_parser("top", help="live terminal view of the KPI rows in Redis")
+    top.add_argument("--window", default=None, help="only this window (e.g. 1h)")
+    top.add_argument("--dimension", default=None,
+                     choices=["all", "channel", "campaign", "segment"])
+    top.add_argument("--limit", type=int, default=40, help="rows shown")
+    top.add_argument("--interval", type=float, default=1.0, help="refresh, seconds")
+    top.add_argument("--once", action="store_true", help="print one snapshot and exit")
     return parser
 
 
 COMMANDS = {"settings": _settings_cmd, "topics": _topics_cmd, "worker": _worker_cmd,
-            "generate": _generate_cmd}
+            "generate": _generate_cmd, "top": _top_cmd}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,8 +11,8 @@ State (all keys start with the partition):
 - ids:      ``p|kind|id`` -> spend/survey ``[offset, ts]``; order ``[placed_off, placed_ts,
             amount, channel, campaign, segment, cancel_off, cancel_matched, cancel_ts]``
 - partials: ``p|window|dimension|group|bucket`` -> ``[offset, *sums]``
-- clock:    ``p`` -> ``[stream_time, [[last_offset, stream_time], ...]]``: the latest
-            event time of the partition and a checkpoint per recent batch
+- clock:    ``p`` -> ``[stream_time, [[first_offset, last_offset, time_before], ...]]``:
+            the latest event time of the partition and a checkpoint per recent batch
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from kpistream.state.store import SEP, Store
 
 Outcome = Literal["accepted", "duplicate", "late", "unknown_order"]
 NO_TIME = -(2**62)
-CLOCK_CHECKPOINTS = 64  # (last offset, stream time) of recent batches, for replays
+CLOCK_CHECKPOINTS = 64  # (first, last offset, stream time before) of recent batches
 
 # order record fields
 _P_OFF, _P_TS, _AMOUNT, _CH, _CA, _SE, _C_OFF, _MATCHED, _C_TS = range(9)
@@ -85,15 +85,20 @@ class PartitionAggregator:
 
     def _time_before(self, partition: int, offset: int) -> int:
         """Stream time just before ``offset``: a replay after a crash must judge lateness
-        against the time the first run saw, not the later time the changelog may hold."""
+        against the time the first run saw, not the later time the changelog may hold.
+        Replays start at a committed offset, which is where some earlier batch started."""
         value = self.clock.get(str(partition))
         if not value:
             return NO_TIME
-        checkpoints = value[1]
-        if not checkpoints or checkpoints[-1][0] < offset:
-            return int(value[0])
-        earlier = [t for off, t in checkpoints if off < offset]
-        return int(max(earlier)) if earlier else int(value[0])
+        for start, end, before in reversed(value[1]):
+            if start <= offset <= end:
+                return int(before)
+            if end < offset:
+                break
+        else:
+            if value[1]:
+                return int(value[1][0][2])  # older than the history kept: its oldest time
+        return int(value[0])
 
     def effective_time(self, partition: int, now_ms: int) -> int:
         """T for lateness: the partition's latest event time, in live mode never less than
@@ -109,7 +114,7 @@ class PartitionAggregator:
         result = BatchResult()
         if not items:
             return result
-        event_time = self._time_before(partition, items[0][0])
+        time_before = event_time = self._time_before(partition, items[0][0])
         floor = now_ms - self.idle_lag_ms if self.live else NO_TIME
         touched: dict[str, list[Any]] = {}
         for offset, event, source in items:
@@ -130,8 +135,9 @@ class PartitionAggregator:
             )
         result.updates = dict(updates)
         held = self.clock.get(str(partition))
-        checkpoints = [c for c in (held[1] if held else []) if c[0] < items[0][0]]
-        checkpoints = [*checkpoints[-(CLOCK_CHECKPOINTS - 1):], [items[-1][0], event_time]]
+        checkpoints = [c for c in (held[1] if held else []) if c[1] < items[0][0]]
+        checkpoints = [*checkpoints[-(CLOCK_CHECKPOINTS - 1):],
+                       [items[0][0], items[-1][0], time_before]]
         self.clock.put(partition, str(partition),
                        [max(event_time, held[0] if held else NO_TIME), checkpoints])
         result.stream_time = event_time
