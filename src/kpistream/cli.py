@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -34,6 +35,7 @@ def _worker_cmd(settings: Settings, args: argparse.Namespace) -> int:
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     asyncio.run(ensure_topics(settings))
+    os.makedirs(settings.data_dir, exist_ok=True)  # faust refuses a missing datadir
     app = create_app(settings)
     worker = faust.Worker(app, loglevel=settings.log_level)
     worker.execute_from_commandline()

@@ -132,7 +132,7 @@ def test_replay_mode_on_old_data_gives_the_live_rows(deployment) -> None:
 
 
 def shifted(value: dict, shift: int) -> dict:
-    from kpistream.generator.traffic import _ts_of, iso
+    from kpistream.generator.traffic import event_time_ms, iso
 
-    ts = _ts_of(value) - shift
+    ts = event_time_ms(value) - shift
     return {**value, "ts": ts if isinstance(value["ts"], int) else iso(ts)}

@@ -10,7 +10,13 @@ import orjson
 from rich.progress import Progress
 
 from kpistream.generator.producer import produce
-from kpistream.generator.traffic import HOUR_MS, Anomaly, TrafficConfig, TrafficGenerator
+from kpistream.generator.traffic import (
+    HOUR_MS,
+    Anomaly,
+    TrafficConfig,
+    TrafficGenerator,
+    event_time_ms,
+)
 from kpistream.settings import Settings, parse_duration_ms
 
 
@@ -28,6 +34,11 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CAMPAIGN:KIND:AFTER[:FACTOR], KIND stop|cpo, AFTER a duration "
                              "from the start, e.g. cmp-003:stop:20m or cmp-001:cpo:30m:3")
     parser.add_argument("--jsonl", default=None, help="write records to this file instead")
+    parser.add_argument("--live", action="store_true",
+                        help="live traffic: event times from now on, each record sent when "
+                             "the wall clock reaches it (--start defaults to now - backfill)")
+    parser.add_argument("--backfill", default="0s",
+                        help="with --live, history sent at once before the live part")
 
 
 def parse_anomaly(text: str, start_ms: int) -> Anomaly:
@@ -42,7 +53,13 @@ def run_generate(settings: Settings, args: argparse.Namespace) -> int:
     import time
 
     duration = parse_duration_ms(args.duration)
-    start = args.start if args.start is not None else int(time.time() * 1000) - duration
+    now = int(time.time() * 1000)
+    if args.live:
+        backfill = parse_duration_ms(args.backfill)
+        start = args.start if args.start is not None else now - backfill
+        duration += backfill
+    else:
+        start = args.start if args.start is not None else now - duration
     try:
         anomalies = [parse_anomaly(text, start) for text in args.anomaly]
     except ValueError as exc:
@@ -50,8 +67,11 @@ def run_generate(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     config = TrafficConfig(seed=args.seed, start_ms=start, duration_ms=duration,
                            orders_per_hour=args.orders_per_hour, campaigns=args.campaigns,
-                           duplicate_ratio=args.duplicates, anomalies=anomalies)
+                           duplicate_ratio=args.duplicates, anomalies=anomalies,
+                           daily_rhythm=args.live)
     records = list(TrafficGenerator(config).records())
+    if args.live:
+        records = [r for r in records if event_time_ms(r.value) <= now + duration]
     if args.jsonl:
         with open(args.jsonl, "wb") as out:
             for record in records:
@@ -61,6 +81,7 @@ def run_generate(settings: Settings, args: argparse.Namespace) -> int:
     with Progress() as progress:
         task = progress.add_task(f"producing {len(records)} records", total=len(records))
         sent = asyncio.run(produce(settings, records, rate=args.rate,
+                                   live_from_ms=now if args.live else None,
                                    on_sent=lambda n: progress.update(task, completed=n)))
     print(f"produced {sent} records ({duration / HOUR_MS:.2f} h of event time)")
     return 0

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterable
 
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from kpistream.generator.traffic import Record
+from kpistream.generator.traffic import Record, event_time_ms
 from kpistream.settings import Settings
 
 
@@ -18,10 +19,12 @@ def topic_of(settings: Settings, kind: str) -> str:
 
 
 async def produce(settings: Settings, records: Iterable[Record], *,
-                  rate: float | None = None, keyed: bool = True,
+                  rate: float | None = None, keyed: bool = True, live_from_ms: int | None = None,
                   on_sent: Callable[[int], None] | None = None) -> int:
     """Send records (keyed by their id unless ``keyed`` is False); ``rate`` in records/s
-    paces the stream (None: as fast as possible). Returns how many were sent."""
+    paces the stream (None: as fast as possible); with ``live_from_ms`` a record whose event
+    time is later than that waits until the wall clock reaches it. Returns how many were
+    sent."""
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=20,
                                 max_batch_size=256 * 1024, acks="all")
     await producer.start()
@@ -30,6 +33,11 @@ async def produce(settings: Settings, records: Iterable[Record], *,
     started = loop.time()
     try:
         for record in records:
+            if live_from_ms is not None:
+                wait_s = (event_time_ms(record.value) - time.time() * 1000) / 1000
+                if wait_s > 0:
+                    await producer.flush()
+                    await asyncio.sleep(wait_s)
             key = None
             if keyed:
                 ident = next((str(v) for k, v in record.value.items() if k.endswith("_id")), None)

@@ -17,6 +17,10 @@ from datetime import UTC, datetime
 CHANNELS = ("search", "social", "email", "display", "affiliate", "video")
 SEGMENTS = ("new", "returning", "vip", "churn-risk", "b2b")
 CURRENCIES = ("EUR", "EUR", "EUR", "USD", "GBP")
+# Score distributions of a healthy shop: NPS around +30, CES mostly easy, CSAT ~80%.
+NPS_WEIGHTS = (2, 1, 1, 2, 2, 4, 5, 10, 15, 25, 33)
+CES_WEIGHTS = (3, 5, 8, 14, 25, 27, 18)
+CSAT_WEIGHTS = (4, 5, 11, 38, 42)
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
 
@@ -116,7 +120,7 @@ class TrafficGenerator:
                     batch.append(Record("order", {
                         "order_id": order["order_id"], "status": "cancelled",
                         "ts": self._ts_value(minute_start + rng.randrange(MINUTE_MS))}))
-            batch.sort(key=lambda r: _ts_of(r.value))
+            batch.sort(key=lambda r: event_time_ms(r.value))
             for record in batch:
                 yield record
                 if cfg.duplicate_ratio and rng.random() < cfg.duplicate_ratio:
@@ -140,8 +144,9 @@ class TrafficGenerator:
     def _survey(self, minute_start: int) -> Record:
         rng = self.rng
         kind = rng.choice(("nps", "nps", "ces", "csat"))
-        score = {"nps": rng.choice(range(0, 11)), "ces": rng.randint(1, 7),
-                 "csat": rng.randint(1, 5)}[kind]
+        score = {"nps": rng.choices(range(0, 11), NPS_WEIGHTS)[0],
+                 "ces": rng.choices(range(1, 8), CES_WEIGHTS)[0],
+                 "csat": rng.choices(range(1, 6), CSAT_WEIGHTS)[0]}[kind]
         name, channel, _ = rng.choice(self.campaigns)
         return Record("survey", {
             "response_id": self._id("r"), "ts": self._ts_value(minute_start + rng.randrange(
@@ -149,7 +154,7 @@ class TrafficGenerator:
             "campaign_id": name, "segment": rng.choice(SEGMENTS)})
 
 
-def _ts_of(value: dict[str, object]) -> int:
+def event_time_ms(value: dict[str, object]) -> int:
     ts = value["ts"]
     if isinstance(ts, int):
         return ts

@@ -1,0 +1,60 @@
+# kpistream: the two commands a newcomer runs are `make demo` and `make test`.
+# Everything else is installed and started on demand (virtualenv, Kafka jars, Redis).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STACK := deploy/local/stack.sh
+
+.PHONY: help venv deps up down status lint unit test demo bench alert-sim clean
+
+help:
+	@echo "make demo   - set everything up and show live KPIs (Ctrl-C stops it)"
+	@echo "make test   - set everything up and run the whole test suite on real services"
+	@echo "make up / down / status - the local Kafka + Redis stack"
+	@echo "make lint / unit / bench / alert-sim / clean"
+
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) (3.11+) is required" >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "error: Python 3.11+ is required" >&2; exit 1; }
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+deps: venv
+	@PY=$(PY) $(STACK) deps
+
+up: venv
+	@PY=$(PY) $(STACK) up
+
+down:
+	@PY=$(PY) $(STACK) down
+
+status:
+	@PY=$(PY) $(STACK) status
+
+lint: venv
+	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/mypy
+
+unit: venv
+	$(VENV)/bin/pytest -q tests/unit
+
+test: up lint
+	$(VENV)/bin/pytest -q
+
+demo: venv
+	@PY=$(PY) deploy/local/demo.sh
+
+bench: up
+	$(PY) benchmarks/engine_bench.py
+
+alert-sim: venv
+	$(PY) scripts/alert_sim.py
+
+clean: down
+	rm -rf .local
