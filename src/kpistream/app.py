@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from kpistream.observability.metrics import Metrics
 from kpistream.outbox import Outbox
-from kpistream.settings import Settings
+from kpistream.settings import Settings, parse_duration_ms
 from kpistream.state.tables import Tables
 
 
@@ -35,17 +35,18 @@ class Topics:
 
     @classmethod
     def declare(cls, app: faust.App, settings: Settings) -> Topics:
-        def topic(*names: str, internal: bool = False, **config: str) -> faust.TopicT:
+        def topic(*names: str, internal: bool = False,
+                  config: dict[str, str] | None = None) -> faust.TopicT:
             return app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw",
                              value_serializer="raw", partitions=settings.partitions,
-                             internal=internal, config=config or None)
+                             internal=internal, config=config)
 
         return cls(
             raw=topic(*settings.input_topics),
             events=topic(settings.topic_events, internal=True),
             rollup=topic(settings.topic_rollup, internal=True),
             dlq=topic(settings.topic_dlq),
-            kpi_updates=topic(settings.topic_kpi_updates, **{"cleanup.policy": "compact"}),
+            kpi_updates=topic(settings.topic_kpi_updates, config={"cleanup.policy": "compact"}),
             alerts=topic(settings.topic_alerts),
         )
 
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None,
         web_port=settings.web_port,
         datadir=settings.data_dir,
         stream_buffer_maxsize=max(4096, settings.batch_size * 2),
+        broker_session_timeout=parse_duration_ms(settings.session_timeout) / 1000,
     )
     registry = CollectorRegistry()
     setup_prometheus_sensors(app, registry=registry, name_prefix="faust")

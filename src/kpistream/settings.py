@@ -15,6 +15,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from kpistream.contracts.records import EventKind
+
 ClockMode = Literal["live", "event"]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -24,11 +26,11 @@ _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, No
 def parse_duration_ms(text: str | int | float) -> int:
     """``"5m"`` -> 300000. A bare number is seconds."""
     if isinstance(text, (int, float)):
-        return int(round(float(text) * 1000))
+        return round(float(text) * 1000)
     match = _DURATION.match(text)
     if match is None:
         raise ValueError(f"not a duration: {text!r} (use e.g. 250ms, 10s, 5m, 1h, 1d)")
-    return int(round(float(match.group(1)) * _UNIT_MS[match.group(2)]))
+    return round(float(match.group(1)) * _UNIT_MS[match.group(2)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +86,9 @@ class Settings(BaseSettings):
     web_port: int = Field(6066, description="Worker web port: /metrics and health.")
     data_dir: str = Field(".local/worker-data", description="Faust data directory.")
     log_level: str = Field("info", description="Worker log level.")
+    session_timeout: str = Field(
+        "20s", description="Kafka consumer session timeout: how long a crashed worker's "
+        "partitions wait before another worker takes them over.")
 
     # --- topics ------------------------------------------------------------------------
     topic_orders: str = Field("orders", description="Input topic of orders.")
@@ -148,7 +153,7 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("idle_lag", "grace", "max_future", "publish_interval", "sink_timeout",
-                     "batch_within", "log_interval")
+                     "batch_within", "log_interval", "session_timeout")
     @classmethod
     def _check_duration(cls, value: str) -> str:
         parse_duration_ms(value)
@@ -201,7 +206,7 @@ class Settings(BaseSettings):
         return max(spec.size_ms for spec in self.window_specs) + self.grace_ms
 
     @property
-    def input_topics(self) -> dict[str, str]:
+    def input_topics(self) -> dict[str, EventKind]:
         """Input topic name -> event kind."""
         return {
             self.topic_orders: "order",

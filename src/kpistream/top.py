@@ -25,10 +25,10 @@ DIMENSION_ORDER = {"all": 0, "channel": 1, "campaign": 2, "segment": 3}
 
 def read_rows(client: redis.Redis, prefix: str, window: str | None,
               dimension: str | None) -> list[dict[str, str]]:
-    rows = []
+    rows: list[dict[str, str]] = []
     dimensions = [dimension] if dimension else list(DIMENSION_ORDER)
     for dim in dimensions:
-        groups = sorted(client.smembers(f"{prefix}:index:{dim}"))
+        groups = sorted(str(g) for g in client.smembers(f"{prefix}:index:{dim}"))
         windows = [window] if window else None
         keys = [f"{prefix}:{w}:{dim}:{g}" for g in groups for w in (windows or _windows())]
         pipe = client.pipeline(transaction=False)

@@ -46,6 +46,7 @@ class Deployment:
     redis_url: str
     extra: dict[str, str] = field(default_factory=dict)
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    started: int = 0
 
     @property
     def env(self) -> dict[str, str]:
@@ -85,7 +86,8 @@ class Deployment:
     def start_worker(self) -> tuple[subprocess.Popen[bytes], int]:
         port = free_port()
         LOG_DIR.mkdir(parents=True, exist_ok=True)
-        log = open(LOG_DIR / f"{self.name}-{len(self.workers)}.log", "wb")  # noqa: SIM115
+        self.started += 1
+        log = open(LOG_DIR / f"{self.name}-{self.started}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
             [sys.executable, "-m", "kpistream", "worker"],
             env={**os.environ, **self.env, "KPISTREAM_WEB_PORT": str(port),

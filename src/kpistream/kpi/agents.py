@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from typing import Any
+from typing import Any, cast
 
 import faust
 import orjson
@@ -27,6 +27,7 @@ from kpistream.observability.logs import RateLimitedLog
 from kpistream.sinks.prometheus import KpiCollector
 from kpistream.sinks.redis import RedisRowSink
 from kpistream.state.aggregate import NO_TIME, BucketUpdate, PartitionAggregator
+from kpistream.state.offsets import OffsetLedger, split_contiguous
 from kpistream.state.rollup import RollupState
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ def register(app: faust.App, runtime: Runtime) -> None:
     publisher = RowPublisher(settings, state)
     redis_sink = RedisRowSink(settings, metrics)
     log = RateLimitedLog(logger, settings.log_interval_s)
+    ledger = OffsetLedger(tables.offsets)
     owned: set[int] = set()  # roll-up partitions whose cache is built and published
     needs_rebuild = [True]
     runtime.registry.register(KpiCollector(lambda: publisher.current_rows(set(owned)),
@@ -54,12 +56,24 @@ def register(app: faust.App, runtime: Runtime) -> None:
     async def aggregate(stream: Any) -> None:
         async for batch in stream.take_events(settings.batch_size, settings.batch_within_s):
             now = runtime.now_ms()
+            seeks: list[tuple[TP, int]] = []
             by_partition: dict[int, list[tuple[int, Event, Source]]] = defaultdict(list)
             for event in batch:
                 decoded, source = decode_event(event.message.value)
                 by_partition[event.message.partition].append(
                     (event.message.offset, decoded, source))
-            for partition, items in by_partition.items():
+            for partition, all_items in by_partition.items():
+                count, seek_to = split_contiguous(
+                    [item[0] for item in all_items],
+                    ledger.expected(settings.topic_events, partition))
+                items = all_items[:count]
+                if seek_to is not None:
+                    log.warning("input_gap_seek_back", topic=settings.topic_events,
+                                partition=partition, offset=seek_to)
+                    seeks.append((TP(settings.topic_events, partition), seek_to))
+                if not items:
+                    continue
+                ledger.advance(settings.topic_events, partition, items[-1][0])
                 result = aggregator.process(partition, items, now)
                 for verdict in result.verdicts:
                     source = verdict.source
@@ -90,29 +104,48 @@ def register(app: faust.App, runtime: Runtime) -> None:
                     for q in range(settings.partitions):
                         outbox.send(settings.topic_rollup, None, mark, q)
             await outbox.flush()
+            await seek_back(seeks)
 
     @app.agent(topics.rollup, name="kpistream.rollup")
     async def rollup(stream: Any) -> None:
         async for batch in stream.take_events(settings.batch_size, settings.batch_within_s):
             now = runtime.now_ms()
+            seeks: list[tuple[TP, int]] = []
+            by_partition: dict[int, list[Any]] = defaultdict(list)
             for event in batch:
-                q = event.message.partition
-                body = orjson.loads(event.message.value)
-                if body[0] == WATERMARK:
-                    state.apply_watermark(q, body[1], body[2])
-                    continue
-                source, dimension, group, updates = body
-                state.apply_updates(q, source, (dimension, group), [
-                    BucketUpdate(u[0], u[1], u[2], tuple(u[3:])) for u in updates], now)
+                by_partition[event.message.partition].append(event)
+            for q, events in by_partition.items():
+                count, seek_to = split_contiguous(
+                    [e.message.offset for e in events],
+                    ledger.expected(settings.topic_rollup, q))
+                if seek_to is not None:
+                    log.warning("input_gap_seek_back", topic=settings.topic_rollup,
+                                partition=q, offset=seek_to)
+                    seeks.append((TP(settings.topic_rollup, q), seek_to))
+                for event in events[:count]:
+                    body = orjson.loads(event.message.value)
+                    if body[0] == WATERMARK:
+                        state.apply_watermark(q, body[1], body[2])
+                        continue
+                    source, dimension, group, updates = body
+                    state.apply_updates(q, source, (dimension, group), [
+                        BucketUpdate(u[0], u[1], u[2], tuple(u[3:])) for u in updates], now)
+                if count:
+                    ledger.advance(settings.topic_rollup, q, events[count - 1].message.offset)
             await outbox.flush()
+            await seek_back(seeks)
+
+    async def seek_back(seeks: list[tuple[TP, int]]) -> None:
+        for tp, offset in seeks:
+            await app.consumer.seek(tp, offset)
 
     async def on_recovered() -> None:
         needs_rebuild[0] = True
 
     tables.rollup_table.on_recover(on_recovered)
 
-    @app.on_partitions_revoked.connect
-    async def on_revoked(app: faust.App, revoked: set[TP], **_: Any) -> None:
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def on_revoked(sender: faust.App, revoked: set[TP], **_: Any) -> None:
         lost = {tp.partition for tp in revoked if tp.topic == settings.topic_rollup}
         owned.difference_update(lost)
         state.drop(lost)
@@ -120,9 +153,10 @@ def register(app: faust.App, runtime: Runtime) -> None:
 
     last_sweep = [0.0]
 
-    @app.timer(settings.publish_interval_ms / 1000)
+    @app.timer(settings.publish_interval_ms / 1000)  # type: ignore[untyped-decorator]
     async def publish() -> None:
-        if app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set():
+        recovery = cast(Any, app.tables).recovery
+        if app.rebalancing or app.in_recovery or not recovery.completed.is_set():
             return
         current = assigned(settings.topic_rollup)
         if needs_rebuild[0] or current != owned:
@@ -153,7 +187,7 @@ def register(app: faust.App, runtime: Runtime) -> None:
         consumer = app.consumer
         for tp in consumer.assignment():
             end = consumer.highwater(tp)
-            committed = consumer._committed_offset.get(tp)
+            committed = cast(Any, consumer)._committed_offset.get(tp)
             if end is not None:
                 metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
                     max(0, end - (committed or 0)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import Any
 
 # Field order of the additive accumulator; the engine stores sums as tuples in this order.
 SUM_FIELDS: tuple[str, ...] = (
@@ -54,10 +55,11 @@ class WindowSums:
 
     @classmethod
     def from_tuple(cls, values: tuple[float, ...] | list[float]) -> WindowSums:
-        return cls(*(
-            int(round(v)) if name in INTEGER_SUMS else float(v)
+        converted: list[Any] = [
+            round(v) if name in INTEGER_SUMS else float(v)
             for name, v in zip(SUM_FIELDS, values, strict=True)
-        ))
+        ]
+        return cls(*converted)
 
     def is_empty(self) -> bool:
         """No event is counted: placed-then-cancelled orders leave nothing behind."""

@@ -63,7 +63,7 @@ class RedisRowSink:
             items = list(batch.values())
             for i in range(0, len(items), CHUNK):
                 await asyncio.wait_for(self._send(items[i:i + CHUNK]), self.timeout)
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, RedisError, OSError) as exc:
             self.metrics.sink_errors.labels(self.name).inc()
             self.retry_at = time.monotonic() + self.backoff
             self.log.warning("redis_write_failed", error=str(exc) or type(exc).__name__,

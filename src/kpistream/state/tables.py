@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import faust
 import orjson
+from faust.types import TableT
 
 from kpistream.outbox import Outbox
 from kpistream.settings import Settings
@@ -27,13 +28,17 @@ from kpistream.state.store import SEP
 class TableStore:
     """:class:`kpistream.state.store.Store` over a faust memory-store table."""
 
-    def __init__(self, table: faust.Table, outbox: Outbox) -> None:
+    def __init__(self, table: TableT[Any, Any], outbox: Outbox) -> None:
         self.table = table
         self.outbox = outbox
 
     @property
+    def _store(self) -> Any:
+        return self.table.data  # faust.stores.memory.Store
+
+    @property
     def _dict(self) -> dict[str, Any]:
-        return self.table.data.data  # type: ignore[no-any-return]
+        return cast(dict[str, Any], self._store.data)
 
     def _changelog(self) -> str:
         return str(self.table.changelog_topic.get_topic_name())
@@ -43,13 +48,13 @@ class TableStore:
 
     def put(self, partition: int, key: str, value: list[Any]) -> None:
         self._dict[key] = value
-        self.table.data._key_partition[key] = partition
+        self._store._key_partition[key] = partition
         self.outbox.send(self._changelog(), orjson.dumps(key), orjson.dumps(value), partition)
 
     def delete(self, partition: int, key: str) -> None:
         if self._dict.pop(key, None) is None:
             return
-        self.table.data._key_partition.pop(key, None)
+        self._store._key_partition.pop(key, None)
         self.outbox.send(self._changelog(), orjson.dumps(key), None, partition)
 
     def keys_of(self, partition: int) -> Iterator[str]:
@@ -64,11 +69,12 @@ class Tables:
     clock: TableStore
     rollup: TableStore
     watermarks: TableStore
-    rollup_table: faust.Table
+    offsets: TableStore
+    rollup_table: TableT[Any, Any]
 
     @classmethod
     def declare(cls, app: faust.App, settings: Settings, outbox: Outbox) -> Tables:
-        def table(name: str, help: str) -> faust.Table:
+        def table(name: str, help: str) -> TableT[Any, Any]:
             return app.Table(name, default=None, partitions=settings.partitions,
                              schema=faust.Schema(key_serializer="json",
                                                  value_serializer="json"), help=help)
@@ -81,5 +87,7 @@ class Tables:
             rollup=TableStore(rollup, outbox),
             watermarks=TableStore(table("watermarks", "stream time per source partition"),
                                   outbox),
+            offsets=TableStore(table("offsets", "next input offset per stage and partition"),
+                               outbox),
             rollup_table=rollup,
         )

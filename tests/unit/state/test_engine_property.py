@@ -6,7 +6,8 @@ from __future__ import annotations
 import math
 import random
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pipeline_sim import Sim
 
 from kpistream import reference
