@@ -41,10 +41,10 @@ def register(app: faust.App, runtime: Runtime) -> None:
     aggregator = PartitionAggregator(settings, tables.ids, tables.partials, tables.clock)
     state = RollupState(settings, tables.rollup, tables.watermarks)
     publisher = RowPublisher(settings, state)
-    redis_sink = RedisRowSink(settings, metrics)
     log = RateLimitedLog(logger, settings.log_interval_s)
     ledger = OffsetLedger(tables.offsets)
     owned: set[int] = set()  # roll-up partitions whose cache is built and published
+    redis_sink = RedisRowSink(settings, metrics, lambda: publisher.snapshot(set(owned)))
     needs_rebuild = [True]
     runtime.registry.register(KpiCollector(lambda: publisher.current_rows(set(owned)),
                                            settings.prometheus_max_groups, metrics))

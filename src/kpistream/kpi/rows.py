@@ -82,6 +82,16 @@ class RowPublisher:
         for q in partitions:
             self.published.pop(q, None)
 
+    def snapshot(self, partitions: set[int]) -> list[RowChange]:
+        """Every live row as a change, to rewrite a sink that may have lost its data."""
+        out = []
+        for q in partitions:
+            published = self.published.get(q, {})
+            for (row, window), held in published.items():
+                if held.message is not None:
+                    out.append(RowChange(window, row[0], row[1], held.message, True))
+        return out
+
     def current_rows(self, partitions: set[int]) -> list[RowMessage]:
         """Rows published last by the partitions given (for the Prometheus collector)."""
         return [p.message for q in partitions for p in self.published.get(q, {}).values()

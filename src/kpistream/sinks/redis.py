@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import orjson
 import redis.asyncio as aioredis
@@ -38,7 +39,8 @@ def index_key(prefix: str, dimension: str) -> str:
 class RedisRowSink:
     name = "redis"
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics,
+                 snapshot: Callable[[], list[RowChange]]) -> None:
         timeout = settings.sink_timeout_s
         self.client = aioredis.Redis.from_url(
             settings.redis_url.get_secret_value(), socket_timeout=timeout,
@@ -51,14 +53,22 @@ class RedisRowSink:
         self.retry_at = 0.0
         self.backoff = BACKOFF_INITIAL_S
         self.log = RateLimitedLog(logger, settings.log_interval_s)
+        self.snapshot = snapshot
+        self.needs_resync = False
 
     async def write(self, changes: list[RowChange]) -> bool:
         """Queue changes and try to write everything pending; False while Redis fails."""
         for change in changes:
             self.pending[(change.window, change.dimension, change.group)] = change
-        if not self.pending or time.monotonic() < self.retry_at:
-            return not self.pending
+        if not self.pending and not self.needs_resync:
+            return True
+        if time.monotonic() < self.retry_at:
+            return False
         batch = dict(self.pending)
+        if self.needs_resync:
+            # Redis failed: it may have restarted empty, so rewrite every live row.
+            for change in self.snapshot():
+                batch.setdefault((change.window, change.dimension, change.group), change)
         try:
             items = list(batch.values())
             for i in range(0, len(items), CHUNK):
@@ -69,11 +79,13 @@ class RedisRowSink:
             self.log.warning("redis_write_failed", error=str(exc) or type(exc).__name__,
                              pending=len(self.pending), retry_in_s=self.backoff)
             self.backoff = min(self.backoff * 2, BACKOFF_MAX_S)
+            self.needs_resync = True
             return False
         for key, change in batch.items():
             if self.pending.get(key) is change:
                 del self.pending[key]
         self.backoff = BACKOFF_INITIAL_S
+        self.needs_resync = False
         return True
 
     async def _send(self, changes: list[RowChange]) -> None:

@@ -1,0 +1,157 @@
+"""A small client for services that react to KPIs.
+
+- :func:`get_row` reads one row from Redis (the hash's own fields, never key parsing);
+- :func:`kafka_updates` iterates the compacted ``kpi-updates`` topic;
+- :func:`pubsub_updates` iterates the Redis Pub/Sub channel ``kpi-updates``.
+
+Both iterators yield :class:`KpiRow` for a published row and :class:`RowDeleted` when a
+row's window became empty (a Kafka tombstone, or a Pub/Sub message with ``deleted``).
+See docs/client.md for runnable examples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer
+
+from kpistream.kpi.formulas import INTEGER_SUMS, KPI_FIELDS
+
+__all__ = ["KpiRow", "RowDeleted", "get_row", "kafka_updates", "pubsub_updates"]
+
+
+@dataclass(frozen=True, slots=True)
+class RowDeleted:
+    window: str
+    dimension: str
+    group: str
+
+
+@dataclass(frozen=True, slots=True)
+class KpiRow:
+    """One published row. Undefined KPIs (SPEC §4) are ``None``."""
+
+    window: str
+    dimension: str
+    group: str
+    window_start: int
+    window_end: int
+    updated_at: int
+    currency: str
+    orders: int | None = None
+    revenue: float | None = None
+    spend: float | None = None
+    cpo: float | None = None
+    roas: float | None = None
+    aov: float | None = None
+    nps_responses: int | None = None
+    promoters: int | None = None
+    passives: int | None = None
+    detractors: int | None = None
+    nps: float | None = None
+    nps_moe: float | None = None
+    ces_responses: int | None = None
+    ces: float | None = None
+    ces_easy_pct: float | None = None
+    csat_responses: int | None = None
+    csat: float | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_message(cls, message: Mapping[str, Any]) -> KpiRow:
+        """From the JSON of a Kafka or Pub/Sub update."""
+        known = {f.name for f in fields(cls)} - {"extra"}
+        values = {k: v for k, v in message.items() if k in known}
+        extra = {k: v for k, v in message.items() if k not in known}
+        return cls(**values, extra=extra)
+
+    @classmethod
+    def from_hash(cls, fields_: Mapping[str, str]) -> KpiRow:
+        """From a Redis hash (decimal strings; absent means undefined)."""
+        values: dict[str, Any] = {
+            "window": fields_["window"], "dimension": fields_["dimension"],
+            "group": fields_["group"], "window_start": int(fields_["window_start"]),
+            "window_end": int(fields_["window_end"]), "updated_at": int(fields_["updated_at"]),
+            "currency": fields_["currency"],
+        }
+        for name in KPI_FIELDS:
+            if name in fields_:
+                text = fields_[name]
+                values[name] = int(text) if name in INTEGER_SUMS else float(text)
+        return cls(**values)
+
+    @property
+    def kpis(self) -> dict[str, int | float | None]:
+        return {name: getattr(self, name) for name in KPI_FIELDS}
+
+
+def _decode(value: bytes | None, key: bytes | None) -> KpiRow | RowDeleted:
+    if value is None:
+        window, dimension, group = (key or b"").decode().split("|", 2)
+        return RowDeleted(window, dimension, group)
+    message = orjson.loads(value)
+    if message.get("deleted"):
+        return RowDeleted(message["window"], message["dimension"], message["group"])
+    return KpiRow.from_message(message)
+
+
+async def get_row(redis_url: str, window: str, dimension: str, group: str, *,
+                  prefix: str = "kpi") -> KpiRow | None:
+    """The current row from Redis, or None when it has no events in its window."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        fields_ = await client.hgetall(f"{prefix}:{window}:{dimension}:{group}")
+    finally:
+        await client.aclose()
+    return KpiRow.from_hash({str(k): str(v) for k, v in fields_.items()}) if fields_ else None
+
+
+async def kafka_updates(bootstrap: str, *, topic: str = "kpi-updates",
+                        from_beginning: bool = True, group_id: str | None = None,
+                        idle_timeout_s: float | None = None,
+                        ) -> AsyncIterator[KpiRow | RowDeleted]:
+    """Row updates from the compacted Kafka topic. ``from_beginning`` replays the current
+    state first (the topic is compacted: the latest value of every row); with
+    ``idle_timeout_s`` the iterator ends after that long without a message."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=group_id,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+        enable_auto_commit=group_id is not None)
+    await consumer.start()
+    try:
+        while True:
+            timeout_ms = int((idle_timeout_s or 1.0) * 1000)
+            batch = await consumer.getmany(timeout_ms=timeout_ms, max_records=1000)
+            if not batch and idle_timeout_s is not None:
+                return
+            for records in batch.values():
+                for record in records:
+                    yield _decode(record.value, record.key)
+    finally:
+        await consumer.stop()
+
+
+async def pubsub_updates(redis_url: str, *, channel: str = "kpi-updates",
+                         idle_timeout_s: float | None = None,
+                         ) -> AsyncIterator[KpiRow | RowDeleted]:
+    """Row updates as they are published on the Redis channel (no history)."""
+    client = aioredis.Redis.from_url(redis_url)
+    pubsub = client.pubsub()
+    await pubsub.subscribe(channel)
+    try:
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True,
+                                               timeout=idle_timeout_s or 1.0)
+            if message is None:
+                if idle_timeout_s is not None:
+                    return
+                continue
+            yield _decode(message["data"], None)
+    finally:
+        await pubsub.unsubscribe(channel)
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await client.aclose()
