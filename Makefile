@@ -38,7 +38,7 @@ status:
 	@PY=$(PY) $(STACK) status
 
 lint: venv
-	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff check src tests scripts examples benchmarks
 	$(VENV)/bin/mypy
 
 unit: venv

@@ -53,6 +53,8 @@ class TrafficConfig:
     duration_ms: int = HOUR_MS
     orders_per_hour: float = 2000.0  # across all campaigns, before the daily rhythm
     campaigns: int = 12
+    channels: int = len(CHANNELS)
+    spend_every_min: int = 1  # one ad-spend record per campaign per this many minutes
     cpo_eur: float = 8.0
     survey_ratio: float = 0.3  # survey responses per order
     cancel_ratio: float = 0.03
@@ -71,8 +73,11 @@ class TrafficGenerator:
         self.config = config
         self.rng = random.Random(config.seed)
         rng = self.rng
+        channels = [*CHANNELS, *(f"channel-{i}" for i in range(len(CHANNELS) + 1,
+                                                                config.channels + 1))]
+        channels = channels[:config.channels]
         self.campaigns = [
-            (f"cmp-{i:03d}", CHANNELS[i % len(CHANNELS)], rng.uniform(0.3, 3.0))
+            (f"cmp-{i:03d}", channels[i % len(channels)], rng.uniform(0.3, 3.0))
             for i in range(config.campaigns)
         ]
         weight = sum(w for _, _, w in self.campaigns)
@@ -99,19 +104,24 @@ class TrafficGenerator:
         for minute_start in range(cfg.start_ms, cfg.start_ms + cfg.duration_ms, MINUTE_MS):
             batch: list[Record] = []
             rhythm = self._rhythm(minute_start)
+            minute_index = (minute_start - cfg.start_ms) // MINUTE_MS
+            report_spend = (minute_index + 1) % cfg.spend_every_min == 0
             for name, channel, _ in self.campaigns:
                 expected = cfg.orders_per_hour / 60 * self.rate_share[name] * rhythm
-                spend = expected * cfg.cpo_eur * rng.uniform(0.9, 1.1)
+                mult = min((a.order_multiplier(minute_start, name) for a in cfg.anomalies),
+                           default=1.0)
+                for _ in range(_poisson(rng, expected * mult)):
+                    batch.append(self._order(minute_start, name, channel, placed))
+                if not report_spend:
+                    continue
+                spend = (expected * cfg.spend_every_min * cfg.cpo_eur
+                         * rng.uniform(0.9, 1.1))
                 end = min(minute_start + MINUTE_MS - 1, cfg.start_ms + cfg.duration_ms - 1)
                 batch.append(Record("spend", {
                     "spend_id": self._id("s"), "ts": self._ts_value(end),
                     "campaign_id": name, "channel": channel,
                     "amount": f"{spend:.2f}" if rng.random() < 0.5 else round(spend, 2),
                     "currency": "EUR"}))
-                mult = min((a.order_multiplier(minute_start, name) for a in cfg.anomalies),
-                           default=1.0)
-                for _ in range(_poisson(rng, expected * mult)):
-                    batch.append(self._order(minute_start, name, channel, placed))
             for _ in range(_poisson(rng, cfg.orders_per_hour / 60 * rhythm * cfg.survey_ratio)):
                 batch.append(self._survey(minute_start))
             for _ in range(_poisson(rng, cfg.orders_per_hour / 60 * rhythm * cfg.cancel_ratio)):
