@@ -35,7 +35,7 @@ trap cleanup INT TERM EXIT
 
 export KPISTREAM_APP_ID="${KPISTREAM_APP_ID:-kpistream-demo}"
 "$KPI" topics create
-for port in 6066 6067; do
+for port in ${DEMO_PORTS:-6066 6067}; do
   KPISTREAM_WEB_PORT=$port setsid "$KPI" worker > "$LOGS/worker-$port.log" 2>&1 &
   pids+=($!)
 done
@@ -44,8 +44,9 @@ setsid "$KPI" generate --live --backfill "$BACKFILL" --duration "$DURATION" \
   --anomaly "cmp-003:stop:$SPIKE_AFTER" > "$LOGS/generator.log" 2>&1 &
 pids+=($!)
 
+ports=(${DEMO_PORTS:-6066 6067})
 cat <<INFO
-[demo] workers: http://127.0.0.1:6066/metrics and http://127.0.0.1:6067/metrics
+[demo] workers: http://127.0.0.1:${ports[0]}/metrics and http://127.0.0.1:${ports[1]}/metrics
 [demo] Redis:   redis-cli hgetall kpi:1h:all:all   |  redis-cli smembers kpi:index:campaign
 [demo] Kafka:   topic kpi-updates (compacted, one message per row change), alerts on kpi-alerts
 [demo] logs:    $LOGS   — campaign cmp-003 stops converting ${SPIKE_AFTER} after the start
