@@ -15,8 +15,8 @@ SPIKE_AFTER="${DEMO_SPIKE_AFTER:-33m}"   # backfill + 3 minutes of live traffic
 mkdir -p "$LOGS"
 
 stack_was_up=0
-if PY="$PY" "$STACK" status 2>/dev/null | grep -q "kafka: up" && \
-   PY="$PY" "$STACK" status 2>/dev/null | grep -q "redis: up"; then stack_was_up=1; fi
+status="$(PY="$PY" "$STACK" status 2>/dev/null || true)"
+if [[ "$status" == *"kafka: up"* && "$status" == *"redis: up"* ]]; then stack_was_up=1; fi
 PY="$PY" "$STACK" up
 
 pids=()

@@ -1,8 +1,25 @@
 """The batch oracle used by the tests: events in, expected rows out, written for clarity.
 
 Independent of the streaming engine (nothing from ``kpistream.state`` or the engine's
-agents): it re-reads SPEC.md §1, §3 and §4 one event at a time. The KPI formulas are shared
-(``kpistream.kpi.formulas``, tested on their own) because they are a pure definition.
+agents): it re-reads SPEC.md §1, §3 and §4 one event at a time, slowly and obviously. The KPI
+formulas are shared (``kpistream.kpi.formulas``, tested on their own) because they are a pure
+definition.
+
+Rules, in the order :func:`classify` applies them to each event ``e``:
+
+1. Stream time. ``T`` starts at -inf. Before judging ``e``, ``T_e = max(T, floor)`` where
+   ``floor`` is ``clock_floor_ms(index)`` (the live clock's lower bound) or -inf. ``e`` is
+   *late* when ``e.ts < T_e - retention_ms``; a late event changes nothing else. Every
+   non-late event (duplicates included) advances ``T = max(T, e.ts)``.
+2. De-duplication. Ids are remembered for the whole run (the oracle never expires them): a
+   second spend with the same ``spend_id``, survey with the same ``response_id``, or order with
+   the same ``order_id`` *and* ``status`` is a *duplicate*, whatever its content.
+3. Cancellations. A cancellation of a placed order already accepted is accepted and retracts
+   it. A cancellation that arrives first is an *unknown order* (it changes nothing when it
+   arrives) but is remembered: when the placed order arrives later it is accepted and at once
+   retracted. Either way the rows end up the same.
+
+A retracted order counts nowhere: it disappears from the bucket of its own (placed) ``ts``.
 """
 
 from __future__ import annotations
@@ -13,66 +30,80 @@ from dataclasses import dataclass, field
 from kpistream.contracts.records import Event, Order, Spend, Survey
 from kpistream.kpi.formulas import WindowSums, compute_kpis
 
+DIMENSIONS: tuple[str, ...] = ("all", "channel", "campaign", "segment")
+
 
 @dataclass(frozen=True)
 class Outcome:
-    """How every event was judged, in processing order."""
+    """How every event was judged, each list in processing order."""
 
     accepted: list[Event] = field(default_factory=list)
     duplicates: list[Event] = field(default_factory=list)
     late: list[Event] = field(default_factory=list)
     unknown_orders: list[Event] = field(default_factory=list)
-    retracted: frozenset[str] = frozenset()  # order_ids whose placed order is cancelled
+
+    @property
+    def retracted(self) -> frozenset[str]:
+        """Order ids whose accepted placed order is cancelled (before or after it arrived)."""
+        placed = {e.order_id for e in self.accepted
+                  if isinstance(e, Order) and e.status == "placed"}
+        cancelled = {e.order_id for e in [*self.accepted, *self.unknown_orders]
+                     if isinstance(e, Order) and e.status == "cancelled"}
+        return frozenset(placed & cancelled)
+
+
+def _identity(event: Event) -> tuple[str, str]:
+    """The de-duplication key: one id space per kind; orders also by status."""
+    if isinstance(event, Order):
+        return (f"order:{event.status}", event.order_id)
+    return (event.kind, event.id)
 
 
 def classify(events: Iterable[Event], *, retention_ms: int,
              clock_floor_ms: Callable[[int], int] | None = None) -> Outcome:
     """Judge events in order: late, duplicate, unknown cancellation, or accepted.
 
-    Stream time T is the latest ts of the non-late events so far (never below the floor, when
-    one is given for the i-th event); an event is late when ts < T - retention. Ids are
-    remembered for the whole run. A cancellation retracts its placed order whichever of the
-    two arrives first; it is an unknown order only when it arrives before its order.
+    ``clock_floor_ms(i)``, when given, is the lower bound of stream time when the i-th event
+    (0-based, counting every event) is judged, e.g. wall clock minus ``idle_lag`` in live mode.
     """
-    accepted: list[Event] = []
-    duplicates: list[Event] = []
-    late: list[Event] = []
-    unknown: list[Event] = []
+    outcome = Outcome()
+    stream_time: int | None = None  # None = -inf
     seen: set[tuple[str, str]] = set()
     placed_ids: set[str] = set()
-    cancelled_ids: set[str] = set()
-    stream_time: int | None = None
+
     for index, event in enumerate(events):
-        t = stream_time
+        # 1. late?
+        judged_at = stream_time
         if clock_floor_ms is not None:
             floor = clock_floor_ms(index)
-            t = floor if t is None else max(t, floor)
-        if t is not None and event.ts < t - retention_ms:
-            late.append(event)
+            judged_at = floor if judged_at is None else max(judged_at, floor)
+        if judged_at is not None and event.ts < judged_at - retention_ms:
+            outcome.late.append(event)
             continue
         stream_time = event.ts if stream_time is None else max(stream_time, event.ts)
-        if isinstance(event, Order):
-            identity = (f"order:{event.status}", event.order_id)
-        else:
-            identity = (event.kind, event.id)
+
+        # 2. duplicate?
+        identity = _identity(event)
         if identity in seen:
-            duplicates.append(event)
+            outcome.duplicates.append(event)
             continue
         seen.add(identity)
+
+        # 3. a cancellation of an order not (yet) seen?
         if isinstance(event, Order) and event.status == "cancelled":
-            cancelled_ids.add(event.order_id)
             if event.order_id in placed_ids:
-                accepted.append(event)
+                outcome.accepted.append(event)
             else:
-                unknown.append(event)
+                outcome.unknown_orders.append(event)
             continue
         if isinstance(event, Order):
             placed_ids.add(event.order_id)
-        accepted.append(event)
-    return Outcome(accepted, duplicates, late, unknown, frozenset(cancelled_ids & placed_ids))
+        outcome.accepted.append(event)
+    return outcome
 
 
-def _group_of(event: Event, dimension: str) -> str | None:
+def group_of(event: Event, dimension: str) -> str | None:
+    """The group ``event`` counts in on ``dimension``; None when it has no such field."""
     if dimension == "all":
         return "all"
     if dimension == "channel":
@@ -84,12 +115,13 @@ def _group_of(event: Event, dimension: str) -> str | None:
     raise ValueError(f"unknown dimension {dimension!r}")
 
 
-def _counted(outcome: Outcome) -> list[Order | Spend | Survey]:
+def counted_events(outcome: Outcome) -> list[Order | Spend | Survey]:
     """Accepted events that count: placed orders not retracted, spend, survey responses."""
+    retracted = outcome.retracted
     out: list[Order | Spend | Survey] = []
     for event in outcome.accepted:
         if isinstance(event, Order):
-            if event.status == "placed" and event.order_id not in outcome.retracted:
+            if event.status == "placed" and event.order_id not in retracted:
                 out.append(event)
         else:
             out.append(event)
@@ -98,14 +130,14 @@ def _counted(outcome: Outcome) -> list[Order | Spend | Survey]:
 
 def expected_row(outcome: Outcome, *, dimension: str, group: str, window_start: int,
                  window_end: int) -> WindowSums:
-    """Sums of one row over ``[window_start, window_end)``."""
+    """Sums of one row over the half-open interval ``[window_start, window_end)``."""
     orders = nps = promoters = passives = detractors = 0
     ces_n = ces_easy = csat_n = csat_ok = spend_records = 0
     revenue = spend = ces_sum = 0.0
-    for event in _counted(outcome):
+    for event in counted_events(outcome):
         if not window_start <= event.ts < window_end:
             continue
-        if _group_of(event, dimension) != group:
+        if group_of(event, dimension) != group:
             continue
         if isinstance(event, Order):
             orders += 1
@@ -115,28 +147,37 @@ def expected_row(outcome: Outcome, *, dimension: str, group: str, window_start: 
             spend_records += 1
         elif event.survey_kind == "nps":
             nps += 1
-            promoters += event.score >= 9
-            passives += 7 <= event.score <= 8
-            detractors += event.score <= 6
+            if event.score >= 9:
+                promoters += 1
+            elif event.score >= 7:
+                passives += 1
+            else:
+                detractors += 1
         elif event.survey_kind == "ces":
             ces_n += 1
             ces_sum += event.score
-            ces_easy += event.score >= 5
+            if event.score >= 5:
+                ces_easy += 1
         else:
             csat_n += 1
-            csat_ok += event.score >= 4
-    return WindowSums(orders, revenue, spend, spend_records, nps, promoters, passives,
-                      detractors, ces_n, ces_sum, ces_easy, csat_n, csat_ok)
+            if event.score >= 4:
+                csat_ok += 1
+    return WindowSums(
+        orders=orders, revenue=revenue, spend=spend, spend_records=spend_records,
+        nps_responses=nps, promoters=promoters, passives=passives, detractors=detractors,
+        ces_responses=ces_n, ces_sum=ces_sum, ces_easy=ces_easy,
+        csat_responses=csat_n, csat_satisfied=csat_ok,
+    )
 
 
 def expected_rows(outcome: Outcome, *, window_start: int,
                   window_end: int) -> dict[tuple[str, str], WindowSums]:
-    """Every (dimension, group) whose window holds at least one counted event."""
+    """Every (dimension, group) whose window holds at least one counted event, sorted."""
     keys: set[tuple[str, str]] = set()
-    for event in _counted(outcome):
+    for event in counted_events(outcome):
         if window_start <= event.ts < window_end:
-            for dimension in ("all", "channel", "campaign", "segment"):
-                group = _group_of(event, dimension)
+            for dimension in DIMENSIONS:
+                group = group_of(event, dimension)
                 if group is not None:
                     keys.add((dimension, group))
     return {key: expected_row(outcome, dimension=key[0], group=key[1],
@@ -145,6 +186,7 @@ def expected_rows(outcome: Outcome, *, window_start: int,
 
 
 def expected_kpis(sums: WindowSums, dimension: str) -> dict[str, float | int | None]:
+    """The KPIs of a row: segment rows carry no spend KPIs."""
     return compute_kpis(sums, with_spend=dimension != "segment")
 
 

@@ -71,7 +71,11 @@ assert tuple(f.name for f in fields(WindowSums)) == SUM_FIELDS
 
 
 def _ratio(numerator: float, denominator: float) -> float | None:
-    return numerator / denominator if denominator else None
+    """None when undefined; also when a denormal denominator would overflow to inf."""
+    if not denominator:
+        return None
+    value = numerator / denominator
+    return value if math.isfinite(value) else None
 
 
 def nps_margin_of_error(promoters: int, detractors: int, responses: int) -> float | None:
