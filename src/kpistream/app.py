@@ -15,6 +15,7 @@ import faust
 from faust.sensors.prometheus import setup_prometheus_sensors
 from prometheus_client import CollectorRegistry
 
+from kpistream.admin import DLQ_MAX_MESSAGE_BYTES
 from kpistream.observability.metrics import Metrics
 from kpistream.outbox import Outbox
 from kpistream.settings import Settings, parse_duration_ms
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None,
         datadir=settings.data_dir,
         stream_buffer_maxsize=max(4096, settings.batch_size * 2),
         broker_session_timeout=parse_duration_ms(settings.session_timeout) / 1000,
+        producer_max_request_size=DLQ_MAX_MESSAGE_BYTES,
     )
     registry = CollectorRegistry()
     setup_prometheus_sensors(app, registry=registry, name_prefix="faust")

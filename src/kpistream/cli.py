@@ -54,6 +54,22 @@ def _top_cmd(settings: Settings, args: argparse.Namespace) -> int:
     return run_top(settings, args.window, args.dimension, args.limit, args.interval, args.once)
 
 
+def _replay_cmd(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from kpistream.generator.producer import produce
+    from kpistream.generator.replay import read_records
+
+    try:
+        records = list(read_records(Path(args.file), args.kind))
+    except (OSError, ValueError) as exc:
+        print(f"kpistream replay: {exc}", file=sys.stderr)
+        return 2
+    sent = asyncio.run(produce(settings, records, rate=args.rate))
+    print(f"produced {sent} records from {args.file}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kpistream", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     from kpistream.generator.cli import add_generate_arguments
 
     add_generate_arguments(gen)
+    replay = sub.add_parser("replay", help="produce a JSONL or CSV file into the input topics")
+    replay.add_argument("file")
+    replay.add_argument("--kind", choices=["order", "spend", "survey"], default=None,
+                        help="topic of plain records (required for CSV)")
+    replay.add_argument("--rate", type=float, default=None, help="records per second")
     top = sub.add_parser("top", help="live terminal view of the KPI rows in Redis")
     top.add_argument("--window", default=None, help="only this window (e.g. 1h)")
     top.add_argument("--dimension", default=None,
@@ -76,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"settings": _settings_cmd, "topics": _topics_cmd, "worker": _worker_cmd,
-            "generate": _generate_cmd, "top": _top_cmd}
+            "generate": _generate_cmd, "top": _top_cmd, "replay": _replay_cmd}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
