@@ -7,13 +7,14 @@ all event-time arithmetic in the pipeline is integer milliseconds.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from kpistream.contracts.records import EventKind
 
@@ -107,7 +108,7 @@ class Settings(BaseSettings):
     replication: int = Field(1, ge=1, description="Replication factor of created topics.")
 
     # --- windows and time --------------------------------------------------------------
-    windows: tuple[str, ...] = Field(
+    windows: Annotated[tuple[str, ...], NoDecode] = Field(
         ("5m/10s", "1h/1m", "24h/15m"), description="Rolling windows as SIZE/STEP."
     )
     clock: ClockMode = Field("live", description="live: wall clock drives windows; event: only ts.")
@@ -138,7 +139,10 @@ class Settings(BaseSettings):
     @field_validator("windows", mode="before")
     @classmethod
     def _split_windows(cls, value: Any) -> Any:
+        """``5m/10s,1h/1m`` or a JSON list."""
         if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return tuple(json.loads(value))
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 

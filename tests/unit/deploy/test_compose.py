@@ -87,10 +87,11 @@ def test_every_service_has_a_pinned_image_or_a_build(
         if image is None:
             assert "build" in service, f"{name}: neither image nor build"
             continue
-        repo, _, tag = image.rpartition(":") if "@" not in image else (image, "", "digest")
-        assert "/" not in tag and tag, f"{name}: image {image!r} has no tag"
+        if "@sha256:" in image:
+            continue
+        repo, sep, tag = image.rpartition(":")
+        assert repo and sep and "/" not in tag, f"{name}: image {image!r} has no tag"
         assert tag != "latest", f"{name}: image {image!r} is not pinned"
-        assert repo
 
 
 def test_third_party_images_are_the_agreed_versions(services: dict[str, dict[str, Any]]) -> None:
@@ -122,7 +123,9 @@ def test_every_long_running_service_has_a_healthcheck(
         check = service.get("healthcheck")
         assert check and not check.get("disable"), f"{name}: no healthcheck"
         test = check["test"]
-        assert test and (test[0] in {"CMD", "CMD-SHELL"} if isinstance(test, list) else True)
+        assert test, f"{name}: empty healthcheck"
+        if isinstance(test, list):
+            assert test[0] in {"CMD", "CMD-SHELL"}, f"{name}: healthcheck {test[0]!r}"
 
 
 def test_depends_on_uses_conditions(services: dict[str, dict[str, Any]]) -> None:
