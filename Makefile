@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STACK := deploy/local/stack.sh
+KAFKA_LIBS := $(or $(KPISTREAM_LOCAL_DIR),.local)/kafka/libs
 
-.PHONY: help venv deps up down status lint unit test demo bench alert-sim clean
+.PHONY: help tools venv deps up down status lint unit test demo bench alert-sim clean
 
 help:
 	@echo "make demo   - set everything up and show live KPIs (Ctrl-C stops it)"
@@ -25,10 +26,15 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-deps: venv
+# The broker is Apache Kafka run from Maven Central jars: Java always, Maven to fetch the jars.
+tools:
+	@command -v java >/dev/null || { echo "error: java is required to run Kafka; install a Java 17+ runtime (Debian: apt-get install openjdk-17-jre-headless)" >&2; exit 1; }
+	@ls $(KAFKA_LIBS)/kafka_2.13-*.jar >/dev/null 2>&1 || command -v mvn >/dev/null || { echo "error: mvn is required to fetch the Kafka jars from Maven Central; install Maven (Debian: apt-get install maven)" >&2; exit 1; }
+
+deps: tools venv
 	@PY=$(PY) $(STACK) deps
 
-up: venv
+up: tools venv
 	@PY=$(PY) $(STACK) up
 
 down:
@@ -47,7 +53,7 @@ unit: venv
 test: up lint
 	$(VENV)/bin/pytest -q
 
-demo: venv
+demo: tools venv
 	@PY=$(PY) deploy/local/demo.sh
 
 bench: up
