@@ -74,7 +74,8 @@ def register(app: faust.App, runtime: Runtime) -> None:
                 if not items:
                     continue
                 ledger.advance(settings.topic_events, partition, items[-1][0])
-                result = aggregator.process(partition, items, now)
+                result = aggregator.process(partition, items, now,
+                                            max(state.times.values(), default=NO_TIME))
                 for verdict in result.verdicts:
                     source = verdict.source
                     if verdict.outcome in ("late", "unknown_order"):
