@@ -128,6 +128,7 @@ class Settings(BaseSettings):
     publish_interval: str = Field("1s", description="A row is published at most this often.")
     redis_prefix: str = Field("kpi", description="Prefix of every Redis key and the index sets.")
     redis_channel: str = Field("kpi-updates", description="Redis Pub/Sub channel of row updates.")
+    redis_alert_channel: str = Field("kpi-alerts", description="Redis Pub/Sub channel of alerts.")
     prometheus_max_groups: int = Field(200, ge=0, description="KPI label groups per dimension.")
     sink_timeout: str = Field("2s", description="Longest a sink write may block the publisher.")
 
@@ -135,6 +136,28 @@ class Settings(BaseSettings):
     batch_size: int = Field(1000, ge=1, description="Events aggregated per table write batch.")
     batch_within: str = Field("200ms", description="Longest wait to fill a batch.")
     log_interval: str = Field("10s", description="Rate limit of repeated hot-path log lines.")
+
+    # --- alerts ------------------------------------------------------------------------
+    alert_baseline_window: str = Field(
+        "24h", description="Name (SIZE) of the configured window whose sums give the CPO "
+        "alert's baseline CPO.")
+    alert_min_baseline_orders: int = Field(
+        20, ge=1, description="Orders the baseline window must hold before a row has a "
+        "baseline CPO; below it only the no_baseline rule applies.")
+    alert_h: float = Field(
+        12.0, gt=0, description="CUSUM threshold h: an alert fires when a statistic exceeds "
+        "it and resolves when both are below h/4.")
+    alert_rho_stop: float = Field(
+        0.1, gt=0, lt=1, description="CUSUM rho of the orders_stopped statistic (order rate "
+        "falling to this fraction of expected).")
+    alert_rho_shift: float = Field(
+        0.5, gt=0, lt=1, description="CUSUM rho of the cpo_shift statistic (0.5: CPO "
+        "doubling).")
+    alert_min_spend: float = Field(
+        50.0, gt=0, description="No-baseline rule: spend over the last hour (reporting "
+        "currency) with no order that fires a no_baseline alert.")
+    alert_redis_stream_maxlen: int = Field(
+        10000, ge=1, description="Approximate cap of the Redis alert stream (XADD MAXLEN ~).")
 
     @field_validator("windows", mode="before")
     @classmethod

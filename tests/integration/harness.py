@@ -108,8 +108,9 @@ class Deployment:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
 
-    def produce(self, records: Iterable[Record], *, keyed: bool = True) -> int:
-        return asyncio.run(produce(self.settings, records, keyed=keyed))
+    def produce(self, records: Iterable[Record], *, keyed: bool = True,
+                rate: float | None = None) -> int:
+        return asyncio.run(produce(self.settings, records, keyed=keyed, rate=rate))
 
 
 def normalise(settings: Settings, records: Iterable[Record], now_ms: int) -> list[Event]:

@@ -19,11 +19,13 @@ import faust
 import orjson
 from faust.types import TP
 
+from kpistream.alerts.engine import AlertEngine
 from kpistream.app import Runtime
 from kpistream.contracts.records import Event, Source, decode_event
 from kpistream.ingest.dead_letter import dlq_record
 from kpistream.kpi.rows import RowChange, RowPublisher
 from kpistream.observability.logs import RateLimitedLog
+from kpistream.sinks.alerts import AlertSink
 from kpistream.sinks.prometheus import KpiCollector
 from kpistream.sinks.redis import RedisRowSink
 from kpistream.state.aggregate import NO_TIME, BucketUpdate, PartitionAggregator
@@ -45,6 +47,12 @@ def register(app: faust.App, runtime: Runtime) -> None:
     ledger = OffsetLedger(tables.offsets)
     owned: set[int] = set()  # roll-up partitions whose cache is built and published
     redis_sink = RedisRowSink(settings, metrics, lambda: publisher.snapshot(set(owned)))
+    alert_engine = AlertEngine(settings, state, tables.alerts)
+    alert_sink = AlertSink(settings, metrics, outbox)
+    if not alert_engine.enabled:
+        logger.warning("alerts disabled: no window with a 1m STEP of at least 1h, or no "
+                       "window named %r (alert_baseline_window)",
+                       settings.alert_baseline_window)
     needs_rebuild = [True]
     runtime.registry.register(KpiCollector(lambda: publisher.current_rows(set(owned)),
                                            settings.prometheus_max_groups, metrics))
@@ -74,8 +82,7 @@ def register(app: faust.App, runtime: Runtime) -> None:
                 if not items:
                     continue
                 ledger.advance(settings.topic_events, partition, items[-1][0])
-                result = aggregator.process(partition, items, now,
-                                            max(state.times.values(), default=NO_TIME))
+                result = aggregator.process(partition, items, now)
                 for verdict in result.verdicts:
                     source = verdict.source
                     if verdict.outcome in ("late", "unknown_order"):
@@ -177,9 +184,13 @@ def register(app: faust.App, runtime: Runtime) -> None:
                 aggregator.sweep(p, now)
             update_lag()
         changes = publisher.tick(set(owned), now)
+        transitions = alert_engine.run(set(owned), now)
         times = [state.stream_time(q, now) for q in owned]
         if times and max(times) != NO_TIME:
             metrics.stream_time.set(max(times) / 1000)
+        await alert_sink.write([t.transition.message for t in transitions])
+        alert_sink.export_active({("cpo_spike", dimension, group)
+                                  for (dimension, group), _ in alert_engine.firing(owned)})
         await write_sinks(changes)
 
     def update_lag() -> None:
@@ -206,3 +217,4 @@ def register(app: faust.App, runtime: Runtime) -> None:
     class RedisLifecycle(faust.Service):
         async def on_stop(self) -> None:
             await redis_sink.close()
+            await alert_sink.close()

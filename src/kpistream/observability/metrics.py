@@ -23,6 +23,8 @@ class Metrics:
     rows_dropped: Gauge
     consumer_lag: Gauge
     rows_published: Counter
+    alert_active: Gauge
+    alerts: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> Metrics:
@@ -52,6 +54,12 @@ class Metrics:
             rows_published=Counter(
                 "kpistream_rows_published", "Row changes written to the sinks "
                 "(deletions included).", registry=registry),
+            alert_active=Gauge(
+                "kpistream_alert_active", "1 while an alert fires for the row.",
+                ["alert", "dimension", "group"], registry=registry),
+            alerts=Counter(
+                "kpistream_alerts", "Alert episodes started, by kind.", ["alert", "kind"],
+                registry=registry),
         )
 
 

@@ -100,10 +100,6 @@ class PartitionAggregator:
                 return int(value[1][0][2])  # older than the history kept: its oldest time
         return int(value[0])
 
-    def _is_replay(self, partition: int, offset: int) -> bool:
-        value = self.clock.get(str(partition))
-        return bool(value and value[1] and value[1][-1][1] >= offset)
-
     def effective_time(self, partition: int, now_ms: int) -> int:
         """T for lateness: the partition's latest event time, in live mode never less than
         wall clock minus idle_lag."""
@@ -112,21 +108,14 @@ class PartitionAggregator:
 
     # -- processing --------------------------------------------------------------------
     def process(
-        self, partition: int, items: Sequence[tuple[int, Event, Source]], now_ms: int,
-        known_time: int = NO_TIME,
+        self, partition: int, items: Sequence[tuple[int, Event, Source]], now_ms: int
     ) -> BatchResult:
-        """Apply ``(offset, event, source)`` items of one partition, in offset order.
-
-        ``known_time`` is the latest event time known from other partitions (the roll-up's
-        watermarks), so lateness is judged against the pipeline's stream time, not only this
-        partition's."""
+        """Apply ``(offset, event, source)`` items of one partition, in offset order."""
         result = BatchResult()
         if not items:
             return result
         time_before = event_time = self._time_before(partition, items[0][0])
         floor = now_ms - self.idle_lag_ms if self.live else NO_TIME
-        if not self._is_replay(partition, items[0][0]):
-            event_time = time_before = max(event_time, known_time)
         touched: dict[str, list[Any]] = {}
         for offset, event, source in items:
             t_eff = max(event_time, floor)

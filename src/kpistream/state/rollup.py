@@ -55,10 +55,12 @@ class RollupState:
         self.grace_ms = settings.grace_ms
         self.live = settings.clock == "live"
         self.idle_lag_ms = settings.idle_lag_ms
+        self.partitions = settings.partitions
         self.rollup, self.watermarks = rollup, watermarks
         self.cache: dict[int, RowCache] = {}
         self.dirty: dict[int, set[tuple[RowId, str]]] = {}
         self.times: dict[int, int] = {}
+        self.source_times: dict[int, dict[int, int]] = {}
 
     # -- stream time -------------------------------------------------------------------
     def event_time(self, q: int) -> int:
@@ -68,17 +70,29 @@ class RollupState:
         t = self.event_time(q)
         return max(t, now_ms - self.idle_lag_ms) if self.live else t
 
+    def complete_time(self, q: int, now_ms: int) -> int:
+        """Low watermark: every source partition has reached this time (in live mode never
+        less than wall clock minus idle_lag), so buckets before it are complete. The detector
+        evaluates minutes only up to here; in replay mode a source partition without any
+        event holds it back."""
+        sources = self.source_times.get(q, {})
+        # Until every source partition has reported, the slowest one is unknown.
+        low = min(sources.values()) if len(sources) >= self.partitions else NO_TIME
+        return max(low, now_ms - self.idle_lag_ms) if self.live else low
+
     def apply_watermark(self, q: int, source: int, ts: int) -> None:
         key = f"{q}{SEP}{source}"
         held = self.watermarks.get(key)
         if held is None or held[0] < ts:
             self.watermarks.put(q, key, [ts])
         self.times[q] = max(self.event_time(q), ts)
+        sources = self.source_times.setdefault(q, {})
+        sources[source] = max(sources.get(source, NO_TIME), ts)
 
     # -- updates -----------------------------------------------------------------------
     def apply_updates(self, q: int, source: int, row: RowId,
                       updates: Iterable[BucketUpdate], now_ms: int) -> None:
-        t = self.stream_time(q, now_ms)
+        t = self.complete_time(q, now_ms)
         rows = self.cache.setdefault(q, {})
         dirty = self.dirty.setdefault(q, set())
         dimension, group = row
@@ -110,20 +124,24 @@ class RollupState:
                     window, WindowBuckets()).set(int(bucket), int(source), tuple(value[1:]))
             self.cache[q] = rows
             self.dirty[q] = {(row, w) for row, windows in rows.items() for w in windows}
-            self.times[q] = max(
-                (int(self.watermarks.get(k)[0]) for k in self.watermarks.keys_of(q)),
-                default=NO_TIME)
+            marks = {int(k.split(SEP)[1]): int(self.watermarks.get(k)[0])
+                     for k in self.watermarks.keys_of(q)}
+            self.source_times[q] = marks
+            self.times[q] = max(marks.values(), default=NO_TIME)
 
     def drop(self, partitions: Iterable[int]) -> None:
         for q in partitions:
             self.cache.pop(q, None)
             self.dirty.pop(q, None)
             self.times.pop(q, None)
+            self.source_times.pop(q, None)
 
     # -- expiry ------------------------------------------------------------------------
     def sweep(self, q: int, now_ms: int) -> None:
-        """Forget buckets no current or future window of their row can cover."""
-        t = self.stream_time(q, now_ms)
+        """Forget buckets no current or future window of their row can cover, judged against
+        the low watermark, so a lagging source partition never loses the buckets it is still
+        filling (and the detector still sees its minutes)."""
+        t = self.complete_time(q, now_ms)
         if t == NO_TIME:
             return
         for key in list(self.rollup.keys_of(q)):

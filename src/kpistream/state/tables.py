@@ -70,6 +70,7 @@ class Tables:
     rollup: TableStore
     watermarks: TableStore
     offsets: TableStore
+    alerts: TableStore
     rollup_table: TableT[Any, Any]
 
     @classmethod
@@ -89,5 +90,6 @@ class Tables:
                                   outbox),
             offsets=TableStore(table("offsets", "next input offset per stage and partition"),
                                outbox),
+            alerts=TableStore(table("alerts", "CPO spike detector state per row"), outbox),
             rollup_table=rollup,
         )

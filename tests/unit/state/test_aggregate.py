@@ -21,14 +21,6 @@ def order(order_id: str, ts: int, status: str = "placed") -> Order:
                  "search", "c1", "new")
 
 
-def test_lateness_uses_the_stream_time_known_from_other_partitions() -> None:
-    agg = aggregator()
-    assert agg.process(1, [(0, order("a", T), SRC)], T).verdicts[0].outcome == "accepted"
-    later = T + 30 * HOUR  # another partition has already seen this time
-    verdict = agg.process(1, [(1, order("b", T + HOUR), SRC)], T, known_time=later).verdicts[0]
-    assert verdict.outcome == "late"
-
-
 def test_replayed_batch_is_judged_against_the_time_of_its_first_run() -> None:
     agg = aggregator()
     batch = [(0, order("a", T), SRC), (1, Spend("s", T + 25 * HOUR, "c1", "search", 5.0), SRC)]

@@ -1,0 +1,133 @@
+"""Runs the CPO spike detector once per minute of each row's stream time (SPEC.md §6).
+
+Pure: reads the roll-up cache (minute buckets of the window whose STEP is one minute, the
+last hour, and the baseline window), advances each row's detector state through every
+completed minute since the last one evaluated, and returns the new states and transitions.
+The caller persists the states (a changelog-backed table) and writes the transitions to the
+sinks, so a restart neither loses nor repeats an episode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from kpistream.alerts.detector import (
+    DetectorParams,
+    DetectorState,
+    MinuteInput,
+    Transition,
+    evaluate,
+)
+from kpistream.kpi.formulas import SUM_FIELDS
+from kpistream.settings import Settings, WindowSpec
+from kpistream.state.aggregate import NO_TIME
+from kpistream.state.buckets import RowId
+from kpistream.state.rollup import RollupState
+from kpistream.state.store import SEP, Store
+
+MINUTE_MS = 60_000
+HOUR_MS = 3_600_000
+ALERT_DIMENSIONS = frozenset({"all", "channel", "campaign"})
+_ORDERS = SUM_FIELDS.index("orders")
+_SPEND = SUM_FIELDS.index("spend")
+
+
+@dataclass(frozen=True, slots=True)
+class AlertTransition:
+    partition: int
+    row: RowId
+    transition: Transition
+
+
+def _minute_window(settings: Settings) -> WindowSpec | None:
+    candidates = [s for s in settings.window_specs
+                  if s.step_ms == MINUTE_MS and s.size_ms >= HOUR_MS]
+    return min(candidates, key=lambda s: s.size_ms) if candidates else None
+
+
+class AlertEngine:
+    def __init__(self, settings: Settings, state: RollupState, store: Store) -> None:
+        self.params = DetectorParams.from_settings(settings)
+        self.state = state
+        self.store = store
+        self.minute = _minute_window(settings)
+        self.baseline = next((s for s in settings.window_specs
+                              if s.name == settings.alert_baseline_window), None)
+        self.settle_ms = settings.idle_lag_ms
+
+    @property
+    def enabled(self) -> bool:
+        return self.minute is not None and self.baseline is not None
+
+    @staticmethod
+    def key(q: int, row: RowId) -> str:
+        return f"{q}{SEP}{row[0]}{SEP}{row[1]}"
+
+    def load(self, q: int, row: RowId) -> DetectorState:
+        held = self.store.get(self.key(q, row))
+        return DetectorState.from_list(held) if held else DetectorState()
+
+    def firing(self, partitions: set[int]) -> Iterator[tuple[RowId, DetectorState]]:
+        for q in partitions:
+            for key in self.store.keys_of(q):
+                held = self.store.get(key)
+                if held:
+                    state = DetectorState.from_list(held)
+                    if state.firing_kind is not None:
+                        _, dimension, *group = key.split(SEP)
+                        yield (dimension, SEP.join(group)), state
+
+    def run(self, partitions: set[int], now_ms: int) -> list[AlertTransition]:
+        """Evaluate every completed minute of every alerting row since its last one."""
+        if not self.enabled:
+            return []
+        assert self.minute is not None and self.baseline is not None
+        out: list[AlertTransition] = []
+        for q in sorted(partitions):
+            t = self.state.complete_time(q, now_ms)
+            if t == NO_TIME:
+                continue
+            # Minutes every source partition has passed, less a settling margin for records
+            # still on their way through the roll-up topic.
+            last_complete = (t - self.settle_ms) // MINUTE_MS * MINUTE_MS
+            for row, windows in self.state.cache.get(q, {}).items():
+                if row[0] not in ALERT_DIMENSIONS or self.minute.name not in windows:
+                    continue
+                detector = self.load(q, row)
+                earliest = last_complete - self.minute.size_ms + MINUTE_MS
+                first = (earliest if detector.last_minute is None
+                         else max(detector.last_minute + MINUTE_MS, earliest))
+                changed = False
+                for minute_end in range(first, last_complete + 1, MINUTE_MS):
+                    detector, transition = evaluate(
+                        detector, self._input(windows, minute_end), self.params,
+                        dimension=row[0], group=row[1])
+                    changed = True
+                    if transition is not None:
+                        out.append(AlertTransition(q, row, transition))
+                if changed:
+                    self.store.put(q, self.key(q, row), detector.to_list())
+        return out
+
+    def _input(self, windows: dict[str, Any], minute_end: int) -> MinuteInput:
+        assert self.minute is not None and self.baseline is not None
+        minute = windows[self.minute.name]
+        bucket = minute.totals.get(minute_end - MINUTE_MS)
+        hour = minute.window_sums(minute_end - HOUR_MS, minute_end)
+        base = windows.get(self.baseline.name)
+        if base is not None:
+            start, end = self.state.window_of(self.baseline, minute_end - 1)
+            baseline = base.window_sums(start, end)
+        else:
+            baseline = hour
+        return MinuteInput(
+            minute_end=minute_end,
+            orders=round(bucket[_ORDERS]) if bucket else 0,
+            spend=float(bucket[_SPEND]) if bucket else 0.0,
+            baseline_orders=round(baseline[_ORDERS]),
+            baseline_spend=float(baseline[_SPEND]),
+            hour_orders=round(hour[_ORDERS]),
+            hour_spend=float(hour[_SPEND]),
+        )
