@@ -1,0 +1,93 @@
+"""AlertEngine: minute inputs from the roll-up cache, evaluation behind the low watermark,
+state persisted per row, one transition per episode edge."""
+
+from __future__ import annotations
+
+from kpistream.alerts.engine import MINUTE_MS, AlertEngine
+from kpistream.kpi.formulas import SUM_FIELDS
+from kpistream.settings import Settings
+from kpistream.state.aggregate import BucketUpdate
+from kpistream.state.rollup import RollupState
+from kpistream.state.store import DictStore
+
+T0 = 1_800_000_000_000 - 1_800_000_000_000 % (15 * MINUTE_MS)
+ROW = ("campaign", "c1")
+
+
+def sums(orders: int, spend: float) -> tuple[float, ...]:
+    values = [0.0] * len(SUM_FIELDS)
+    values[SUM_FIELDS.index("orders")] = orders
+    values[SUM_FIELDS.index("spend")] = spend
+    values[SUM_FIELDS.index("spend_records")] = 1
+    return tuple(values)
+
+
+def setup() -> tuple[RollupState, AlertEngine, DictStore, Settings]:
+    settings = Settings(clock="event", partitions=1)
+    state = RollupState(settings, DictStore(), DictStore())
+    store = DictStore()
+    return state, AlertEngine(settings, state, store), store, settings
+
+
+def feed(state: RollupState, minute: int, orders: int, spend: float, offset: int) -> None:
+    """One minute of a campaign: 1h window (1m buckets) and 24h window (15m buckets)."""
+    start = T0 + minute * MINUTE_MS
+    state.apply_updates(0, 0, ROW, [BucketUpdate("1h", start, offset, sums(orders, spend))], 0)
+    quarter = start - start % (15 * MINUTE_MS)
+    held = state.cache[0][ROW].get("24h")
+    previous = held.by_source.get(quarter, {}).get(0) if held else None
+    total = sums(orders, spend) if previous is None else tuple(
+        a + b for a, b in zip(previous, sums(orders, spend), strict=True))
+    state.apply_updates(0, 0, ROW, [BucketUpdate("24h", quarter, offset, total)], 0)
+    state.apply_watermark(0, 0, start + MINUTE_MS - 1)
+
+
+def test_orders_stopping_fires_once_and_resolves_once() -> None:
+    state, engine, store, _ = setup()
+    transitions = []
+    for minute in range(0, 60):  # a stable hour: 2 orders and 16 EUR a minute
+        feed(state, minute, 2, 16.0, minute)
+        transitions += engine.run({0}, 0)
+    assert transitions == []
+    for minute in range(60, 80):  # orders stop, spend goes on
+        feed(state, minute, 0, 16.0, minute)
+        transitions += engine.run({0}, 0)
+    assert [t.transition.state for t in transitions] == ["firing"]
+    fired = transitions[0].transition.message
+    assert fired["kind"] == "orders_stopped" and fired["group"] == "c1"
+    assert T0 + 60 * MINUTE_MS < fired["started_at"] <= T0 + 75 * MINUTE_MS
+    assert [row for row, _ in engine.firing({0})] == [ROW]
+    for minute in range(80, 110):  # orders are back
+        feed(state, minute, 2, 16.0, minute)
+        transitions += engine.run({0}, 0)
+    assert [t.transition.state for t in transitions] == ["firing", "resolved"]
+    assert transitions[1].transition.message["alert_id"] == fired["alert_id"]
+    assert list(engine.firing({0})) == []
+    assert store.get(engine.key(0, ROW)) is not None  # the state is persisted per row
+
+
+def test_a_restarted_engine_neither_repeats_nor_loses_the_episode() -> None:
+    state, engine, store, settings = setup()
+    for minute in range(0, 60):
+        feed(state, minute, 2, 16.0, minute)
+        engine.run({0}, 0)
+    fired = []
+    for minute in range(60, 75):
+        feed(state, minute, 0, 16.0, minute)
+        fired += engine.run({0}, 0)
+    assert len(fired) == 1
+    restarted = AlertEngine(settings, state, store)  # same tables, new process
+    assert restarted.run({0}, 0) == []  # the minutes already evaluated are not evaluated again
+    assert [row for row, _ in restarted.firing({0})] == [ROW]
+
+
+def test_minutes_wait_for_the_slowest_source_partition() -> None:
+    settings = Settings(clock="event", partitions=2)
+    state = RollupState(settings, DictStore(), DictStore())
+    engine = AlertEngine(settings, state, DictStore())
+    state.apply_updates(0, 0, ROW, [BucketUpdate("1h", T0, 0, sums(0, 100.0))], 0)
+    state.apply_watermark(0, 0, T0 + 30 * MINUTE_MS)
+    assert engine.run({0}, 0) == []  # partition 1 has not reported: nothing is complete
+    assert state.complete_time(0, 0) < 0
+    state.apply_watermark(0, 1, T0 + 10 * MINUTE_MS)
+    assert state.complete_time(0, 0) == T0 + 10 * MINUTE_MS
