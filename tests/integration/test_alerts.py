@@ -57,10 +57,10 @@ def test_injected_stop_fires_one_alert_on_its_campaign_only(stack) -> None:
         _, port = dep.start_worker()
         time.sleep(8)  # the worker is up before the stream starts, as in production
         # Streamed, not dumped as a backlog: the detector runs on each minute as stream time
-        # passes it (4 h of event time in about 15 s).
-        dep.produce(records, rate=800)
+        # passes it (4 h of event time in about 40 s, well within one worker's capacity).
+        dep.produce(records, rate=300)
         settings = dep.settings
-        deadline = time.monotonic() + 150
+        deadline = time.monotonic() + 120
         alerts: list[dict] = []
         while time.monotonic() < deadline:
             alerts = asyncio.run(read_topic(dep.bootstrap, settings.topic_alerts))
