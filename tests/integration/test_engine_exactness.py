@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-import uuid
 
 import pytest
 from harness import Deployment, normalise, row_mismatches, wait_for_rows
@@ -25,22 +24,6 @@ def records(start_ms: int, seed: int = 7) -> list:
                            orders_per_hour=15_000, campaigns=40, survey_ratio=0.4,
                            cancel_ratio=0.03)
     return list(TrafficGenerator(config).records())
-
-
-@pytest.fixture
-def deployment(stack, request):
-    deployments: list[Deployment] = []
-
-    def make(**extra: str) -> Deployment:
-        dep = Deployment(f"{request.node.name[:20]}-{uuid.uuid4().hex[:6]}".replace("_", "-"),
-                         stack.bootstrap, stack.redis_url, extra=dict(extra))
-        dep.create_topics()
-        deployments.append(dep)
-        return dep
-
-    yield make
-    for dep in deployments:
-        dep.stop()
 
 
 def live_start() -> int:

@@ -14,7 +14,6 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-import uuid
 from pathlib import Path
 
 import pytest
@@ -32,22 +31,6 @@ def traffic(minutes: int = 40, seed: int = 11, start: int | None = None) -> list
     return list(TrafficGenerator(TrafficConfig(
         seed=seed, start_ms=start, duration_ms=minutes * 60_000, orders_per_hour=9000,
         campaigns=15)).records())
-
-
-@pytest.fixture
-def deployment(stack, request):
-    made: list[Deployment] = []
-
-    def make(**extra: str) -> Deployment:
-        dep = Deployment(f"{request.node.name[:18]}-{uuid.uuid4().hex[:6]}".replace("_", "-"),
-                         stack.bootstrap, stack.redis_url, extra=dict(extra))
-        dep.create_topics()
-        made.append(dep)
-        return dep
-
-    yield make
-    for dep in made:
-        dep.stop()
 
 
 def scrape(port: int) -> str:
