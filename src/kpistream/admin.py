@@ -15,12 +15,17 @@ from kpistream.settings import Settings
 logger = logging.getLogger(__name__)
 CONNECT_ATTEMPTS = 30
 DLQ_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+# Packed internal records carry up to ``pack_max_bytes`` of events (plus framing).
+PACKED_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 
 def topic_specs(settings: Settings) -> list[NewTopic]:
     plain = [settings.topic_orders, settings.topic_ad_spend, settings.topic_surveys,
-             settings.topic_events, settings.topic_rollup, settings.topic_alerts]
+             settings.topic_alerts]
     specs = [NewTopic(name, settings.partitions, settings.replication) for name in plain]
+    specs += [NewTopic(name, settings.partitions, settings.replication,
+                       topic_configs={"max.message.bytes": str(PACKED_MAX_MESSAGE_BYTES)})
+              for name in (settings.topic_events, settings.topic_rollup)]
     # A dead letter quotes the rejected value (JSON-escaped or base64): up to several times
     # the broker's default 1 MB message limit.
     specs.append(NewTopic(settings.topic_dlq, settings.partitions, settings.replication,

@@ -1,4 +1,4 @@
-"""The faust application: topics, tables and agents registered from their feature modules.
+"""The faust application: builds the app and wires the stages; no logic of its own.
 
 ``create_app`` is a factory (not a module-level app) so tests and several workers in one
 process can each have their own settings and metrics registry.
@@ -6,9 +6,7 @@ process can each have their own settings and metrics registry.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
@@ -18,52 +16,13 @@ from prometheus_client import CollectorRegistry
 from kpistream.admin import DLQ_MAX_MESSAGE_BYTES
 from kpistream.observability.metrics import Metrics
 from kpistream.outbox import Outbox
+from kpistream.runtime import Runtime, Topics, wall_clock_ms
 from kpistream.settings import Settings, parse_duration_ms
+from kpistream.stages import aggregate, edge, publish, rollup
+from kpistream.state.rollup import RollupState
 from kpistream.state.tables import Tables
 
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-@dataclass(frozen=True)
-class Topics:
-    raw: faust.TopicT
-    events: faust.TopicT
-    rollup: faust.TopicT
-    dlq: faust.TopicT
-    kpi_updates: faust.TopicT
-    alerts: faust.TopicT
-
-    @classmethod
-    def declare(cls, app: faust.App, settings: Settings) -> Topics:
-        def topic(*names: str, internal: bool = False,
-                  config: dict[str, str] | None = None) -> faust.TopicT:
-            return app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw",
-                             value_serializer="raw", partitions=settings.partitions,
-                             internal=internal, config=config)
-
-        return cls(
-            raw=topic(*settings.input_topics),
-            events=topic(settings.topic_events, internal=True),
-            rollup=topic(settings.topic_rollup, internal=True),
-            dlq=topic(settings.topic_dlq),
-            kpi_updates=topic(settings.topic_kpi_updates, config={"cleanup.policy": "compact"}),
-            alerts=topic(settings.topic_alerts),
-        )
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """What the agents share: configuration, topics, tables, metrics and the clock."""
-
-    settings: Settings
-    topics: Topics
-    tables: Tables
-    metrics: Metrics
-    registry: CollectorRegistry
-    outbox: Outbox
-    now_ms: Callable[[], int]
+__all__ = ["create_app", "wall_clock_ms"]
 
 
 def create_app(settings: Settings | None = None,
@@ -83,8 +42,9 @@ def create_app(settings: Settings | None = None,
         web_host=settings.web_host,
         web_port=settings.web_port,
         datadir=settings.data_dir,
-        stream_buffer_maxsize=max(4096, settings.batch_size * 2),
+        stream_buffer_maxsize=max(4096, settings.stage_batch_size * settings.partitions * 4),
         broker_session_timeout=parse_duration_ms(settings.session_timeout) / 1000,
+        broker_commit_interval=1.0,
         producer_max_request_size=DLQ_MAX_MESSAGE_BYTES,
     )
     registry = CollectorRegistry()
@@ -96,11 +56,17 @@ def create_app(settings: Settings | None = None,
     runtime = Runtime(settings, Topics.declare(app, settings),
                       Tables.declare(app, settings, outbox), Metrics.create(registry), registry,
                       outbox, now_ms)
-    from kpistream.ingest.agents import register as register_ingest
-    from kpistream.kpi.agents import register as register_kpi
+    readers: list[edge.EdgeReader] = []
 
-    register_ingest(app, runtime)
-    register_kpi(app, runtime)
+    @app.service
+    class Edge(edge.EdgeReader):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(runtime, app.crash, **kwargs)
+            readers.append(self)
+
+    aggregator = aggregate.register(app, runtime)
+    rollup_state = RollupState(settings, runtime.tables.rollup)
+    rollup.register(app, runtime, rollup_state)
+    publish.register(app, runtime, rollup_state, aggregator, readers)
     app.kpistream = runtime  # type: ignore[attr-defined]
-
     return app

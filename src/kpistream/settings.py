@@ -133,8 +133,19 @@ class Settings(BaseSettings):
     sink_timeout: str = Field("2s", description="Longest a sink write may block the publisher.")
 
     # --- engine ------------------------------------------------------------------------
-    batch_size: int = Field(1000, ge=1, description="Events aggregated per table write batch.")
-    batch_within: str = Field("200ms", description="Longest wait to fill a batch.")
+    batch_size: int = Field(
+        5000, ge=1, description="Edge: raw input records read, validated and packed per batch.")
+    batch_within: str = Field(
+        "100ms", description="Longest wait to fill a batch (edge poll, stage batches).")
+    pack_max_bytes: int = Field(
+        512 * 1024, ge=1024, description="Edge: approximate size limit of one packed record "
+        "(events and their original values) on the internal events topic.")
+    stage_batch_size: int = Field(
+        8, ge=1, description="Packed internal records a stage applies as one batch (one "
+        "changelog record).")
+    edge_group: str = Field(
+        "", description="Consumer group of the edge reader of the raw topics "
+        "(default: <app_id>-edge).")
     log_interval: str = Field("10s", description="Rate limit of repeated hot-path log lines.")
 
     # --- alerts ------------------------------------------------------------------------
@@ -231,6 +242,10 @@ class Settings(BaseSettings):
     def retention_ms(self) -> int:
         """How far behind stream time an event may be: largest window SIZE + grace."""
         return max(spec.size_ms for spec in self.window_specs) + self.grace_ms
+
+    @property
+    def edge_group_id(self) -> str:
+        return self.edge_group or f"{self.app_id}-edge"
 
     @property
     def input_topics(self) -> dict[str, EventKind]:

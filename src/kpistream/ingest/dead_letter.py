@@ -13,6 +13,8 @@ import orjson
 
 from kpistream.contracts.records import Source
 from kpistream.ingest.validate import ErrorCode
+from kpistream.observability.logs import RateLimitedLog
+from kpistream.outbox import Outbox
 
 
 def source_from_message(
@@ -50,3 +52,21 @@ def dlq_record(error: ErrorCode, detail: str, source: Source, received_at: int) 
         "value_base64": source.value_base64,
         "received_at": received_at,
     })
+
+
+class DeadLetters:
+    """The one dead-letter writer of every stage: quotes the record, queues it on the outbox
+    (sent and acknowledged with the stage's batch) and logs once per interval per error code.
+    At-least-once: a crash before the batch's commit writes it again; consumers de-duplicate
+    by (topic, partition, offset)."""
+
+    def __init__(self, topic: str, outbox: Outbox, log: RateLimitedLog) -> None:
+        self.topic = topic
+        self.outbox = outbox
+        self.log = log
+
+    def send(self, error: ErrorCode, detail: str, source: Source, received_at: int) -> None:
+        self.log.warning("input_rejected", limit_key=error, error=error, detail=detail,
+                         topic=source.topic, partition=source.partition, offset=source.offset)
+        key = source.key.encode() if source.key is not None else None
+        self.outbox.send(self.topic, key, dlq_record(error, detail, source, received_at))

@@ -14,14 +14,16 @@ class RateLimitedLog:
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
-    def warning(self, reason: str, **context: object) -> None:
-        """Log ``reason key=value ...`` unless the same reason was logged within interval."""
+    def warning(self, reason: str, *, limit_key: str = "", **context: object) -> None:
+        """Log ``reason key=value ...`` unless the same reason (and ``limit_key``, e.g. an
+        error code) was logged within interval."""
         now = time.monotonic()
-        last = self._last.get(reason)
+        key = f"{reason}:{limit_key}"
+        last = self._last.get(key)
         if last is not None and now - last < self.interval_s:
-            self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
             return
-        self._last[reason] = now
-        repeated = self._suppressed.pop(reason, 0)
+        self._last[key] = now
+        repeated = self._suppressed.pop(key, 0)
         fields = " ".join(f"{k}={v!r}" for k, v in context.items())
         self.logger.warning("%s %s repeated=%d", reason, fields, repeated)

@@ -7,21 +7,24 @@ bounded (topic names, outcomes, sinks, partitions - never ids). Business KPIs ar
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+OUTCOMES = ("accepted", "duplicate", "invalid", "late", "future")
 
 DELAY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
 
 @dataclass(frozen=True)
 class Metrics:
-    events: Counter
     event_delay: Histogram
     stream_time: Gauge
     sink_errors: Counter
     rows_dropped: Gauge
-    consumer_lag: Gauge
     rows_published: Counter
     alert_active: Gauge
     alerts: Counter
@@ -29,10 +32,6 @@ class Metrics:
     @classmethod
     def create(cls, registry: CollectorRegistry) -> Metrics:
         return cls(
-            events=Counter(
-                "kpistream_events", "Input records by topic and outcome "
-                "(accepted, duplicate, invalid, late, future).",
-                ["topic", "outcome"], registry=registry),
             event_delay=Histogram(
                 "kpistream_event_delay_seconds",
                 "Processing time minus event time of accepted events.",
@@ -48,9 +47,6 @@ class Metrics:
                 "kpistream_prometheus_rows_dropped",
                 "KPI rows currently left out of /metrics by the per-dimension group cap.",
                 ["dimension"], registry=registry),
-            consumer_lag=Gauge(
-                "kpistream_consumer_lag", "End offset minus committed offset.",
-                ["topic", "partition"], registry=registry),
             rows_published=Counter(
                 "kpistream_rows_published", "Row changes written to the sinks "
                 "(deletions included).", registry=registry),
@@ -72,3 +68,38 @@ OUTCOME_OF_ERROR = {
 def outcome_label(error: str) -> str:
     """``kpistream_events_total`` outcome of a rejection: late, future, or invalid."""
     return OUTCOME_OF_ERROR.get(error, "invalid")
+
+
+class EventCountCollector(Collector):
+    """``kpistream_events_total{topic,outcome}``: the classification counts the aggregate
+    stage keeps in its changelog, summed over the partitions this worker owns. Persisted with
+    the state, they survive a crash exactly (a re-delivered record is never counted again),
+    and ``sum()`` across workers equals the input's classification."""
+
+    def __init__(self, counts: Callable[[], dict[tuple[str, str], int]]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "kpistream_events", "Input records by topic and outcome "
+            "(accepted, duplicate, invalid, late, future).", labels=["topic", "outcome"])
+        for (topic, outcome), count in sorted(self.counts().items()):
+            family.add_metric([topic, outcome], count)
+        yield family
+
+
+class LagCollector(Collector):
+    """``kpistream_consumer_lag{group,topic,partition}``: end offset minus committed offset
+    of every partition this worker's consumers own now (built at scrape time, so partitions
+    moved away leave no stale series)."""
+
+    def __init__(self, lags: Callable[[], list[tuple[str, str, int, int]]]) -> None:
+        self.lags = lags
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily("kpistream_consumer_lag",
+                                   "End offset minus committed offset.",
+                                   labels=["group", "topic", "partition"])
+        for group, topic, partition, lag in sorted(self.lags()):
+            family.add_metric([group, topic, str(partition)], lag)
+        yield family

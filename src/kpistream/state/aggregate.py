@@ -1,18 +1,24 @@
 """Stage 2, pure: de-duplicate, apply cancellations and keep per-partition bucket sums.
 
-Runs per partition of the internal events topic (keyed by event id, so duplicates and a
-cancellation meet their original in one partition). Idempotence without transactions: every
-partial bucket stores the highest input offset it has applied, in the same changelog record as
-its sums, so after a crash the replayed records it already holds are skipped, whatever subset
-of the changelog survived. The id table tells a genuine duplicate (same id, another offset)
-from a replay (same id, same offset).
+Runs per partition of the internal events topic (events are routed there by id, so duplicates
+and a cancellation meet their original in one partition). State is event-sourced: each applied
+batch writes ONE changelog record (:class:`~kpistream.contracts.wire.AggregatePack`) holding
+its effects (bucket contributions, id-table upserts) and the partition's header; the id table
+and the bucket sums are derived, rebuilt by replaying the packs after a restart. So a batch of
+hundreds of events costs one changelog record, whatever the number of rows it touches.
 
-State (all keys start with the partition):
-- ids:      ``p|kind|id`` -> spend/survey ``[offset, ts]``; order ``[placed_off, placed_ts,
-            amount, channel, campaign, segment, cancel_off, cancel_matched, cancel_ts]``
-- partials: ``p|window|dimension|group|bucket`` -> ``[offset, *sums]``
-- clock:    ``p`` -> ``[stream_time, [[first_offset, last_offset, time_before], ...]]``:
-            the latest event time of the partition and a checkpoint per recent batch
+Exactness without transactions:
+- a batch at or below the applied offset (a replay after a crash or rebalance) is not applied
+  again; the buckets its packs touched are re-sent (absolute values, so harmless) in case the
+  roll-up messages of the first run were lost;
+- a record the edge delivered twice (it crashed after producing and before committing) has
+  source coordinates at or below the partition's high-water mark for that source partition,
+  and is skipped: never counted as a duplicate, an accepted event or a new rejection;
+- a second event with the same id is a genuine duplicate (SPEC §1).
+
+Id records (``kind|id``): spend/survey ``[ts]``; order ``[placed_ts, amount, channel,
+campaign, segment, cancel_ts, matched]`` (``placed_ts`` None while only a cancellation is
+known).
 """
 
 from __future__ import annotations
@@ -23,6 +29,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from kpistream.contracts.records import Event, Order, Source
+from kpistream.contracts.wire import (
+    ALL_READ,
+    NO_TIME,
+    AggregatePack,
+    EventPack,
+    decode_aggregate_pack,
+    encode_aggregate_pack,
+)
 from kpistream.settings import Settings
 from kpistream.state.buckets import (
     ZERO,
@@ -33,14 +47,17 @@ from kpistream.state.buckets import (
     contribution,
     rows_of,
 )
-from kpistream.state.store import SEP, Store
+from kpistream.state.store import PackLog
 
 Outcome = Literal["accepted", "duplicate", "late", "unknown_order"]
-NO_TIME = -(2**62)
-CLOCK_CHECKPOINTS = 64  # (first, last offset, stream time before) of recent batches
+COUNTED_OUTCOME: dict[str, str] = {"accepted": "accepted", "duplicate": "duplicate",
+                                   "late": "late", "unknown_order": "invalid"}
+BucketKey = tuple[str, str, str, int]  # window, dimension, group, bucket
 
-# order record fields
-_P_OFF, _P_TS, _AMOUNT, _CH, _CA, _SE, _C_OFF, _MATCHED, _C_TS = range(9)
+__all__ = ["NO_TIME", "BatchResult", "BucketUpdate", "PartitionAggregator", "Verdict"]
+
+# order id-record fields
+_P_TS, _AMOUNT, _CH, _CA, _SE, _C_TS, _MATCHED = range(7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,182 +82,282 @@ class BatchResult:
     verdicts: list[Verdict] = field(default_factory=list)
     updates: dict[RowId, list[BucketUpdate]] = field(default_factory=dict)
     stream_time: int = NO_TIME
+    low_mark: int = NO_TIME
+    applied: int | None = None
+
+
+@dataclass(slots=True)
+class PartitionState:
+    applied: int | None = None
+    stream_time: int = NO_TIME
+    high_water: dict[tuple[str, int], int] = field(default_factory=dict)
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    marks: dict[tuple[str, int], tuple[int | None, bool]] = field(default_factory=dict)
+    raw_partitions: int = 0
+    ids: dict[str, list[Any]] = field(default_factory=dict)
+    buckets: dict[BucketKey, list[float]] = field(default_factory=dict)
+    packs: dict[int, int] = field(default_factory=dict)  # seq -> keep_until
+
+    def header(self, seq: int) -> AggregatePack:
+        return AggregatePack(seq, self.stream_time, dict(self.high_water), dict(self.counts),
+                             dict(self.marks), self.raw_partitions)
+
+    def low_mark(self) -> int:
+        """Event time every raw input partition has passed or been read to its end: the
+        partition's contribution to the low watermark (SPEC §3)."""
+        if not self.raw_partitions or len(self.marks) < self.raw_partitions:
+            return NO_TIME  # some raw partition has never been heard of
+        low = ALL_READ
+        for newest, at_end in self.marks.values():
+            if not at_end:
+                low = min(low, NO_TIME if newest is None else newest)
+        return low
 
 
 class PartitionAggregator:
-    """Applies batches of one partition's events to ids/partials/clock stores."""
+    """Applies batches of packed events of each internal partition."""
 
-    def __init__(self, settings: Settings, ids: Store, partials: Store, clock: Store) -> None:
+    def __init__(self, settings: Settings, log: PackLog) -> None:
         self.windows = settings.window_specs
         self.grace_ms = settings.grace_ms
         self.retention_ms = settings.retention_ms
+        self.max_step_ms = max(spec.step_ms for spec in self.windows)
         self.live = settings.clock == "live"
         self.idle_lag_ms = settings.idle_lag_ms
-        self.ids, self.partials, self.clock = ids, partials, clock
+        self.log = log
+        self.parts: dict[int, PartitionState] = {}
 
-    # -- stream time -------------------------------------------------------------------
-    def stream_time(self, partition: int) -> int:
-        value = self.clock.get(str(partition))
-        return int(value[0]) if value else NO_TIME
+    # -- ownership ---------------------------------------------------------------------
+    def load(self, p: int, now_ms: int) -> PartitionState:
+        """Rebuild partition p's state from its packs (after an assignment)."""
+        state = PartitionState()
+        for seq, data in self.log.load(p):
+            pack = decode_aggregate_pack(data)
+            for key, record in pack.ids:
+                state.ids[key] = record
+            for sign, event in pack.effects:
+                self._add(state, event, sign, None, NO_TIME)
+            state.applied, state.stream_time = pack.offset, pack.stream_time
+            state.high_water, state.counts = pack.high_water, pack.counts
+            state.marks, state.raw_partitions = pack.marks, pack.raw_partitions
+            state.packs[seq] = pack.keep_until
+        self.parts[p] = state
+        # Buckets the live run never filled (expired when their events came) go at once; ids
+        # and packs wait for the next sweep, as they would have without the restart.
+        self._expire_buckets(state, self.effective_time(state, now_ms))
+        return state
 
-    def _time_before(self, partition: int, offset: int) -> int:
-        """Stream time just before ``offset``: a replay after a crash must judge lateness
-        against the time the first run saw, not the later time the changelog may hold.
-        Replays start at a committed offset, which is where some earlier batch started."""
-        value = self.clock.get(str(partition))
-        if not value:
-            return NO_TIME
-        for start, end, before in reversed(value[1]):
-            if start <= offset <= end:
-                return int(before)
-            if end < offset:
-                break
-        else:
-            if value[1]:
-                return int(value[1][0][2])  # older than the history kept: its oldest time
-        return int(value[0])
+    def drop(self, partitions: set[int]) -> None:
+        for p in partitions:
+            self.parts.pop(p, None)
 
-    def effective_time(self, partition: int, now_ms: int) -> int:
+    def state(self, p: int, now_ms: int) -> PartitionState:
+        held = self.parts.get(p)
+        return held if held is not None else self.load(p, now_ms)
+
+    def expected(self, p: int, now_ms: int) -> int | None:
+        applied = self.state(p, now_ms).applied
+        return None if applied is None else applied + 1
+
+    def effective_time(self, state: PartitionState, now_ms: int) -> int:
         """T for lateness: the partition's latest event time, in live mode never less than
         wall clock minus idle_lag."""
-        event_time = self.stream_time(partition)
-        return max(event_time, now_ms - self.idle_lag_ms) if self.live else event_time
+        t = state.stream_time
+        return max(t, now_ms - self.idle_lag_ms) if self.live else t
 
     # -- processing --------------------------------------------------------------------
-    def process(
-        self, partition: int, items: Sequence[tuple[int, Event, Source]], now_ms: int
-    ) -> BatchResult:
-        """Apply ``(offset, event, source)`` items of one partition, in offset order."""
+    def process(self, p: int, items: Sequence[tuple[int, EventPack]],
+                now_ms: int) -> BatchResult:
+        """Apply ``(offset, pack)`` items of partition p, in offset order, and write one
+        changelog record for the batch."""
+        state = self.state(p, now_ms)
         result = BatchResult()
-        if not items:
-            return result
-        time_before = event_time = self._time_before(partition, items[0][0])
+        touched: set[BucketKey] = set()
+        replayed_from: int | None = None
+        ids: dict[str, list[Any]] = {}
+        effects: list[tuple[int, Event]] = []
         floor = now_ms - self.idle_lag_ms if self.live else NO_TIME
-        touched: dict[str, list[Any]] = {}
-        for offset, event, source in items:
-            t_eff = max(event_time, floor)
-            if event.ts < t_eff - self.retention_ms:
-                result.verdicts.append(Verdict("late", event, source))
+        last = None
+        for offset, pack in items:
+            if state.applied is not None and offset <= state.applied:
+                replayed_from = offset if replayed_from is None else min(replayed_from, offset)
                 continue
-            event_time = max(event_time, event.ts)
-            t_eff = max(event_time, floor)
-            outcome = self._apply(partition, offset, event, t_eff, touched)
-            result.verdicts.append(Verdict(outcome, event, source))
-        updates: dict[RowId, list[BucketUpdate]] = defaultdict(list)
-        for key, value in touched.items():
-            self.partials.put(partition, key, value)
-            _, window, dimension, *group_parts, bucket = key.split(SEP)
-            updates[(dimension, SEP.join(group_parts))].append(
-                BucketUpdate(window, int(bucket), value[0], tuple(value[1:]))
-            )
-        result.updates = dict(updates)
-        held = self.clock.get(str(partition))
-        checkpoints = [c for c in (held[1] if held else []) if c[1] < items[0][0]]
-        checkpoints = [*checkpoints[-(CLOCK_CHECKPOINTS - 1):],
-                       [items[0][0], items[-1][0], time_before]]
-        self.clock.put(partition, str(partition),
-                       [max(event_time, held[0] if held else NO_TIME), checkpoints])
-        result.stream_time = event_time
+            last = offset
+            if pack.raw_partitions:
+                state.raw_partitions = pack.raw_partitions
+            for mark in pack.marks:
+                key = (mark.topic, mark.partition)
+                held = state.marks.get(key)
+                newest = mark.newest_ts
+                if held is not None and held[0] is not None:
+                    newest = held[0] if newest is None else max(newest, held[0])
+                state.marks[key] = (newest, mark.at_end)
+            for source, body in pack.items:
+                coords = (source.topic, source.partition)
+                if source.offset <= state.high_water.get(coords, -1):
+                    continue  # the edge delivered this record before: already applied
+                state.high_water[coords] = source.offset
+                if isinstance(body, str):
+                    self._count(state, source.topic, body)
+                    continue
+                t_eff = max(state.stream_time, floor)
+                if body.ts < t_eff - self.retention_ms:
+                    outcome: Outcome = "late"
+                else:
+                    state.stream_time = max(state.stream_time, body.ts)
+                    outcome = self._apply(state, body, max(state.stream_time, floor), touched,
+                                          ids, effects)
+                self._count(state, source.topic, COUNTED_OUTCOME[outcome])
+                result.verdicts.append(Verdict(outcome, body, source))
+        if last is not None:
+            keep_until = NO_TIME
+            for _, event in effects:
+                keep_until = max(keep_until, event.ts)
+            for record in ids.values():
+                keep_until = max(keep_until, _record_time(record))
+            pack_out = state.header(last)
+            pack_out.ids = list(ids.items())
+            pack_out.effects = effects
+            pack_out.keep_until = keep_until
+            self.log.put(p, last, encode_aggregate_pack(pack_out))
+            state.packs[last] = keep_until
+            state.applied = last
+        if replayed_from is not None:
+            touched.update(self._touched_by_packs_from(p, state, replayed_from))
+        result.updates = self._updates(state, touched)
+        result.stream_time = state.stream_time
+        result.low_mark = state.low_mark()
+        result.applied = state.applied
         return result
 
-    def _apply(
-        self, p: int, offset: int, event: Event, t_eff: int, touched: dict[str, list[Any]]
-    ) -> Outcome:
-        key = f"{p}{SEP}{event.kind}{SEP}{event.id}"
-        record = self.ids.get(key)
+    @staticmethod
+    def _count(state: PartitionState, topic: str, outcome: str) -> None:
+        key = (topic, outcome)
+        state.counts[key] = state.counts.get(key, 0) + 1
+
+    def _touched_by_packs_from(self, p: int, state: PartitionState,
+                               first: int) -> set[BucketKey]:
+        """Buckets the packs of a replayed range touched: their roll-up messages may have been
+        lost with the crash, so their current values are sent again."""
+        touched: set[BucketKey] = set()
+        for seq in sorted(state.packs):
+            if seq < first:
+                continue
+            data = self.log.get(p, seq)
+            if data is None:
+                continue
+            for _, event in decode_aggregate_pack(data).effects:
+                for spec in self.windows:
+                    bucket = bucket_start(event.ts, spec.step_ms)
+                    for dimension, group in rows_of(event):
+                        key = (spec.name, dimension, group, bucket)
+                        if key in state.buckets:
+                            touched.add(key)
+        return touched
+
+    def _updates(self, state: PartitionState,
+                 touched: set[BucketKey]) -> dict[RowId, list[BucketUpdate]]:
+        stamp = state.applied if state.applied is not None else -1
+        updates: dict[RowId, list[BucketUpdate]] = defaultdict(list)
+        for key in sorted(touched):
+            sums = state.buckets.get(key)
+            if sums is None:
+                continue
+            window, dimension, group, bucket = key
+            updates[(dimension, group)].append(BucketUpdate(window, bucket, stamp,
+                                                            tuple(sums)))
+        return dict(updates)
+
+    def _apply(self, state: PartitionState, event: Event, t_eff: int, touched: set[BucketKey],
+               ids: dict[str, list[Any]], effects: list[tuple[int, Event]]) -> Outcome:
+        key = f"{event.kind}|{event.id}"
+        record = state.ids.get(key)
         if not isinstance(event, Order):
-            if record is not None and record[0] != offset:
-                return "duplicate"
-            if record is None:
-                self.ids.put(p, key, [offset, event.ts])
-            self._add(p, offset, event.ts, rows_of(event), contribution(event), 1, t_eff,
-                      touched)
-            return "accepted"
-        if event.status == "placed":
-            return self._placed(p, key, record, offset, event, t_eff, touched)
-        return self._cancelled(p, key, record, offset, event, t_eff, touched)
-
-    def _placed(self, p: int, key: str, record: list[Any] | None, offset: int, event: Order,
-                t_eff: int, touched: dict[str, list[Any]]) -> Outcome:
-        if record is not None and record[_P_OFF] is not None:
-            if record[_P_OFF] != offset:
-                return "duplicate"
-            # A replay: re-apply unless a cancellation that came first retracted it.
-            if record[_C_OFF] is not None and record[_C_OFF] < offset:
-                return "accepted"
-        else:
-            pending_cancel = record is not None
-            new = [offset, event.ts, event.amount, event.channel, event.campaign_id,
-                   event.segment, None, 0, None]
             if record is not None:
-                new[_C_OFF], new[_MATCHED], new[_C_TS] = record[_C_OFF], 0, record[_C_TS]
-            self.ids.put(p, key, new)
-            if pending_cancel:
-                return "accepted"  # its cancellation arrived first: it counts nowhere
-        self._add(p, offset, event.ts, rows_of(event), contribution(event), 1, t_eff, touched)
-        return "accepted"
-
-    def _cancelled(self, p: int, key: str, record: list[Any] | None, offset: int,
-                   event: Order, t_eff: int, touched: dict[str, list[Any]]) -> Outcome:
-        if record is not None and record[_C_OFF] is not None:
-            if record[_C_OFF] != offset:
                 return "duplicate"
-            if not record[_MATCHED]:
-                return "unknown_order"
-        elif record is None or record[_P_OFF] is None:
-            self.ids.put(p, key, [None, None, None, None, None, None, offset, 0, event.ts])
-            return "unknown_order"
+            record = [event.ts]
+            sign = 1
+        elif event.status == "placed":
+            if record is not None and record[_P_TS] is not None:
+                return "duplicate"
+            sign = 0 if record is not None else 1  # a pending cancellation: counts nowhere
+            record = [event.ts, event.amount, event.channel, event.campaign_id, event.segment,
+                      record[_C_TS] if record else None, 0]
         else:
-            record = list(record)
-            record[_C_OFF], record[_MATCHED], record[_C_TS] = offset, 1, event.ts
-            self.ids.put(p, key, record)
-        placed = Order(key, record[_P_TS], "placed", None, record[_AMOUNT], record[_CH],
-                       record[_CA], record[_SE])
-        self._add(p, offset, placed.ts, rows_of(placed), contribution(placed), -1, t_eff,
-                  touched)
+            if record is not None and record[_C_TS] is not None:
+                return "duplicate"
+            if record is None or record[_P_TS] is None:
+                record = [None, None, None, None, None, event.ts, 0]
+                state.ids[key] = ids[key] = record
+                return "unknown_order"
+            record = [*record[:_C_TS], event.ts, 1]
+            event = Order(event.order_id, record[_P_TS], "placed", None, record[_AMOUNT],
+                          record[_CH], record[_CA], record[_SE])
+            sign = -1
+        state.ids[key] = ids[key] = record
+        if sign:
+            effects.append((sign, event))
+            self._add(state, event, sign, touched, t_eff)
         return "accepted"
 
-    def _add(self, p: int, offset: int, ts: int, rows: list[RowId], vector: Sums, sign: int,
-             t_eff: int, touched: dict[str, list[Any]]) -> None:
+    def _add(self, state: PartitionState, event: Event, sign: int,
+             touched: set[BucketKey] | None, t_eff: int) -> None:
+        vector = [(i, sign * amount) for i, amount in enumerate(contribution(event)) if amount]
+        rows = rows_of(event)
+        buckets = state.buckets
         for spec in self.windows:
-            bucket = bucket_start(ts, spec.step_ms)
-            if bucket_expired(bucket, spec, t_eff, self.grace_ms):
+            bucket = event.ts - event.ts % spec.step_ms
+            if t_eff != NO_TIME and bucket_expired(bucket, spec, t_eff, self.grace_ms):
                 continue
             for dimension, group in rows:
-                key = f"{p}{SEP}{spec.name}{SEP}{dimension}{SEP}{group}{SEP}{bucket}"
-                value = touched.get(key)
-                if value is None:
-                    stored = self.partials.get(key)
-                    value = list(stored) if stored is not None else [-1, *ZERO]
-                    touched[key] = value
-                if offset <= value[0]:
-                    continue  # already holds this record: a replay after a crash
-                value[0] = offset
-                for i, amount in enumerate(vector, start=1):
-                    if amount:
-                        value[i] += sign * amount
+                key = (spec.name, dimension, group, bucket)
+                sums = buckets.get(key)
+                if sums is None:
+                    sums = buckets[key] = [0.0] * len(ZERO)
+                for i, amount in vector:
+                    sums[i] += amount
+                if touched is not None:
+                    touched.add(key)
 
     # -- expiry ------------------------------------------------------------------------
-    def sweep(self, partition: int, now_ms: int) -> int:
-        """Drop ids and partial buckets no event can reach any more; returns how many."""
-        t_eff = self.effective_time(partition, now_ms)
+    def sweep(self, p: int, now_ms: int) -> int:
+        """Drop ids, buckets and packs no event can reach any more; returns how many."""
+        state = self.parts.get(p)
+        return 0 if state is None else self._expire(p, state, now_ms)
+
+    def _expire(self, p: int, state: PartitionState, now_ms: int) -> int:
+        t_eff = self.effective_time(state, now_ms)
+        if t_eff == NO_TIME:
+            return 0
+        expired = self._expire_buckets(state, t_eff)
+        horizon = t_eff - self.retention_ms
+        old_ids = [id_key for id_key, record in state.ids.items()
+                   if _record_time(record) < horizon]
+        for id_key in old_ids:
+            del state.ids[id_key]
+        # A pack is dropped once nothing in it can matter: its times are older than the
+        # retention horizon by a further step, so every bucket it touched has expired. The
+        # newest pack holds the header and always stays.
+        old_packs = [seq for seq, keep in state.packs.items()
+                     if keep < horizon - self.max_step_ms and seq != state.applied]
+        for seq in old_packs:
+            del state.packs[seq]
+            self.log.delete(p, seq)
+        return expired + len(old_ids) + len(old_packs)
+
+    def _expire_buckets(self, state: PartitionState, t_eff: int) -> int:
         if t_eff == NO_TIME:
             return 0
         specs = {spec.name: spec for spec in self.windows}
-        dropped = 0
-        for key in list(self.partials.keys_of(partition)):
-            fields = key.split(SEP)
-            spec = specs.get(fields[1])
-            if spec is None or bucket_expired(int(fields[-1]), spec, t_eff, self.grace_ms):
-                self.partials.delete(partition, key)
-                dropped += 1
-        horizon = t_eff - self.retention_ms
-        for key in list(self.ids.keys_of(partition)):
-            record = self.ids.get(key)
-            if record is None:
-                continue
-            times = (record[1],) if len(record) == 2 else (record[_P_TS], record[_C_TS])
-            if max(t for t in times if t is not None) < horizon:
-                self.ids.delete(partition, key)
-                dropped += 1
-        return dropped
+        expired = [key for key in state.buckets
+                   if bucket_expired(key[3], specs[key[0]], t_eff, self.grace_ms)]
+        for key in expired:
+            del state.buckets[key]
+        return len(expired)
+
+
+def _record_time(record: list[Any]) -> int:
+    if len(record) == 1:
+        return int(record[0])
+    return max(int(t) for t in (record[_P_TS], record[_C_TS]) if t is not None)
+

@@ -1,16 +1,18 @@
 """Stage 3, pure: per row, the latest absolute value of every (window, bucket, source
-partition), and the window sums a row publishes.
+partition), the window sums a row publishes, and the low watermark.
 
-Absolute values make replays harmless: an update whose offset is lower than the one held is
-ignored, an equal one rewrites the same value. Stream time of a roll-up partition is the
-largest watermark any source partition has sent it, so every row of every worker slides on
-the same global event time (in live mode never less than wall clock minus idle_lag).
+Absolute values make replays harmless: a value whose stamp (the source partition's applied
+offset) is lower than the one held is ignored. State is event-sourced: the changelog holds
+the roll-up messages themselves, keyed by their roll-up offset, and a message is tombstoned
+once no value it carries is current (every one superseded by a newer message or expired) and
+it is not the newest message of its source (which carries that source's marks). Tombstones
+are written only after the records superseding them were acknowledged
+(:meth:`RollupState.take_dead` after a flush), so a crash never loses a current value.
 
-State (keys start with the roll-up partition ``q``):
-- rollup:     ``q|window|dimension|group|bucket|src`` -> ``[offset, *sums]``
-- watermarks: ``q|src`` -> ``[stream_time]``
-The in-memory cache mirrors ``rollup`` per partition with per-bucket totals over sources; it
-is derived, rebuilt from the table after every assignment and dropped on revocation.
+Stream time of a roll-up partition is the largest event time any source partition reported
+(in live mode never less than wall clock minus idle_lag). The low watermark (SPEC §3) is the
+smallest low mark of the source partitions, each of which is the newest event time of the
+slowest raw input partition not yet read to its end.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from kpistream.contracts.wire import ALL_READ, NO_TIME, RollupMessage, decode_rollup
 from kpistream.settings import Settings, WindowSpec
-from kpistream.state.aggregate import NO_TIME, BucketUpdate
 from kpistream.state.buckets import RowId, Sums, bucket_expired, total, window_end
-from kpistream.state.store import SEP, Store
+from kpistream.state.store import PackLog
+
+EntryKey = tuple[str, str, str, int, int]  # window, dimension, group, bucket, source
 
 
 @dataclass(slots=True)
@@ -34,7 +38,7 @@ class WindowBuckets:
     def set(self, bucket: int, source: int, sums: Sums) -> None:
         sources = self.by_source.setdefault(bucket, {})
         sources[source] = sums
-        self.totals[bucket] = sources[source] if len(sources) == 1 else total(sources.values())
+        self.totals[bucket] = sums if len(sources) == 1 else total(sources.values())
 
     def drop(self, bucket: int) -> None:
         self.by_source.pop(bucket, None)
@@ -47,94 +51,142 @@ class WindowBuckets:
 RowCache = dict[RowId, dict[str, WindowBuckets]]
 
 
-class RollupState:
-    """Roll-up table, watermarks and the derived per-partition cache of rows."""
+@dataclass(frozen=True, slots=True)
+class SourceMark:
+    stamp: int
+    seq: int
+    event_time: int
+    low_mark: int
 
-    def __init__(self, settings: Settings, rollup: Store, watermarks: Store) -> None:
+
+@dataclass(slots=True)
+class PartitionLog:
+    """Which roll-up message holds each current value, and how many each message holds."""
+
+    entries: dict[EntryKey, tuple[int, int]] = field(default_factory=dict)  # -> stamp, seq
+    refs: dict[int, int] = field(default_factory=dict)
+    marks: dict[int, SourceMark] = field(default_factory=dict)
+    dead: set[int] = field(default_factory=set)
+    last_seq: int | None = None
+
+    def release(self, seq: int) -> None:
+        self.refs[seq] -= 1
+        if self.refs[seq] <= 0:
+            self.dead.add(seq)
+
+
+class RollupState:
+    """Roll-up values, source marks and the derived per-partition cache of rows."""
+
+    def __init__(self, settings: Settings, log: PackLog) -> None:
         self.specs: dict[str, WindowSpec] = {s.name: s for s in settings.window_specs}
         self.grace_ms = settings.grace_ms
         self.live = settings.clock == "live"
         self.idle_lag_ms = settings.idle_lag_ms
         self.partitions = settings.partitions
-        self.rollup, self.watermarks = rollup, watermarks
+        self.log = log
         self.cache: dict[int, RowCache] = {}
         self.dirty: dict[int, set[tuple[RowId, str]]] = {}
-        self.times: dict[int, int] = {}
-        self.source_times: dict[int, dict[int, int]] = {}
+        self.logs: dict[int, PartitionLog] = {}
 
     # -- stream time -------------------------------------------------------------------
     def event_time(self, q: int) -> int:
-        return self.times.get(q, NO_TIME)
+        marks = self.logs[q].marks if q in self.logs else {}
+        return max((m.event_time for m in marks.values()), default=NO_TIME)
 
     def stream_time(self, q: int, now_ms: int) -> int:
         t = self.event_time(q)
         return max(t, now_ms - self.idle_lag_ms) if self.live else t
 
     def complete_time(self, q: int, now_ms: int) -> int:
-        """Low watermark: every source partition has reached this time (in live mode never
-        less than wall clock minus idle_lag), so buckets before it are complete. The detector
-        evaluates minutes only up to here; in replay mode a source partition without any
-        event holds it back."""
-        sources = self.source_times.get(q, {})
-        # Until every source partition has reported, the slowest one is unknown.
-        low = min(sources.values()) if len(sources) >= self.partitions else NO_TIME
-        return max(low, now_ms - self.idle_lag_ms) if self.live else low
+        """Low watermark: periods before it are complete (SPEC §3). Until every source
+        partition has reported, the slowest raw partition is unknown: NO_TIME."""
+        marks = self.logs[q].marks if q in self.logs else {}
+        if len(marks) < self.partitions:
+            return NO_TIME
+        low = min(m.low_mark for m in marks.values())
+        if low == NO_TIME:
+            return NO_TIME
+        if low == ALL_READ:  # nothing left to read anywhere
+            low = now_ms - self.idle_lag_ms if self.live else self.event_time(q)
+        return min(low, now_ms - self.idle_lag_ms) if self.live else low
 
-    def apply_watermark(self, q: int, source: int, ts: int) -> None:
-        key = f"{q}{SEP}{source}"
-        held = self.watermarks.get(key)
-        if held is None or held[0] < ts:
-            self.watermarks.put(q, key, [ts])
-        self.times[q] = max(self.event_time(q), ts)
-        sources = self.source_times.setdefault(q, {})
-        sources[source] = max(sources.get(source, NO_TIME), ts)
+    # -- messages ----------------------------------------------------------------------
+    def expected(self, q: int) -> int | None:
+        """Next roll-up offset this partition expects (None before any)."""
+        held = self.logs.get(q)
+        return None if held is None or held.last_seq is None else held.last_seq + 1
 
-    # -- updates -----------------------------------------------------------------------
-    def apply_updates(self, q: int, source: int, row: RowId,
-                      updates: Iterable[BucketUpdate], now_ms: int) -> None:
-        t = self.complete_time(q, now_ms)
+    def apply(self, q: int, seq: int, data: bytes, now_ms: int) -> None:
+        """Apply the roll-up message at offset ``seq`` and record it in the changelog."""
+        self.log.put(q, seq, data)
+        self._apply(q, seq, decode_rollup(data), self.complete_time(q, now_ms))
+
+    def _apply(self, q: int, seq: int, message: RollupMessage, t: int) -> None:
+        plog = self.logs.setdefault(q, PartitionLog())
         rows = self.cache.setdefault(q, {})
         dirty = self.dirty.setdefault(q, set())
-        dimension, group = row
-        for update in updates:
-            spec = self.specs.get(update.window)
-            if spec is None or bucket_expired(update.bucket, spec, t, self.grace_ms):
+        source, stamp = message.source, message.stamp
+        plog.refs.setdefault(seq, 0)
+        plog.dead.discard(seq)
+        plog.last_seq = seq if plog.last_seq is None else max(plog.last_seq, seq)
+        for value in message.values:
+            spec = self.specs.get(value.window)
+            if spec is None or (t != NO_TIME
+                                and bucket_expired(value.bucket, spec, t, self.grace_ms)):
                 continue
-            key = (f"{q}{SEP}{update.window}{SEP}{dimension}{SEP}{group}{SEP}"
-                   f"{update.bucket}{SEP}{source}")
-            held = self.rollup.get(key)
-            if held is not None and held[0] > update.offset:
-                continue  # an older value of this bucket, replayed: keep the newer one
-            self.rollup.put(q, key, [update.offset, *update.sums])
-            rows.setdefault(row, {}).setdefault(update.window, WindowBuckets()).set(
-                update.bucket, source, update.sums)
-            dirty.add((row, update.window))
+            key = (value.window, value.dimension, value.group, value.bucket, source)
+            held = plog.entries.get(key)
+            if held is not None:
+                if held[0] >= stamp:
+                    continue  # the same or a newer value of this bucket is held
+                plog.release(held[1])
+            plog.entries[key] = (stamp, seq)
+            plog.refs[seq] += 1
+            row = (value.dimension, value.group)
+            rows.setdefault(row, {}).setdefault(value.window, WindowBuckets()).set(
+                value.bucket, source, value.sums)
+            dirty.add((row, value.window))
+        mark = plog.marks.get(source)
+        if mark is None or (stamp, seq) >= (mark.stamp, mark.seq):
+            plog.marks[source] = SourceMark(stamp, seq, message.event_time, message.low_mark)
+            if mark is not None and mark.seq != seq and plog.refs.get(mark.seq, 0) <= 0:
+                plog.dead.add(mark.seq)
+        if plog.refs[seq] <= 0 and plog.marks[source].seq != seq:
+            plog.dead.add(seq)
+
+    def take_dead(self, q: int) -> list[int]:
+        """Messages no longer needed; call after the records superseding them were
+        acknowledged, then tombstone them."""
+        plog = self.logs.get(q)
+        if plog is None:
+            return []
+        pinned = {m.seq for m in plog.marks.values()}
+        dead = [s for s in plog.dead if plog.refs.get(s, 0) <= 0 and s not in pinned]
+        plog.dead.clear()
+        for seq in dead:
+            plog.refs.pop(seq, None)
+        return dead
 
     # -- assignment --------------------------------------------------------------------
-    def rebuild(self, partitions: Iterable[int]) -> None:
-        """Derive the cache and stream time of these partitions from the restored tables."""
-        for q in partitions:
-            rows: RowCache = {}
-            for key in self.rollup.keys_of(q):
-                value = self.rollup.get(key)
-                if value is None:
-                    continue
-                _, window, dimension, *group_parts, bucket, source = key.split(SEP)
-                rows.setdefault((dimension, SEP.join(group_parts)), {}).setdefault(
-                    window, WindowBuckets()).set(int(bucket), int(source), tuple(value[1:]))
-            self.cache[q] = rows
-            self.dirty[q] = {(row, w) for row, windows in rows.items() for w in windows}
-            marks = {int(k.split(SEP)[1]): int(self.watermarks.get(k)[0])
-                     for k in self.watermarks.keys_of(q)}
-            self.source_times[q] = marks
-            self.times[q] = max(marks.values(), default=NO_TIME)
+    def loaded(self, q: int) -> bool:
+        return q in self.logs
+
+    def load(self, q: int, now_ms: int) -> None:
+        """Rebuild partition q from its changelog (after an assignment)."""
+        self.drop([q])
+        self.logs[q] = PartitionLog()
+        self.cache[q] = {}
+        for seq, data in self.log.load(q):
+            self._apply(q, seq, decode_rollup(data), NO_TIME)
+        self.sweep(q, now_ms)
+        self.dirty[q] = {(row, w) for row, windows in self.cache[q].items() for w in windows}
 
     def drop(self, partitions: Iterable[int]) -> None:
         for q in partitions:
             self.cache.pop(q, None)
             self.dirty.pop(q, None)
-            self.times.pop(q, None)
-            self.source_times.pop(q, None)
+            self.logs.pop(q, None)
 
     # -- expiry ------------------------------------------------------------------------
     def sweep(self, q: int, now_ms: int) -> None:
@@ -142,13 +194,12 @@ class RollupState:
         the low watermark, so a lagging source partition never loses the buckets it is still
         filling (and the detector still sees its minutes)."""
         t = self.complete_time(q, now_ms)
-        if t == NO_TIME:
+        plog = self.logs.get(q)
+        if t == NO_TIME or plog is None:
             return
-        for key in list(self.rollup.keys_of(q)):
-            fields = key.split(SEP)
-            spec = self.specs.get(fields[1])
-            if spec is None or bucket_expired(int(fields[-2]), spec, t, self.grace_ms):
-                self.rollup.delete(q, key)
+        for key in [k for k in plog.entries
+                    if bucket_expired(k[3], self.specs[k[0]], t, self.grace_ms)]:
+            plog.release(plog.entries.pop(key)[1])
         for windows in self.cache.get(q, {}).values():
             for name, buckets in windows.items():
                 spec = self.specs[name]

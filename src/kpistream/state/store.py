@@ -46,3 +46,38 @@ class DictStore:
     def keys_of(self, partition: int) -> Iterator[str]:
         prefix = f"{partition}{SEP}"
         return iter([key for key in self.data if key.startswith(prefix)])
+
+
+class PackLog(Protocol):
+    """Per-partition log of packed changelog records, keyed by a sequence number (an input
+    offset). The state of a partition is rebuilt by replaying its records in order."""
+
+    def get(self, partition: int, seq: int) -> bytes | None: ...
+
+    def put(self, partition: int, seq: int, value: bytes) -> None: ...
+
+    def delete(self, partition: int, seq: int) -> None: ...
+
+    def load(self, partition: int) -> list[tuple[int, bytes]]: ...
+
+
+class DictPackLog:
+    """In-memory :class:`PackLog`; ``writes`` counts changelog records."""
+
+    def __init__(self) -> None:
+        self.data: dict[tuple[int, int], bytes] = {}
+        self.writes = 0
+
+    def get(self, partition: int, seq: int) -> bytes | None:
+        return self.data.get((partition, seq))
+
+    def put(self, partition: int, seq: int, value: bytes) -> None:
+        self.writes += 1
+        self.data[(partition, seq)] = value
+
+    def delete(self, partition: int, seq: int) -> None:
+        self.writes += 1
+        self.data.pop((partition, seq), None)
+
+    def load(self, partition: int) -> list[tuple[int, bytes]]:
+        return sorted((seq, value) for (p, seq), value in self.data.items() if p == partition)

@@ -2,11 +2,12 @@
 
 The tables are plain (non-windowed) changelog-backed tables; windows and expiry are ours
 (DESIGN-NOTES §1: faust's windowed tables expire on wall clock and lose windows across
-partitions). faust restores them from their changelogs; we write the changelog records
-ourselves through the :class:`~kpistream.outbox.Outbox`, JSON-encoded as faust's ``json``
-codec reads them, naming the changelog partition explicitly so a timer can expire keys of a
-partition. Each write is also recorded in the memory store's ``_key_partition`` so faust
-drops the keys of partitions this worker loses at the next recovery
+partitions). The two engine tables hold packed records (one per applied batch or roll-up
+message, DESIGN-NOTES §4), from which the stages rebuild their state after an assignment.
+faust restores them from their changelogs; we write the changelog records ourselves through
+the :class:`~kpistream.outbox.Outbox`, naming the changelog partition explicitly so a timer
+can expire keys of a partition. Each write is also recorded in the memory store's
+``_key_partition`` so faust drops the keys of partitions this worker loses at the next recovery
 (faust/stores/memory.py ``on_recovery_completed`` only knows restored keys otherwise).
 """
 
@@ -20,6 +21,7 @@ import faust
 import orjson
 from faust.types import TableT
 
+from kpistream.admin import PACKED_MAX_MESSAGE_BYTES
 from kpistream.outbox import Outbox
 from kpistream.settings import Settings
 from kpistream.state.store import SEP
@@ -62,34 +64,77 @@ class TableStore:
         return iter([key for key in self._dict if key.startswith(prefix)])
 
 
+class TablePackLog:
+    """:class:`kpistream.state.store.PackLog` over a faust memory-store table of raw bytes,
+    keyed ``b"{partition}:{seq}"``; values are the packed records as sent."""
+
+    def __init__(self, table: TableT[Any, Any], outbox: Outbox) -> None:
+        self.table = table
+        self.outbox = outbox
+
+    @property
+    def _store(self) -> Any:
+        return self.table.data
+
+    @property
+    def _dict(self) -> dict[bytes, bytes]:
+        return cast(dict[bytes, bytes], self._store.data)
+
+    @staticmethod
+    def _key(partition: int, seq: int) -> bytes:
+        return f"{partition}:{seq}".encode()
+
+    def _changelog(self) -> str:
+        return str(self.table.changelog_topic.get_topic_name())
+
+    def get(self, partition: int, seq: int) -> bytes | None:
+        return self._dict.get(self._key(partition, seq))
+
+    def put(self, partition: int, seq: int, value: bytes) -> None:
+        key = self._key(partition, seq)
+        self._dict[key] = value
+        self._store._key_partition[key] = partition
+        self.outbox.send(self._changelog(), key, value, partition)
+
+    def delete(self, partition: int, seq: int) -> None:
+        key = self._key(partition, seq)
+        if self._dict.pop(key, None) is None:
+            return
+        self._store._key_partition.pop(key, None)
+        self.outbox.send(self._changelog(), key, None, partition)
+
+    def load(self, partition: int) -> list[tuple[int, bytes]]:
+        prefix = f"{partition}:".encode()
+        return sorted((int(key[len(prefix):]), value) for key, value in self._dict.items()
+                      if key.startswith(prefix))
+
+
 @dataclass(frozen=True)
 class Tables:
-    ids: TableStore
-    partials: TableStore
-    clock: TableStore
-    rollup: TableStore
-    watermarks: TableStore
-    offsets: TableStore
+    aggregate: TablePackLog
+    rollup: TablePackLog
     alerts: TableStore
+    aggregate_table: TableT[Any, Any]
     rollup_table: TableT[Any, Any]
 
     @classmethod
     def declare(cls, app: faust.App, settings: Settings, outbox: Outbox) -> Tables:
-        def table(name: str, help: str) -> TableT[Any, Any]:
+        def table(name: str, help: str, serializer: str) -> TableT[Any, Any]:
             return app.Table(name, default=None, partitions=settings.partitions,
-                             schema=faust.Schema(key_serializer="json",
-                                                 value_serializer="json"), help=help)
+                             schema=faust.Schema(key_serializer=serializer,
+                                                 value_serializer=serializer), help=help,
+                             extra_topic_configs={
+                                 "max.message.bytes": str(PACKED_MAX_MESSAGE_BYTES)})
 
-        rollup = table("rollup", "row bucket values by source partition")
+        aggregate = table("aggregate-packs", "applied batches of each events partition",
+                          "raw")
+        rollup = table("rollup-messages", "current roll-up messages of each row partition",
+                       "raw")
         return cls(
-            ids=TableStore(table("ids", "event id -> offset, time (de-duplication)"), outbox),
-            partials=TableStore(table("partials", "per-partition bucket sums"), outbox),
-            clock=TableStore(table("clock", "stream time per events partition"), outbox),
-            rollup=TableStore(rollup, outbox),
-            watermarks=TableStore(table("watermarks", "stream time per source partition"),
-                                  outbox),
-            offsets=TableStore(table("offsets", "next input offset per stage and partition"),
-                               outbox),
-            alerts=TableStore(table("alerts", "CPO spike detector state per row"), outbox),
+            aggregate=TablePackLog(aggregate, outbox),
+            rollup=TablePackLog(rollup, outbox),
+            alerts=TableStore(table("alerts", "CPO spike detector state per row", "json"),
+                              outbox),
+            aggregate_table=aggregate,
             rollup_table=rollup,
         )

@@ -4,11 +4,11 @@ state persisted per row, one transition per episode edge."""
 from __future__ import annotations
 
 from kpistream.alerts.engine import MINUTE_MS, AlertEngine
+from kpistream.contracts.wire import BucketValue, RollupMessage, encode_rollup
 from kpistream.kpi.formulas import SUM_FIELDS
 from kpistream.settings import Settings
-from kpistream.state.aggregate import BucketUpdate
 from kpistream.state.rollup import RollupState
-from kpistream.state.store import DictStore
+from kpistream.state.store import DictPackLog, DictStore
 
 T0 = 1_800_000_000_000 - 1_800_000_000_000 % (15 * MINUTE_MS)
 ROW = ("campaign", "c1")
@@ -24,22 +24,29 @@ def sums(orders: int, spend: float) -> tuple[float, ...]:
 
 def setup() -> tuple[RollupState, AlertEngine, DictStore, Settings]:
     settings = Settings(clock="event", partitions=1)
-    state = RollupState(settings, DictStore(), DictStore())
+    state = RollupState(settings, DictPackLog())
     store = DictStore()
     return state, AlertEngine(settings, state, store), store, settings
+
+
+def send(state: RollupState, source: int, stamp: int, mark: int,
+         values: list[BucketValue]) -> None:
+    """A roll-up message from one source partition, whose low mark is ``mark``."""
+    seq = state.expected(0) or 0
+    state.apply(0, seq, encode_rollup(RollupMessage(source, stamp, mark, mark, values)), 0)
 
 
 def feed(state: RollupState, minute: int, orders: int, spend: float, offset: int) -> None:
     """One minute of a campaign: 1h window (1m buckets) and 24h window (15m buckets)."""
     start = T0 + minute * MINUTE_MS
-    state.apply_updates(0, 0, ROW, [BucketUpdate("1h", start, offset, sums(orders, spend))], 0)
     quarter = start - start % (15 * MINUTE_MS)
-    held = state.cache[0][ROW].get("24h")
+    held = state.cache.get(0, {}).get(ROW, {}).get("24h")
     previous = held.by_source.get(quarter, {}).get(0) if held else None
     total = sums(orders, spend) if previous is None else tuple(
         a + b for a, b in zip(previous, sums(orders, spend), strict=True))
-    state.apply_updates(0, 0, ROW, [BucketUpdate("24h", quarter, offset, total)], 0)
-    state.apply_watermark(0, 0, start + MINUTE_MS - 1)
+    send(state, 0, offset, start + MINUTE_MS - 1,
+         [BucketValue("1h", *ROW, start, sums(orders, spend)),
+          BucketValue("24h", *ROW, quarter, total)])
 
 
 def test_orders_stopping_fires_once_and_resolves_once() -> None:
@@ -83,11 +90,10 @@ def test_a_restarted_engine_neither_repeats_nor_loses_the_episode() -> None:
 
 def test_minutes_wait_for_the_slowest_source_partition() -> None:
     settings = Settings(clock="event", partitions=2)
-    state = RollupState(settings, DictStore(), DictStore())
+    state = RollupState(settings, DictPackLog())
     engine = AlertEngine(settings, state, DictStore())
-    state.apply_updates(0, 0, ROW, [BucketUpdate("1h", T0, 0, sums(0, 100.0))], 0)
-    state.apply_watermark(0, 0, T0 + 30 * MINUTE_MS)
+    send(state, 0, 0, T0 + 30 * MINUTE_MS, [BucketValue("1h", *ROW, T0, sums(0, 100.0))])
     assert engine.run({0}, 0) == []  # partition 1 has not reported: nothing is complete
     assert state.complete_time(0, 0) < 0
-    state.apply_watermark(0, 1, T0 + 10 * MINUTE_MS)
+    send(state, 1, 0, T0 + 10 * MINUTE_MS, [])
     assert state.complete_time(0, 0) == T0 + 10 * MINUTE_MS

@@ -1,22 +1,30 @@
-"""The engine's pure stages wired together without Kafka: partitions, batches, replays and
-crashes that lose part of the changelog, all under the test's control."""
+"""The engine's pure stages wired together without Kafka: the edge packing raw records, the
+aggregate and roll-up stages on their internal topics, with batches, re-deliveries and
+crashes that lose part of the changelog and of the messages in flight, under the test's
+control."""
 
 from __future__ import annotations
 
 import random
-import zlib
 from dataclasses import dataclass, field
 
 from kpistream.contracts.records import Event, Source, event_key
+from kpistream.contracts.wire import (
+    EventPack,
+    RawMark,
+    decode_event_pack,
+    encode_event_pack,
+    encode_rollup,
+)
+from kpistream.ingest.packing import partition_for
 from kpistream.kpi.rows import RowPublisher
 from kpistream.settings import Settings
-from kpistream.state.aggregate import BatchResult, PartitionAggregator
+from kpistream.stages.aggregate import rollup_messages
+from kpistream.state.aggregate import PartitionAggregator
 from kpistream.state.rollup import RollupState
-from kpistream.state.store import DictStore
+from kpistream.state.store import DictPackLog
 
-
-def partition_of(key: str, partitions: int) -> int:
-    return zlib.crc32(key.encode()) % partitions
+TOPIC = "in"
 
 
 @dataclass
@@ -24,88 +32,130 @@ class Sim:
     settings: Settings
     partitions: int = 1
     now_ms: int = 0
-    ids: DictStore = field(default_factory=DictStore)
-    partials: DictStore = field(default_factory=DictStore)
-    clock: DictStore = field(default_factory=DictStore)
-    rollup: DictStore = field(default_factory=DictStore)
-    watermarks: DictStore = field(default_factory=DictStore)
+    aggregate_log: DictPackLog = field(default_factory=DictPackLog)
+    rollup_log: DictPackLog = field(default_factory=DictPackLog)
 
     def __post_init__(self) -> None:
-        self.logs: list[list[tuple[Event, Source]]] = [[] for _ in range(self.partitions)]
-        self.done = [0] * self.partitions  # next offset to process per partition
-        self.aggregator = PartitionAggregator(self.settings, self.ids, self.partials,
-                                              self.clock)
-        self.state = RollupState(self.settings, self.rollup, self.watermarks)
+        self.raw: list[Event] = []
+        self.edge_committed = 0
+        self.newest: int | None = None
+        self.events_topic: list[list[bytes]] = [[] for _ in range(self.partitions)]
+        self.events_done = [0] * self.partitions
+        self.rollup_topic: list[list[bytes]] = [[] for _ in range(self.partitions)]
+        self.rollup_done = [0] * self.partitions
+        self.aggregator = PartitionAggregator(self.settings, self.aggregate_log)
+        self.state = RollupState(self.settings, self.rollup_log)
         self.publisher = RowPublisher(self.settings, self.state)
+        self.last_sent: dict[int, dict[int, tuple[int, int]]] = {}
         self.verdicts: list[tuple[str, Event]] = []
 
     def append(self, event: Event) -> None:
-        p = partition_of(event_key(event), self.partitions)
-        source = Source("in", 0, len(self.logs[p]), None, "{}")
-        self.logs[p].append((event, source))
+        self.raw.append(event)
 
-    def _deliver(self, p: int, result: BatchResult) -> None:
-        for row, updates in result.updates.items():
-            q = partition_of(repr(row), self.partitions)
-            self.state.apply_updates(q, p, row, updates, self.now_ms)
-        for q in range(self.partitions):
-            self.state.apply_watermark(q, p, result.stream_time)
-
-    def step(self, p: int, n: int) -> int:
-        """Process up to n pending events of partition p as one batch."""
-        start = self.done[p]
-        items = [(off, e, s) for off, (e, s) in
-                 enumerate(self.logs[p][start:start + n], start=start)]
-        if not items:
-            return 0
-        result = self.aggregator.process(p, items, self.now_ms)
-        self.verdicts.extend((v.outcome, v.event) for v in result.verdicts)
-        self._deliver(p, result)
-        self.done[p] = start + len(items)
-        return len(items)
-
-    def crash_and_replay(self, p: int, n: int, rng: random.Random) -> None:
-        """Process a batch, lose a random part of its changelog writes and of its roll-up
-        messages, then replay the batch from the last commit, as a restarted worker would."""
-        stores = (self.ids, self.partials, self.clock)
-        before = [dict(s.data) for s in stores]
-        start = self.done[p]
-        items = [(off, e, s) for off, (e, s) in
-                 enumerate(self.logs[p][start:start + n], start=start)]
-        if not items:
+    # -- edge ----------------------------------------------------------------------------
+    def edge_step(self, n: int, *, commit: bool = True) -> None:
+        """Pack the next n raw records; without ``commit`` the edge 'crashes' after producing,
+        so the same records are read and packed again later."""
+        start = self.edge_committed
+        chunk = self.raw[start:start + n]
+        if not chunk:
             return
+        end = start + len(chunk)
+        for event in chunk:
+            self.newest = event.ts if self.newest is None else max(self.newest, event.ts)
+        mark = RawMark(TOPIC, 0, self.newest, end == len(self.raw))
+        packs: dict[int, EventPack] = {p: EventPack(1, [mark]) for p in range(self.partitions)}
+        for offset, event in enumerate(chunk, start=start):
+            p = partition_for(event_key(event), self.partitions)
+            packs[p].items.append((Source(TOPIC, 0, offset, None, "{}"), event))
+        for p, pack in packs.items():
+            self.events_topic[p].append(encode_event_pack(pack))
+        if commit:
+            self.edge_committed = end
+
+    # -- aggregate -----------------------------------------------------------------------
+    def _aggregate(self, p: int, n: int) -> tuple[list[tuple[int, bytes]], int,
+                                                   list[tuple[str, Event]]]:
+        start = self.events_done[p]
+        raw = list(enumerate(self.events_topic[p][start:start + n], start=start))
+        items = [(offset, decode_event_pack(value)) for offset, value in raw]
         result = self.aggregator.process(p, items, self.now_ms)
-        for store, old in zip(stores, before, strict=True):
-            after = store.data
-            survived = dict(old)
-            for key in set(old) | set(after):
-                if rng.random() < 0.5:  # this changelog record reached Kafka
-                    if key in after:
-                        survived[key] = after[key]
-                    else:
-                        survived.pop(key, None)
-            store.data = survived
-        kept = BatchResult(result.verdicts, {
-            row: u for row, u in result.updates.items() if rng.random() < 0.5},
-            result.stream_time)
-        self._deliver(p, kept)
-        replay = self.aggregator.process(p, items, self.now_ms)  # offsets not committed
-        self._deliver(p, replay)
-        self.verdicts.extend((v.outcome, v.event) for v in replay.verdicts)
-        self.done[p] = start + len(items)
+        verdicts = [(v.outcome, v.event) for v in result.verdicts]
+        messages = rollup_messages(p, result, self.partitions, self.last_sent.setdefault(p, {}))
+        return ([(q, encode_rollup(m)) for q, m in messages.items()], start + len(items),
+                verdicts)
+
+    def aggregate_step(self, p: int, n: int) -> None:
+        sent, done, verdicts = self._aggregate(p, n)
+        self.verdicts.extend(verdicts)
+        for q, data in sent:
+            self.rollup_topic[q].append(data)
+        self.events_done[p] = done
+
+    def aggregate_crash(self, p: int, n: int, rng: random.Random) -> None:
+        """Apply a batch, lose part of its changelog writes and roll-up messages, restart
+        (state rebuilt from the changelog) and process again from the last commit."""
+        before = dict(self.aggregate_log.data)
+        sent, done, verdicts = self._aggregate(p, n)
+        _lose(self.aggregate_log, before, rng)
+        if (p, done - 1) in self.aggregate_log.data:
+            self.verdicts.extend(verdicts)  # its pack survived: the retry applies nothing
+        for q, data in sent:
+            if rng.random() < 0.5:
+                self.rollup_topic[q].append(data)
+        self.aggregator.drop({p})
+        self.last_sent.pop(p, None)
+        self.aggregate_step(p, n)
+
+    # -- roll-up -------------------------------------------------------------------------
+    def rollup_step(self, q: int, n: int, *, crash: bool = False,
+                    rng: random.Random | None = None) -> None:
+        if not self.state.loaded(q):
+            self.state.load(q, self.now_ms)
+        start = self.rollup_done[q]
+        batch = self.rollup_topic[q][start:start + n]
+        before = dict(self.rollup_log.data)
+        for offset, data in enumerate(batch, start=start):
+            self.state.apply(q, offset, data, self.now_ms)
+        if crash and rng is not None:
+            _lose(self.rollup_log, before, rng)
+            self.state.drop([q])
+            return  # not committed: processed again by the next step
+        for seq in self.state.take_dead(q):
+            self.rollup_log.delete(q, seq)
+        self.rollup_done[q] = start + len(batch)
+
+    # -- driver --------------------------------------------------------------------------
+    def pending(self) -> list[tuple[str, int]]:
+        work: list[tuple[str, int]] = []
+        if self.edge_committed < len(self.raw):
+            work.append(("edge", 0))
+        work += [("aggregate", p) for p in range(self.partitions)
+                 if self.events_done[p] < len(self.events_topic[p])]
+        work += [("rollup", q) for q in range(self.partitions)
+                 if self.rollup_done[q] < len(self.rollup_topic[q])]
+        return work
 
     def run_all(self, rng: random.Random, crash_rate: float = 0.0) -> None:
-        while any(self.done[p] < len(self.logs[p]) for p in range(self.partitions)):
-            pending = [p for p in range(self.partitions) if self.done[p] < len(self.logs[p])]
-            p = rng.choice(pending)
+        while work := self.pending():
+            stage, p = rng.choice(work)
             n = rng.randint(1, 7)
-            if rng.random() < crash_rate:
-                self.crash_and_replay(p, n, rng)
+            crash = rng.random() < crash_rate
+            if stage == "edge":
+                self.edge_step(n, commit=not crash)
+            elif stage == "aggregate":
+                if crash:
+                    self.aggregate_crash(p, n, rng)
+                else:
+                    self.aggregate_step(p, n)
             else:
-                self.step(p, n)
+                self.rollup_step(p, n, crash=crash, rng=rng)
 
     def rows(self) -> dict[tuple[str, str, str], dict[str, object]]:
         """(window, dimension, group) -> published message, after a final tick."""
+        for q in range(self.partitions):
+            if not self.state.loaded(q):
+                self.state.load(q, self.now_ms)
         self.publisher.tick(set(range(self.partitions)), self.now_ms)
         out = {}
         for q in range(self.partitions):
@@ -114,3 +164,24 @@ class Sim:
                     out[(window, row[0], row[1])] = pub.message
         return out
 
+    def counts(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for p in range(self.partitions):
+            for (_, outcome), count in self.aggregator.state(p, self.now_ms).counts.items():
+                totals[outcome] = totals.get(outcome, 0) + count
+        return totals
+
+
+def _lose(log: DictPackLog, before: dict[tuple[int, int], bytes], rng: random.Random) -> None:
+    """Keep each changelog change of the last step with probability 1/2."""
+    after = log.data
+    survived = dict(before)
+    for key in set(before) | set(after):
+        if before.get(key) != after.get(key) and rng.random() < 0.5:
+            if key in after:
+                survived[key] = after[key]
+            else:
+                survived.pop(key, None)
+        elif before.get(key) == after.get(key) and key in after:
+            survived[key] = after[key]
+    log.data = survived

@@ -1,0 +1,172 @@
+"""Every internal wire format, defined once: one encoder and one decoder each.
+
+- :class:`EventPack`: edge -> aggregate (``kpistream-events``). Many validated events (or the
+  coordinates of records the edge dead-lettered) in one record, each with its source
+  coordinates, plus what the edge knows of every raw partition it reads (the inputs of the
+  low watermark, SPEC §3).
+- :class:`RollupMessage`: aggregate -> roll-up (``kpistream-rollup``). Absolute values of the
+  buckets one aggregate partition changed, stamped with the internal offset they include, and
+  that partition's event time and low mark.
+- :class:`AggregatePack`: the aggregate stage's changelog record, one per applied batch: the
+  effects of the batch (bucket contributions, id-table upserts) and the partition's header
+  (applied offset, stream time, source high-water marks, outcome counts, raw marks).
+
+All three are JSON arrays (orjson): compact, and readable with any Kafka tool when debugging.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from kpistream.contracts.records import Event, Order, Source, Spend, Survey
+
+NO_TIME = -(2**62)
+ALL_READ = 2**62  # low mark of a partition whose every raw input partition is read to its end
+
+# Outcome labels a pack carries for records the edge rejected (``kpistream_events_total``).
+REJECTED_OUTCOMES = ("invalid", "future")
+
+
+def event_fields(event: Event) -> list[Any]:
+    if isinstance(event, Order):
+        return ["o", event.order_id, event.ts, event.status, event.customer_id, event.amount,
+                event.channel, event.campaign_id, event.segment]
+    if isinstance(event, Spend):
+        return ["s", event.spend_id, event.ts, event.campaign_id, event.channel, event.amount]
+    return ["v", event.response_id, event.ts, event.survey_kind, event.score,
+            event.customer_id, event.channel, event.campaign_id, event.segment, event.order_id]
+
+
+def event_from_fields(fields: list[Any]) -> Event:
+    kind = fields[0]
+    if kind == "o":
+        return Order(*fields[1:9])
+    if kind == "s":
+        return Spend(*fields[1:6])
+    if kind == "v":
+        return Survey(*fields[1:10])
+    raise ValueError(f"unknown event kind code {kind!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class RawMark:
+    """What the edge knows of one raw input partition: the newest event time read from it
+    (None before any) and whether it has been read to its end offset."""
+
+    topic: str
+    partition: int
+    newest_ts: int | None
+    at_end: bool
+
+
+@dataclass(slots=True)
+class EventPack:
+    """Edge -> aggregate. ``items`` hold an event, or the outcome label of a record the edge
+    dead-lettered (it is counted by the aggregate stage, which recognises re-deliveries)."""
+
+    raw_partitions: int
+    marks: list[RawMark] = field(default_factory=list)
+    items: list[tuple[Source, Event | str]] = field(default_factory=list)
+
+
+def encode_event_pack(pack: EventPack) -> bytes:
+    items = []
+    for source, body in pack.items:
+        coords = [source.topic, source.partition, source.offset, source.key, source.value,
+                  source.value_base64]
+        items.append([*coords, body] if isinstance(body, str) else [*coords,
+                                                                     event_fields(body)])
+    return orjson.dumps([pack.raw_partitions,
+                         [[m.topic, m.partition, m.newest_ts, m.at_end] for m in pack.marks],
+                         items])
+
+
+def decode_event_pack(data: bytes) -> EventPack:
+    raw_partitions, marks, items = orjson.loads(data)
+    out = EventPack(raw_partitions, [RawMark(*m) for m in marks])
+    for item in items:
+        body = item[6]
+        out.items.append((Source(*item[:6]),
+                          body if isinstance(body, str) else event_from_fields(body)))
+    return out
+
+
+Sums = tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BucketValue:
+    """Absolute value of one bucket of one row held by one aggregate partition."""
+
+    window: str
+    dimension: str
+    group: str
+    bucket: int
+    sums: Sums
+
+
+@dataclass(slots=True)
+class RollupMessage:
+    source: int
+    stamp: int
+    event_time: int
+    low_mark: int
+    values: list[BucketValue] = field(default_factory=list)
+
+
+def encode_rollup(message: RollupMessage) -> bytes:
+    return orjson.dumps([message.source, message.stamp, message.event_time, message.low_mark,
+                         [[v.window, v.dimension, v.group, v.bucket, *v.sums]
+                          for v in message.values]])
+
+
+def decode_rollup(data: bytes) -> RollupMessage:
+    source, stamp, event_time, low_mark, values = orjson.loads(data)
+    return RollupMessage(source, stamp, event_time, low_mark,
+                         [BucketValue(v[0], v[1], v[2], v[3], tuple(v[4:])) for v in values])
+
+
+@dataclass(slots=True)
+class AggregatePack:
+    """One applied batch of one aggregate partition (its changelog record)."""
+
+    offset: int
+    stream_time: int
+    high_water: dict[tuple[str, int], int]
+    counts: dict[tuple[str, str], int]
+    marks: dict[tuple[str, int], tuple[int | None, bool]]
+    raw_partitions: int
+    ids: list[tuple[str, list[Any]]] = field(default_factory=list)
+    effects: list[tuple[int, Event]] = field(default_factory=list)
+    keep_until: int = NO_TIME
+
+
+def encode_aggregate_pack(pack: AggregatePack) -> bytes:
+    return orjson.dumps([
+        pack.offset, pack.stream_time,
+        [[t, p, o] for (t, p), o in pack.high_water.items()],
+        [[t, outcome, n] for (t, outcome), n in pack.counts.items()],
+        [[t, p, newest, end] for (t, p), (newest, end) in pack.marks.items()],
+        pack.raw_partitions,
+        [[key, record] for key, record in pack.ids],
+        [[sign, event_fields(event)] for sign, event in pack.effects],
+        pack.keep_until,
+    ])
+
+
+def decode_aggregate_pack(data: bytes) -> AggregatePack:
+    (offset, stream_time, high_water, counts, marks, raw_partitions, ids, effects,
+     keep_until) = orjson.loads(data)
+    return AggregatePack(
+        offset, stream_time,
+        {(t, p): o for t, p, o in high_water},
+        {(t, outcome): n for t, outcome, n in counts},
+        {(t, p): (newest, end) for t, p, newest, end in marks},
+        raw_partitions,
+        [(key, record) for key, record in ids],
+        [(sign, event_from_fields(fields)) for sign, fields in effects],
+        keep_until,
+    )

@@ -1,0 +1,101 @@
+"""Stage 2 on faust: the aggregate agent on the packed events topic.
+
+Per batch of packed records and partition: apply them through the pure
+:class:`~kpistream.state.aggregate.PartitionAggregator` (one changelog record per batch),
+dead-letter what it judged late or an unknown order, and send each roll-up partition one
+message with the absolute values of the buckets it owns that changed, plus this partition's
+event time and low mark. Everything is acknowledged before faust may commit the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Any
+
+import faust
+
+from kpistream.contracts.wire import BucketValue, RollupMessage, decode_event_pack, encode_rollup
+from kpistream.ingest.dead_letter import DeadLetters
+from kpistream.ingest.packing import partition_for
+from kpistream.ingest.validate import ErrorCode
+from kpistream.observability.logs import RateLimitedLog
+from kpistream.runtime import Runtime
+from kpistream.stages.offsets import GapGuard
+from kpistream.state.aggregate import BatchResult, PartitionAggregator
+from kpistream.state.buckets import RowId
+
+logger = logging.getLogger(__name__)
+REJECTION_DETAIL: dict[str, tuple[ErrorCode, str]] = {
+    "late": ("late", "ts is older than stream time minus retention"),
+    "unknown_order": ("unknown_order", "order_id: no such order is known"),
+}
+
+
+def row_partition(row: RowId, partitions: int) -> int:
+    """Roll-up partition that owns a row."""
+    return partition_for(f"{row[0]}\x1f{row[1]}", partitions)
+
+
+def rollup_messages(p: int, result: BatchResult, partitions: int,
+                    last_sent: dict[int, tuple[int, int]]) -> dict[int, RollupMessage]:
+    """One message per roll-up partition with values or with new marks for it."""
+    stamp = result.applied if result.applied is not None else -1
+    messages: dict[int, RollupMessage] = {}
+    for row, updates in result.updates.items():
+        q = row_partition(row, partitions)
+        message = messages.setdefault(q, RollupMessage(p, stamp, result.stream_time,
+                                                       result.low_mark))
+        message.values.extend(BucketValue(u.window, row[0], row[1], u.bucket, u.sums)
+                              for u in updates)
+    marks = (result.stream_time, result.low_mark)
+    for q in range(partitions):
+        if q not in messages and last_sent.get(q) != marks:
+            messages[q] = RollupMessage(p, stamp, result.stream_time, result.low_mark)
+    for q in messages:
+        last_sent[q] = marks
+    return messages
+
+
+def register(app: faust.App, runtime: Runtime) -> PartitionAggregator:
+    settings, topics, metrics, outbox = (runtime.settings, runtime.topics, runtime.metrics,
+                                         runtime.outbox)
+    aggregator = PartitionAggregator(settings, runtime.tables.aggregate)
+    log = RateLimitedLog(logger, settings.log_interval_s)
+    dead_letters = DeadLetters(settings.topic_dlq, outbox, log)
+    guard = GapGuard(app, settings.topic_events, log)
+    last_sent: dict[int, dict[int, tuple[int, int]]] = {}
+
+    def expected(p: int, now: int) -> int | None:
+        return aggregator.expected(p, now)
+
+    @app.agent(topics.events, name="kpistream.aggregate")
+    async def aggregate(stream: Any) -> None:
+        async for batch in stream.take_events(settings.stage_batch_size,
+                                              settings.batch_within_s):
+            now = runtime.now_ms()
+            parts = guard.split(batch, partial(expected, now=now))
+            for p, raw in parts.items():
+                items = [(offset, decode_event_pack(value)) for offset, value in raw]
+                result = aggregator.process(p, items, now)
+                for verdict in result.verdicts:
+                    if verdict.outcome in REJECTION_DETAIL:
+                        error, detail = REJECTION_DETAIL[verdict.outcome]
+                        dead_letters.send(error, detail, verdict.source, now)
+                    elif verdict.outcome == "accepted":
+                        metrics.event_delay.observe(max(0, now - verdict.event.ts) / 1000)
+                sent = last_sent.setdefault(p, {})
+                for q, message in rollup_messages(p, result, settings.partitions,
+                                                  sent).items():
+                    outbox.send(settings.topic_rollup, None, encode_rollup(message), q)
+            await outbox.flush()
+            await guard.seek_back()
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def on_revoked(sender: faust.App, revoked: set[Any], **_: Any) -> None:
+        lost = {tp.partition for tp in revoked if tp.topic == settings.topic_events}
+        aggregator.drop(lost)
+        for p in lost:
+            last_sent.pop(p, None)
+
+    return aggregator

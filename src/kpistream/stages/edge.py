@@ -1,0 +1,225 @@
+"""Stage 1, the edge: the raw input topics read in batches, outside faust's per-message path.
+
+faust spends ~230 µs of machinery per message it delivers to an agent (DESIGN-NOTES §1), so a
+design in which every input record is a faust message cannot pass ~4-5k events/s per worker.
+Here one aiokafka consumer per worker, in its own consumer group (``<app_id>-edge``), reads
+up to ``batch_size`` records at once, validates them (:class:`~kpistream.ingest.packing.Packer`),
+dead-letters the rejects, produces one packed record per internal partition, waits for the
+brokers' acknowledgements and only then commits the raw offsets: at-least-once, and every
+item carries its source coordinates so the aggregate stage recognises a re-delivery.
+
+It is a mode Service of the app: started and stopped with the worker. A failure that retrying
+cannot fix (authorisation, a topic deleted under it, a broker unreachable at start) crashes
+the app, so the worker exits non-zero naming the cause, never a healthy-looking worker that
+reads nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaConnectionError,
+    KafkaError,
+    RebalanceInProgressError,
+    UnknownTopicOrPartitionError,
+)
+from mode import Service
+
+from kpistream.contracts.wire import EventPack, RawMark, encode_event_pack
+from kpistream.exceptions import KpistreamError
+from kpistream.ingest.dead_letter import DeadLetters
+from kpistream.ingest.packing import Packer, RawRecord, with_marks
+from kpistream.ingest.validate import Validator
+from kpistream.observability.logs import RateLimitedLog
+from kpistream.runtime import Runtime
+from kpistream.settings import parse_duration_ms
+
+logger = logging.getLogger(__name__)
+START_TIMEOUT_S = 20.0  # the broker must answer within this at start, or the worker exits
+MISSING_TOPIC_GRACE_S = 20.0  # how long an input topic may be missing before that is fatal
+RETRIABLE = (CommitFailedError, RebalanceInProgressError, IllegalStateError)
+
+
+class EdgeError(KpistreamError):
+    """The edge reader cannot go on; the worker exits with this message."""
+
+
+class EdgeReader(Service):
+    def __init__(self, runtime: Runtime, crash: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.runtime = runtime
+        self.crash_app = crash
+        settings = runtime.settings
+        self.topics = list(settings.input_topics)
+        self.packer = Packer(Validator(settings), settings.input_topics, settings.partitions,
+                             settings.pack_max_bytes)
+        self.rate_log = RateLimitedLog(logger, settings.log_interval_s)
+        self.dead_letters = DeadLetters(settings.topic_dlq, runtime.outbox, self.rate_log)
+        self.consumer: AIOKafkaConsumer | None = None
+        self.newest: dict[tuple[str, int], int] = {}
+        self.last_marks: list[RawMark] | None = None
+        self.committed: dict[tuple[str, int], int] = {}
+
+    async def on_start(self) -> None:
+        settings = self.runtime.settings
+        self.consumer = AIOKafkaConsumer(
+            *self.topics, bootstrap_servers=settings.kafka_bootstrap,
+            group_id=settings.edge_group_id, enable_auto_commit=False,
+            auto_offset_reset="earliest", max_partition_fetch_bytes=4 * 1024 * 1024,
+            session_timeout_ms=parse_duration_ms(settings.session_timeout),
+            heartbeat_interval_ms=max(1000, parse_duration_ms(settings.session_timeout) // 5),
+            client_id=f"{settings.app_id}-edge")
+        try:
+            await asyncio.wait_for(self.consumer.start(), START_TIMEOUT_S)
+        except (TimeoutError, KafkaError, OSError) as exc:
+            raise EdgeError(f"edge reader cannot connect to Kafka at "
+                            f"{settings.kafka_bootstrap}: {exc!r}") from exc
+
+    async def on_stop(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+
+    @Service.task
+    async def _read(self) -> None:
+        try:
+            await self._read_batches()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.critical("edge_reader_failed cause=%r", exc)
+            await self.crash_app(EdgeError(f"edge reader failed: {exc!r}"))
+
+    async def _read_batches(self) -> None:
+        assert self.consumer is not None
+        consumer = self.consumer
+        settings = self.runtime.settings
+        missing_since: float | None = None
+        while not self.should_stop:
+            try:
+                fetched = await consumer.getmany(timeout_ms=int(settings.batch_within_s * 1000),
+                                                 max_records=settings.batch_size)
+            except UnknownTopicOrPartitionError as exc:
+                raise EdgeError(f"an input topic disappeared: {exc!r}") from exc
+            except KafkaConnectionError as exc:
+                self.rate_log.warning("edge_fetch_retry", error=repr(exc))
+                await asyncio.sleep(1)
+                continue
+            raw_partitions = self._raw_partitions()
+            if raw_partitions is None:
+                now = asyncio.get_running_loop().time()
+                missing_since = missing_since or now
+                if now - missing_since > MISSING_TOPIC_GRACE_S:
+                    raise EdgeError(f"input topics missing: {self._missing_topics()}")
+                continue
+            missing_since = None
+            await self._process(fetched, raw_partitions)
+
+    def _raw_partitions(self) -> int | None:
+        assert self.consumer is not None
+        total = 0
+        for topic in self.topics:
+            parts = self.consumer.partitions_for_topic(topic)
+            if not parts:
+                return None
+            total += len(parts)
+        return total
+
+    def _missing_topics(self) -> list[str]:
+        assert self.consumer is not None
+        return [t for t in self.topics if not self.consumer.partitions_for_topic(t)]
+
+    def _marks(self) -> list[RawMark]:
+        assert self.consumer is not None
+        marks = []
+        for tp in sorted(self.consumer.assignment()):
+            end = self.consumer.highwater(tp)
+            position = self._position(tp)
+            at_end = end is not None and position is not None and position >= end
+            marks.append(RawMark(tp.topic, tp.partition, self.newest.get(
+                (tp.topic, tp.partition)), at_end))
+        return marks
+
+    def _position(self, tp: TopicPartition) -> int | None:
+        """Next offset getmany will return, without a round trip (``consumer.position`` may
+        wait for the broker); None before the partition has a position."""
+        assert self.consumer is not None
+        subscription = self.consumer._subscription.subscription
+        assignment = subscription.assignment if subscription is not None else None
+        if assignment is None or tp not in assignment.tps:
+            return None
+        state = assignment.state_value(tp)
+        return int(state.position) if state.has_valid_position else None
+
+    async def _process(self, fetched: dict[TopicPartition, list[Any]],
+                       raw_partitions: int) -> None:
+        runtime = self.runtime
+        now = runtime.now_ms()
+        records = [RawRecord(tp.topic, tp.partition, m.offset, m.key, m.value)
+                   for tp, messages in fetched.items() for m in messages]
+        batch = self.packer.pack(records, now, raw_partitions)
+        for coords, ts in batch.newest.items():
+            held = self.newest.get(coords)
+            self.newest[coords] = ts if held is None or ts > held else held
+        marks = self._marks()
+        changed = marks != self.last_marks
+        if not records and not changed:
+            return
+        packs = with_marks(batch, marks, runtime.settings.partitions, raw_partitions, changed)
+        for rejection, source in batch.rejections:
+            self.dead_letters.send(rejection.error, rejection.detail, source, now)
+        self._send(packs)
+        await runtime.outbox.flush()
+        self.last_marks = marks
+        if records:
+            await self._commit({tp: messages[-1].offset + 1
+                                for tp, messages in fetched.items() if messages})
+
+    def _send(self, packs: dict[int, list[EventPack]]) -> None:
+        topic = self.runtime.settings.topic_events
+        for p, p_packs in packs.items():
+            for pack in p_packs:
+                self.runtime.outbox.send(topic, None, encode_event_pack(pack), p)
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        assert self.consumer is not None
+        try:
+            await self.consumer.commit(offsets)
+        except RETRIABLE as exc:
+            # Partitions moved to another worker: it reads them again from the last commit,
+            # and the aggregate stage recognises the re-delivered records by their source.
+            self.rate_log.warning("edge_commit_skipped", error=repr(exc))
+            return
+        for tp, offset in offsets.items():
+            self.committed[(tp.topic, tp.partition)] = offset
+
+    async def refresh_committed(self) -> None:
+        """Learn the committed offsets of assigned partitions this edge has not committed
+        itself (assigned from another worker, or nothing read since the start)."""
+        if self.consumer is None:
+            return
+        for tp in self.consumer.assignment():
+            if (tp.topic, tp.partition) not in self.committed:
+                try:
+                    offset = await self.consumer.committed(tp)
+                except KafkaError:
+                    continue
+                if offset is not None:
+                    self.committed[(tp.topic, tp.partition)] = offset
+
+    def lag(self) -> list[tuple[str, int, int]]:
+        """(topic, partition, end - committed) of the raw partitions this edge reads."""
+        if self.consumer is None:
+            return []
+        out = []
+        for tp in self.consumer.assignment():
+            end = self.consumer.highwater(tp)
+            committed = self.committed.get((tp.topic, tp.partition))
+            if end is not None:
+                out.append((tp.topic, tp.partition, max(0, end - (committed or 0))))
+        return out

@@ -1,0 +1,52 @@
+"""The offset-gap guard every faust stage applies to a batch, written once.
+
+faust can mark a fetched record as read without delivering it around a rebalance (see
+:mod:`kpistream.state.offsets`); a stage applies the contiguous head of each partition's
+records and seeks back to the first missing offset.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from faust.types import TP
+
+from kpistream.observability.logs import RateLimitedLog
+from kpistream.state.offsets import split_contiguous
+
+logger = logging.getLogger(__name__)
+
+
+class GapGuard:
+    def __init__(self, app: Any, topic: str, log: RateLimitedLog) -> None:
+        self.app = app
+        self.topic = topic
+        self.log = log
+        self.seeks: list[tuple[TP, int]] = []
+
+    def split(self, events: Iterable[Any],
+              expected: Callable[[int], int | None]) -> dict[int, list[tuple[int, bytes]]]:
+        """Group a faust batch by partition; keep each partition's contiguous head and
+        remember where to seek back for the rest."""
+        by_partition: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
+        for event in events:
+            by_partition[event.message.partition].append((event.message.offset,
+                                                          event.message.value))
+        out = {}
+        for partition, items in by_partition.items():
+            count, seek_to = split_contiguous([o for o, _ in items], expected(partition))
+            if seek_to is not None:
+                self.log.warning("input_gap_seek_back", topic=self.topic, partition=partition,
+                                 offset=seek_to)
+                self.seeks.append((TP(self.topic, partition), seek_to))
+            if count:
+                out[partition] = items[:count]
+        return out
+
+    async def seek_back(self) -> None:
+        seeks, self.seeks = self.seeks, []
+        for tp, offset in seeks:
+            await self.app.consumer.seek(tp, offset)

@@ -1,0 +1,136 @@
+"""Stage 4: a timer that publishes the rows of the roll-up partitions this worker owns, runs
+the CPO spike detector behind the low watermark, and sweeps expired state.
+
+A roll-up partition is published only once its state is loaded from the recovered table, and
+forgotten at once when revoked, so each row is exported by exactly one worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, cast
+
+import faust
+import orjson
+
+from kpistream.alerts.engine import AlertEngine
+from kpistream.contracts.wire import NO_TIME
+from kpistream.kpi.rows import RowChange, RowPublisher
+from kpistream.observability.metrics import EventCountCollector, LagCollector
+from kpistream.runtime import Runtime
+from kpistream.sinks.alerts import AlertSink
+from kpistream.sinks.prometheus import KpiCollector
+from kpistream.sinks.redis import RedisRowSink
+from kpistream.stages.edge import EdgeReader
+from kpistream.state.aggregate import PartitionAggregator
+from kpistream.state.rollup import RollupState
+
+logger = logging.getLogger(__name__)
+SWEEP_EVERY_S = 5.0
+
+
+def register(app: faust.App, runtime: Runtime, state: RollupState,
+             aggregator: PartitionAggregator, edge: list[EdgeReader]) -> None:
+    settings, tables, metrics, outbox = (runtime.settings, runtime.tables, runtime.metrics,
+                                         runtime.outbox)
+    publisher = RowPublisher(settings, state)
+    owned: set[int] = set()  # roll-up partitions whose state is loaded and published
+    redis_sink = RedisRowSink(settings, metrics, lambda: publisher.snapshot(set(owned)))
+    alert_engine = AlertEngine(settings, state, tables.alerts)
+    alert_sink = AlertSink(settings, metrics, outbox)
+    if not alert_engine.enabled:
+        logger.warning("alerts disabled: no window with a 1m STEP of at least 1h, or no "
+                       "window named %r (alert_baseline_window)",
+                       settings.alert_baseline_window)
+    runtime.registry.register(KpiCollector(lambda: publisher.current_rows(set(owned)),
+                                           settings.prometheus_max_groups, metrics))
+
+    def assigned(topic: str) -> set[int]:
+        return {tp.partition for tp in app.consumer.assignment() if tp.topic == topic}
+
+    def event_counts() -> dict[tuple[str, str], int]:
+        totals: dict[tuple[str, str], int] = {}
+        for p in assigned(settings.topic_events):
+            held = aggregator.parts.get(p)
+            if held is None:
+                continue
+            for key, count in held.counts.items():
+                totals[key] = totals.get(key, 0) + count
+        return totals
+
+    runtime.registry.register(EventCountCollector(event_counts))
+
+    def lag() -> list[tuple[str, str, int, int]]:
+        consumer = app.consumer
+        committed_map = cast(Any, consumer)._committed_offset
+        out = []
+        for tp in consumer.assignment():
+            end = consumer.highwater(tp)
+            if end is not None:
+                out.append((settings.app_id, tp.topic, tp.partition,
+                            max(0, end - (committed_map.get(tp) or 0))))
+        for reader in edge:
+            out.extend((settings.edge_group_id, topic, partition, value)
+                       for topic, partition, value in reader.lag())
+        return out
+
+    runtime.registry.register(LagCollector(lag))
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def on_revoked(sender: faust.App, revoked: set[Any], **_: Any) -> None:
+        lost = {tp.partition for tp in revoked if tp.topic == settings.topic_rollup}
+        owned.difference_update(lost)
+        state.drop(lost)
+        publisher.forget(lost)
+
+    last_sweep = [0.0]
+
+    @app.timer(settings.publish_interval_ms / 1000)  # type: ignore[untyped-decorator]
+    async def publish() -> None:
+        recovery = cast(Any, app.tables).recovery
+        if app.rebalancing or app.in_recovery or not recovery.completed.is_set():
+            return
+        now = runtime.now_ms()
+        current = assigned(settings.topic_rollup)
+        for q in owned - current:
+            state.drop([q])
+            publisher.forget({q})
+        for q in current:
+            if not state.loaded(q):
+                state.load(q, now)
+        owned.clear()
+        owned.update(current)
+        if now / 1000 - last_sweep[0] >= SWEEP_EVERY_S:
+            last_sweep[0] = now / 1000
+            for q in owned:
+                state.sweep(q, now)
+                for seq in state.take_dead(q):
+                    tables.rollup.delete(q, seq)
+            for p in assigned(settings.topic_events):
+                aggregator.sweep(p, now)
+            for reader in edge:
+                await reader.refresh_committed()
+        changes = publisher.tick(set(owned), now)
+        transitions = alert_engine.run(set(owned), now)
+        times = [state.stream_time(q, now) for q in owned]
+        if times and max(times) != NO_TIME:
+            metrics.stream_time.set(max(times) / 1000)
+        await alert_sink.write([t.transition.message for t in transitions])
+        alert_sink.export_active({("cpo_spike", dimension, group)
+                                  for (dimension, group), _ in alert_engine.firing(owned)})
+        await write_sinks(changes)
+
+    async def write_sinks(changes: list[RowChange]) -> None:
+        for change in changes:
+            key = f"{change.window}|{change.dimension}|{change.group}".encode()
+            value = orjson.dumps(change.message) if change.message is not None else None
+            outbox.send(settings.topic_kpi_updates, key, value)
+        metrics.rows_published.inc(len(changes))
+        await outbox.flush()
+        await redis_sink.write(changes)
+
+    @app.service
+    class RedisLifecycle(faust.Service):
+        async def on_stop(self) -> None:
+            await redis_sink.close()
+            await alert_sink.close()
