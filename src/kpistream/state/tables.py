@@ -120,7 +120,10 @@ class Tables:
     @classmethod
     def declare(cls, app: faust.App, settings: Settings, outbox: Outbox) -> Tables:
         def table(name: str, help: str, serializer: str) -> TableT[Any, Any]:
+            # faust picks the changelog codec from key_type/value_type (bytes -> raw).
+            raw = bytes if serializer == "raw" else None
             return app.Table(name, default=None, partitions=settings.partitions,
+                             key_type=raw, value_type=raw,
                              schema=faust.Schema(key_serializer=serializer,
                                                  value_serializer=serializer), help=help,
                              extra_topic_configs={
