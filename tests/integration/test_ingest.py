@@ -12,15 +12,18 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
+from typing import Any
 
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from harness import Deployment
 
-from kpistream.contracts.records import decode_event
+from kpistream.contracts.records import event_key
+from kpistream.contracts.wire import decode_event_pack
 from kpistream.generator.producer import topic_of
 from kpistream.generator.traffic import HOUR_MS, TrafficConfig, TrafficGenerator
+from kpistream.ingest.packing import partition_for
 
 pytestmark = pytest.mark.integration
 
@@ -67,18 +70,23 @@ def invalid_records(now_ms: int, rng: random.Random) -> list[tuple[str, bytes, s
     return out
 
 
-async def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float) -> list:
+async def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float,
+                      count: Any = lambda message: 1) -> list:
+    """Read ``topic`` from the start until ``count`` summed over its records reaches
+    ``expected`` (or the timeout)."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
                                 auto_offset_reset="earliest", enable_auto_commit=False,
                                 group_id=None)
     await consumer.start()
     messages = []
+    seen = 0
     deadline = time.monotonic() + timeout_s
     try:
-        while len(messages) < expected and time.monotonic() < deadline:
+        while seen < expected and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=1000, max_records=5000)
             for records in batch.values():
                 messages.extend(records)
+                seen += sum(count(m) for m in records)
     finally:
         await consumer.stop()
     return messages
@@ -126,12 +134,22 @@ def test_ingest_routes_valid_events_and_dead_letters_invalid_ones(stack) -> None
         proc, port = dep.start_worker()
         asyncio.run(produce_raw(stack.bootstrap, items))
 
-        events = asyncio.run(consume_all(stack.bootstrap, settings.topic_events,
-                                         len(valid), 120))
+        def events_in(message: Any) -> int:
+            return sum(not isinstance(body, str)
+                       for _, body in decode_event_pack(message.value).items)
+
+        packs = asyncio.run(consume_all(stack.bootstrap, settings.topic_events,
+                                        len(valid), 120, count=events_in))
+        assert len(packs) < len(valid) / 20  # packed: many events per internal record
         ids = Counter()
-        for message in events:
-            event, source = decode_event(message.value)
-            assert message.key.decode() == f"{event.kind}:{event.id}"
+        rejected = Counter()
+        items = [(m.partition, item) for m in packs
+                 for item in decode_event_pack(m.value).items]
+        for partition, (source, event) in items:
+            if isinstance(event, str):
+                rejected[event] += 1
+                continue
+            assert partition == partition_for(event_key(event), settings.partitions)
             assert isinstance(event.ts, int)
             ids[event.id] += 1
             assert source.topic in settings.input_topics

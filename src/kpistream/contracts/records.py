@@ -1,4 +1,4 @@
-"""Typed records for validated, normalised events, and their wire form on the internal topic.
+"""Typed records for validated, normalised events (their wire forms: :mod:`.wire`).
 
 Ingest turns raw bytes into one of these (``ts`` in epoch ms, amounts in the reporting
 currency, defaults applied); the aggregate stage reads them back. ``Source`` keeps where the
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
-
-import orjson
 
 EventKind = Literal["order", "spend", "survey"]
 OrderStatus = Literal["placed", "cancelled"]
@@ -88,45 +86,3 @@ Event = Order | Spend | Survey
 def event_key(event: Event) -> str:
     """Key on the internal topic: one id space per kind, so a cancellation meets its order."""
     return f"{event.kind}:{event.id}"
-
-
-def encode_event(event: Event, source: Source) -> bytes:
-    """Internal-topic value: the normalised event plus its source."""
-    body: dict[str, object]
-    if isinstance(event, Order):
-        body = {
-            "k": "order", "id": event.order_id, "ts": event.ts, "st": event.status,
-            "cu": event.customer_id, "am": event.amount, "ch": event.channel,
-            "ca": event.campaign_id, "se": event.segment,
-        }
-    elif isinstance(event, Spend):
-        body = {
-            "k": "spend", "id": event.spend_id, "ts": event.ts, "ca": event.campaign_id,
-            "ch": event.channel, "am": event.amount,
-        }
-    else:
-        body = {
-            "k": "survey", "id": event.response_id, "ts": event.ts, "sk": event.survey_kind,
-            "sc": event.score, "cu": event.customer_id, "ch": event.channel,
-            "ca": event.campaign_id, "se": event.segment, "oi": event.order_id,
-        }
-    body["src"] = [source.topic, source.partition, source.offset, source.key, source.value,
-                   source.value_base64]
-    return orjson.dumps(body)
-
-
-def decode_event(data: bytes) -> tuple[Event, Source]:
-    """Inverse of :func:`encode_event`."""
-    body = orjson.loads(data)
-    source = Source(*body["src"])
-    kind = body["k"]
-    event: Event
-    if kind == "order":
-        event = Order(body["id"], body["ts"], body["st"], body["cu"], body["am"], body["ch"],
-                      body["ca"], body["se"])
-    elif kind == "spend":
-        event = Spend(body["id"], body["ts"], body["ca"], body["ch"], body["am"])
-    else:
-        event = Survey(body["id"], body["ts"], body["sk"], body["sc"], body["cu"], body["ch"],
-                       body["ca"], body["se"], body["oi"])
-    return event, source
