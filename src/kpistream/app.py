@@ -14,6 +14,7 @@ from faust.sensors.prometheus import setup_prometheus_sensors
 from prometheus_client import CollectorRegistry
 
 from kpistream.admin import DLQ_MAX_MESSAGE_BYTES
+from kpistream.alerts.engine import alerts_enabled
 from kpistream.observability.metrics import Metrics
 from kpistream.outbox import Outbox
 from kpistream.runtime import Runtime, Topics, wall_clock_ms
@@ -65,7 +66,8 @@ def create_app(settings: Settings | None = None,
             readers.append(self)
 
     aggregator = aggregate.register(app, runtime)
-    rollup_state = RollupState(settings, runtime.tables.rollup)
+    rollup_state = RollupState(settings, runtime.tables.rollup,
+                               hold_for_alerts=alerts_enabled(settings))
     rollup.register(app, runtime, rollup_state)
     publish.register(app, runtime, rollup_state, aggregator, readers)
     app.kpistream = runtime  # type: ignore[attr-defined]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from kpistream.contracts.records import Event, Order, Spend, Survey
 from kpistream.kpi.formulas import WindowSums, compute_kpis
@@ -194,3 +195,73 @@ def window_bounds(stream_time_ms: int, size_ms: int, step_ms: int) -> tuple[int,
     """``window_end`` is the end of the STEP bucket containing T; start = end - SIZE."""
     end = (stream_time_ms // step_ms + 1) * step_ms
     return end - size_ms, end
+
+
+MINUTE_MS = 60_000
+HOUR_MS = 3_600_000
+ALERT_DIMENSIONS = ("all", "channel", "campaign")
+
+
+@dataclass(frozen=True)
+class AlertEpisodeEdge:
+    """One transition of the CPO spike detector (SPEC §6)."""
+
+    state: str  # "firing" | "resolved"
+    kind: str
+    dimension: str
+    group: str
+    started_at: int
+
+
+def expected_alerts(outcome: Outcome, params: Any, *, baseline_ms: int, baseline_step_ms: int,
+                    last_minute_end: int) -> list[AlertEpisodeEdge]:
+    """The detector (``kpistream.alerts.detector.evaluate``, a pure definition like the KPI
+    formulas) run on the exact per-minute sums of the counted events, for every minute of
+    every ``all``/``channel``/``campaign`` row from its first event's minute to
+    ``last_minute_end``.
+
+    Baseline of minute ``m``: the row's sums over the baseline window that ends at the last
+    baseline STEP boundary at or before ``m`` (complete buckets only); last hour:
+    ``[m - 1h, m)``."""
+    from kpistream.alerts.detector import DetectorState, MinuteInput, evaluate
+
+    per_minute: dict[tuple[str, str], dict[int, list[float]]] = {}
+    for event in counted_events(outcome):
+        if isinstance(event, Survey):
+            continue
+        minute = event.ts - event.ts % MINUTE_MS
+        for dimension in ALERT_DIMENSIONS:
+            group = group_of(event, dimension)
+            sums = per_minute.setdefault((dimension, str(group)), {}).setdefault(
+                minute, [0, 0.0])
+            if isinstance(event, Order):
+                sums[0] += 1
+            else:
+                sums[1] += event.amount
+
+    def total(minutes: dict[int, list[float]], start: int, end: int) -> tuple[int, float]:
+        orders, spend = 0, 0.0
+        for minute, (n, amount) in minutes.items():
+            if start <= minute < end:
+                orders += int(n)
+                spend += amount
+        return orders, spend
+
+    edges: list[AlertEpisodeEdge] = []
+    for (dimension, group), minutes in sorted(per_minute.items()):
+        state = DetectorState()
+        first_minute_end = min(minutes) + MINUTE_MS
+        for minute_end in range(first_minute_end, last_minute_end + 1, MINUTE_MS):
+            here = minutes.get(minute_end - MINUTE_MS, [0, 0.0])
+            base_end = minute_end - minute_end % baseline_step_ms
+            base_orders, base_spend = total(minutes, base_end - baseline_ms, base_end)
+            hour_orders, hour_spend = total(minutes, minute_end - HOUR_MS, minute_end)
+            state, transition = evaluate(
+                state, MinuteInput(minute_end, int(here[0]), float(here[1]), base_orders,
+                                   base_spend, hour_orders, hour_spend),
+                params, dimension=dimension, group=group)
+            if transition is not None:
+                message = transition.message
+                edges.append(AlertEpisodeEdge(transition.state, message["kind"], dimension,
+                                              group, message["started_at"]))
+    return edges

@@ -47,8 +47,16 @@ def _minute_window(settings: Settings) -> WindowSpec | None:
     return min(candidates, key=lambda s: s.size_ms) if candidates else None
 
 
+def alerts_enabled(settings: Settings) -> bool:
+    """The detector needs a 1-minute-STEP window of at least an hour and the baseline
+    window."""
+    return _minute_window(settings) is not None and any(
+        s.name == settings.alert_baseline_window for s in settings.window_specs)
+
+
 class AlertEngine:
     def __init__(self, settings: Settings, state: RollupState, store: Store) -> None:
+        self.settings = settings
         self.params = DetectorParams.from_settings(settings)
         self.state = state
         self.store = store
@@ -59,7 +67,7 @@ class AlertEngine:
 
     @property
     def enabled(self) -> bool:
-        return self.minute is not None and self.baseline is not None
+        return alerts_enabled(self.settings)
 
     @staticmethod
     def key(q: int, row: RowId) -> str:
@@ -92,13 +100,20 @@ class AlertEngine:
             # Minutes every source partition has passed, less a settling margin for records
             # still on their way through the roll-up topic.
             last_complete = (t - self.settle_ms) // MINUTE_MS * MINUTE_MS
+            self.state.evaluated[q] = last_complete
             for row, windows in self.state.cache.get(q, {}).items():
                 if row[0] not in ALERT_DIMENSIONS or self.minute.name not in windows:
                     continue
                 detector = self.load(q, row)
-                earliest = last_complete - self.minute.size_ms + MINUTE_MS
-                first = (earliest if detector.last_minute is None
-                         else max(detector.last_minute + MINUTE_MS, earliest))
+                held = windows[self.minute.name].totals
+                if detector.last_minute is not None:
+                    first = detector.last_minute + MINUTE_MS
+                elif held:
+                    # A new row is judged from its first minute: buckets are held until the
+                    # detector has judged them, so this does not depend on arrival speed.
+                    first = min(held) + MINUTE_MS
+                else:
+                    continue
                 changed = False
                 for minute_end in range(first, last_complete + 1, MINUTE_MS):
                     detector, transition = evaluate(
@@ -118,8 +133,10 @@ class AlertEngine:
         hour = minute.window_sums(minute_end - HOUR_MS, minute_end)
         base = windows.get(self.baseline.name)
         if base is not None:
-            start, end = self.state.window_of(self.baseline, minute_end - 1)
-            baseline = base.window_sums(start, end)
+            # Complete baseline buckets only (ending at the last STEP boundary at or before
+            # the minute), so the baseline never depends on how far the stream has run ahead.
+            end = minute_end - minute_end % self.baseline.step_ms
+            baseline = base.window_sums(end - self.baseline.size_ms, end)
         else:
             baseline = hour
         return MinuteInput(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -65,6 +66,8 @@ class EdgeReader(Service):
         self.newest: dict[tuple[str, int], int] = {}
         self.last_marks: list[RawMark] | None = None
         self.committed: dict[tuple[str, int], int] = {}
+        self.last_records: dict[TopicPartition, float] = {}  # monotonic ms of the last read
+        self.idle_lag_ms = settings.idle_lag_ms
 
     async def on_start(self) -> None:
         settings = self.runtime.settings
@@ -134,13 +137,18 @@ class EdgeReader(Service):
         assert self.consumer is not None
         return [t for t in self.topics if not self.consumer.partitions_for_topic(t)]
 
-    def _marks(self) -> list[RawMark]:
+    def _marks(self, now: float) -> list[RawMark]:
         assert self.consumer is not None
         marks = []
         for tp in sorted(self.consumer.assignment()):
             end = self.consumer.highwater(tp)
             position = self._position(tp)
-            at_end = end is not None and position is not None and position >= end
+            # "Nothing left to read" (SPEC §3) once at the end offset AND nothing new came
+            # for idle_lag: a partition of a stream replayed fast reaches its end offset
+            # between two produce batches many minutes of event time behind the others.
+            caught_up = end is not None and position is not None and position >= end
+            quiet = now - self.last_records.get(tp, now) >= self.idle_lag_ms
+            at_end = caught_up and (quiet or tp not in self.last_records)
             marks.append(RawMark(tp.topic, tp.partition, self.newest.get(
                 (tp.topic, tp.partition)), at_end))
         return marks
@@ -166,7 +174,11 @@ class EdgeReader(Service):
         for coords, ts in batch.newest.items():
             held = self.newest.get(coords)
             self.newest[coords] = ts if held is None or ts > held else held
-        marks = self._marks()
+        wall = time.monotonic() * 1000
+        for tp, messages in fetched.items():
+            if messages:
+                self.last_records[tp] = wall
+        marks = self._marks(wall)
         changed = marks != self.last_marks
         if not records and not changed:
             return

@@ -144,7 +144,7 @@ class PartitionAggregator:
         self.parts[p] = state
         # Buckets the live run never filled (expired when their events came) go at once; ids
         # and packs wait for the next sweep, as they would have without the restart.
-        self._expire_buckets(state, self.effective_time(state, now_ms))
+        self._expire_buckets(state, self.expiry_time(state, now_ms))
         return state
 
     def drop(self, partitions: set[int]) -> None:
@@ -164,6 +164,14 @@ class PartitionAggregator:
         wall clock minus idle_lag."""
         t = state.stream_time
         return max(t, now_ms - self.idle_lag_ms) if self.live else t
+
+    def expiry_time(self, state: PartitionState, now_ms: int) -> int:
+        """Time buckets expire against: stream time, held back to the low mark, so a bucket
+        of a raw partition read behind the others is still filled while its minutes wait for
+        the detector (SPEC §3); lateness is still judged against stream time."""
+        t = self.effective_time(state, now_ms)
+        low = state.low_mark()
+        return t if low == ALL_READ else min(t, low)
 
     # -- processing --------------------------------------------------------------------
     def process(self, p: int, items: Sequence[tuple[int, EventPack]],
@@ -192,6 +200,7 @@ class PartitionAggregator:
                 if held is not None and held[0] is not None:
                     newest = held[0] if newest is None else max(newest, held[0])
                 state.marks[key] = (newest, mark.at_end)
+            low = state.low_mark()
             for source, body in pack.items:
                 coords = (source.topic, source.partition)
                 if source.offset <= state.high_water.get(coords, -1):
@@ -200,13 +209,18 @@ class PartitionAggregator:
                 if isinstance(body, str):
                     self._count(state, source.topic, body)
                     continue
+                # Lateness is judged against stream time held back to the low mark, so an
+                # event of a raw partition read behind the others (a backlog) is judged as
+                # it would have been live.
                 t_eff = max(state.stream_time, floor)
-                if body.ts < t_eff - self.retention_ms:
+                t_judge = t_eff if low == ALL_READ else min(t_eff, low)
+                if t_judge != NO_TIME and body.ts < t_judge - self.retention_ms:
                     outcome: Outcome = "late"
                 else:
                     state.stream_time = max(state.stream_time, body.ts)
-                    outcome = self._apply(state, body, max(state.stream_time, floor), touched,
-                                          ids, effects)
+                    t_now = max(state.stream_time, floor)
+                    outcome = self._apply(state, body, t_now if low == ALL_READ
+                                          else min(t_now, low), touched, ids, effects)
                 self._count(state, source.topic, COUNTED_OUTCOME[outcome])
                 result.verdicts.append(Verdict(outcome, body, source))
         if last is not None:
@@ -329,7 +343,7 @@ class PartitionAggregator:
         t_eff = self.effective_time(state, now_ms)
         if t_eff == NO_TIME:
             return 0
-        expired = self._expire_buckets(state, t_eff)
+        expired = self._expire_buckets(state, self.expiry_time(state, now_ms))
         horizon = t_eff - self.retention_ms
         old_ids = [id_key for id_key, record in state.ids.items()
                    if _record_time(record) < horizon]

@@ -78,7 +78,8 @@ class PartitionLog:
 class RollupState:
     """Roll-up values, source marks and the derived per-partition cache of rows."""
 
-    def __init__(self, settings: Settings, log: PackLog) -> None:
+    def __init__(self, settings: Settings, log: PackLog, *, hold_for_alerts: bool = False
+                 ) -> None:
         self.specs: dict[str, WindowSpec] = {s.name: s for s in settings.window_specs}
         self.grace_ms = settings.grace_ms
         self.live = settings.clock == "live"
@@ -88,6 +89,10 @@ class RollupState:
         self.cache: dict[int, RowCache] = {}
         self.dirty: dict[int, set[tuple[RowId, str]]] = {}
         self.logs: dict[int, PartitionLog] = {}
+        # With alerts on, buckets are kept until the detector has judged the minutes that
+        # read them (it sets ``evaluated``), however far ahead a backlog moved the watermark.
+        self.hold_for_alerts = hold_for_alerts
+        self.evaluated: dict[int, int] = {}
 
     # -- stream time -------------------------------------------------------------------
     def event_time(self, q: int) -> int:
@@ -111,6 +116,14 @@ class RollupState:
             low = now_ms - self.idle_lag_ms if self.live else self.event_time(q)
         return min(low, now_ms - self.idle_lag_ms) if self.live else low
 
+    def expiry_time(self, q: int, now_ms: int) -> int:
+        """Time buckets expire against: the low watermark, held back to the detector's
+        progress when alerts are on."""
+        t = self.complete_time(q, now_ms)
+        if self.hold_for_alerts:
+            return min(t, self.evaluated.get(q, NO_TIME))
+        return t
+
     # -- messages ----------------------------------------------------------------------
     def expected(self, q: int) -> int | None:
         """Next roll-up offset this partition expects (None before any)."""
@@ -120,7 +133,7 @@ class RollupState:
     def apply(self, q: int, seq: int, data: bytes, now_ms: int) -> None:
         """Apply the roll-up message at offset ``seq`` and record it in the changelog."""
         self.log.put(q, seq, data)
-        self._apply(q, seq, decode_rollup(data), self.complete_time(q, now_ms))
+        self._apply(q, seq, decode_rollup(data), self.expiry_time(q, now_ms))
 
     def _apply(self, q: int, seq: int, message: RollupMessage, t: int) -> None:
         plog = self.logs.setdefault(q, PartitionLog())
@@ -187,13 +200,14 @@ class RollupState:
             self.cache.pop(q, None)
             self.dirty.pop(q, None)
             self.logs.pop(q, None)
+            self.evaluated.pop(q, None)
 
     # -- expiry ------------------------------------------------------------------------
     def sweep(self, q: int, now_ms: int) -> None:
         """Forget buckets no current or future window of their row can cover, judged against
         the low watermark, so a lagging source partition never loses the buckets it is still
         filling (and the detector still sees its minutes)."""
-        t = self.complete_time(q, now_ms)
+        t = self.expiry_time(q, now_ms)
         plog = self.logs.get(q)
         if t == NO_TIME or plog is None:
             return
