@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,3 +181,58 @@ def wait_for_rows(redis_url: str, prefix: str, outcome: reference.Outcome,
         time.sleep(1.0)
         rows = read_rows(redis_url, prefix)
     return rows
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """Samples of one metric in an exposition text: (labels, value)."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            labels_text, value = line[len(name) + 1:].rsplit("} ", 1)
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', labels_text))
+            out.append((labels, float(value)))
+    return out
+
+
+async def _offsets(bootstrap: str, topics: list[str],
+                   group: str | None) -> dict[tuple[str, int], int]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        await consumer.topics()  # loads the metadata
+        tps = [TopicPartition(t, p) for t in topics
+               for p in sorted(consumer.partitions_for_topic(t) or [])]
+        if group is None:
+            ends = await consumer.end_offsets(tps)
+            return {(tp.topic, tp.partition): off for tp, off in ends.items()}
+    finally:
+        await consumer.stop()
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+        return {(tp.topic, tp.partition): meta.offset for tp, meta in committed.items()}
+    finally:
+        await admin.close()
+
+
+def end_offsets(bootstrap: str, topics: list[str]) -> dict[tuple[str, int], int]:
+    return asyncio.run(_offsets(bootstrap, topics, None))
+
+
+def committed_offsets(bootstrap: str, group: str,
+                      topics: list[str]) -> dict[tuple[str, int], int]:
+    return asyncio.run(_offsets(bootstrap, topics, group))
+
+
+def changelog_topics(settings: Settings) -> list[str]:
+    return [f"{settings.app_id}-{table}-changelog"
+            for table in ("aggregate-packs", "rollup-messages", "alerts")]

@@ -4,12 +4,24 @@ workers, duplicates, a SIGKILL mid-stream, or replay versus live clock."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
 
 import pytest
-from harness import Deployment, normalise, row_mismatches, wait_for_rows
+from harness import (
+    Deployment,
+    changelog_topics,
+    committed_offsets,
+    end_offsets,
+    normalise,
+    row_mismatches,
+    samples,
+    scrape,
+    wait_for_rows,
+)
+from test_ingest import produce_raw
 
 from kpistream import reference
 from kpistream.generator.traffic import HOUR_MS, TrafficConfig, TrafficGenerator
@@ -49,11 +61,22 @@ def assert_alive(dep: Deployment) -> None:
         assert proc.poll() is None, f"worker {proc.pid} exited with {proc.returncode}"
 
 
+def written(dep: Deployment) -> int:
+    """Records on the internal and changelog topics (end offsets summed)."""
+    settings = dep.settings
+    topics = [settings.topic_events, settings.topic_rollup, *changelog_topics(settings)]
+    return sum(end_offsets(dep.bootstrap, topics).values())
+
+
 def test_one_worker_rows_equal_reference(deployment) -> None:
+    """Also: Kafka records written per input event (internal topics and changelogs)."""
     recs = records(live_start())
     assert len(recs) > 45_000
-    rows = run(deployment(), recs, workers=1, now_ms=int(time.time() * 1000))
+    dep = deployment()
+    rows = run(dep, recs, workers=1, now_ms=int(time.time() * 1000))
     assert {d for (_, d, _) in rows} == {"all", "channel", "campaign", "segment"}
+    per_event = written(dep) / len(recs)
+    assert per_event <= 0.5, f"{per_event:.3f} records written per input event"
 
 
 def test_three_workers_rows_equal_reference(deployment) -> None:
@@ -66,26 +89,68 @@ def test_every_event_twice_rows_equal_reference(deployment) -> None:
     run(deployment(), doubled, workers=1, now_ms=int(time.time() * 1000))
 
 
-def test_sigkill_mid_stream_rows_still_exact(deployment) -> None:
+def test_sigkill_mid_stream_rows_counters_and_progress_exact(deployment) -> None:
+    """Three workers, one SIGKILLed mid-stream and replaced, duplicates and bad records in
+    the input: rows equal the reference; ``kpistream_events_total`` summed over the workers
+    equals the reference's classification; within 10 s every consumer group has committed
+    the end offsets of every input and internal partition, and the lag gauge reads 0."""
     dep = deployment()
+    settings = dep.settings
     recs = records(live_start())
+    recs += [recs[i] for i in range(0, len(recs), 40)]  # duplicates, later in the stream
     now = int(time.time() * 1000)
-    outcome = reference.classify(normalise(dep.settings, recs, now),
-                                 retention_ms=dep.settings.retention_ms)
+    outcome = reference.classify(normalise(settings, recs, now),
+                                 retention_ms=settings.retention_ms)
     victim, _ = dep.start_worker()
-    dep.start_worker()
+    ports = [dep.start_worker()[1], dep.start_worker()[1]]
     half = len(recs) // 2
     dep.produce(recs[:half])
-    time.sleep(8)  # let both workers get well into the first half
+    bad = [(settings.topic_orders, b"{not json")] * 150
+    asyncio.run(produce_raw(dep.bootstrap, bad))
+    time.sleep(8)  # let the workers get well into the first half
     os.killpg(victim.pid, signal.SIGKILL)
     victim.wait()
     dep.workers.remove(victim)
     dep.produce(recs[half:])
-    dep.start_worker()
-    rows = wait_for_rows(dep.settings.redis_url.get_secret_value(), dep.settings.redis_prefix,
+    ports.append(dep.start_worker()[1])
+    rows = wait_for_rows(settings.redis_url.get_secret_value(), settings.redis_prefix,
                          outcome, SETTLE_S, alive=lambda: assert_alive(dep))
     problems = row_mismatches(rows, outcome)
     assert not problems, f"{len(problems)} mismatches, e.g. {problems[:10]}"
+    processed_at = time.monotonic()
+
+    inputs = list(settings.input_topics)
+    internal = [settings.topic_events, settings.topic_rollup]
+    groups = [(settings.edge_group_id, inputs), (settings.app_id, internal)]
+    while True:
+        behind = {}
+        for group, topics in groups:
+            ends = end_offsets(dep.bootstrap, topics)
+            done = committed_offsets(dep.bootstrap, group, topics)
+            behind.update({tp: end - done.get(tp, -1) for tp, end in ends.items()
+                           if done.get(tp, -1) != end})
+        if not behind or time.monotonic() - processed_at > 10:
+            break
+        time.sleep(0.5)
+    assert not behind, f"not committed within 10 s: {behind}"
+    while True:
+        texts = [scrape(port) for port in ports]
+        lags = [(labels, value) for text in texts for labels, value in
+                samples(text, "kpistream_consumer_lag")]
+        lagging = [x for x in lags if x[1] != 0]
+        if not lagging or time.monotonic() - processed_at > 10:
+            break
+        time.sleep(0.5)
+    assert {labels["group"] for labels, _ in lags} == {settings.app_id, settings.edge_group_id}
+    assert lagging == [], "kpistream_consumer_lag not 0 within 10 s"
+
+    counts: dict[str, float] = {}
+    for text in texts:
+        for labels, value in samples(text, "kpistream_events_total"):
+            counts[labels["outcome"]] = counts.get(labels["outcome"], 0) + value
+    expected = {"accepted": len(outcome.accepted), "duplicate": len(outcome.duplicates),
+                "invalid": len(outcome.unknown_orders) + len(bad), "late": len(outcome.late)}
+    assert {k: v for k, v in counts.items() if v} == {k: v for k, v in expected.items() if v}
 
 
 def test_replay_mode_on_old_data_gives_the_live_rows(deployment) -> None:

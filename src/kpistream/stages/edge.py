@@ -21,7 +21,7 @@ import logging
 import time
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import (
     CommitFailedError,
     IllegalStateError,
@@ -72,12 +72,26 @@ class EdgeReader(Service):
     async def on_start(self) -> None:
         settings = self.runtime.settings
         self.consumer = AIOKafkaConsumer(
-            *self.topics, bootstrap_servers=settings.kafka_bootstrap,
+            bootstrap_servers=settings.kafka_bootstrap,
             group_id=settings.edge_group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", max_partition_fetch_bytes=4 * 1024 * 1024,
             session_timeout_ms=parse_duration_ms(settings.session_timeout),
             heartbeat_interval_ms=max(1000, parse_duration_ms(settings.session_timeout) // 5),
             client_id=f"{settings.app_id}-edge")
+        reader = self
+
+        class Forget(ConsumerRebalanceListener):  # type: ignore[misc]
+            """What this edge knew of partitions it no longer reads is stale."""
+
+            async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+                for tp in revoked:
+                    reader.committed.pop((tp.topic, tp.partition), None)
+                    reader.last_records.pop(tp, None)
+
+            async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+                return None
+
+        self.consumer.subscribe(self.topics, listener=Forget())
         try:
             await asyncio.wait_for(self.consumer.start(), START_TIMEOUT_S)
         except (TimeoutError, KafkaError, OSError) as exc:

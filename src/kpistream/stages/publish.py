@@ -64,9 +64,12 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
         consumer = app.consumer
         committed_map = cast(Any, consumer)._committed_offset
         out = []
+        # Changelog partitions are assigned too, but only read during recovery and never
+        # committed: their "lag" is not lag.
+        processed = {settings.topic_events, settings.topic_rollup}
         for tp in consumer.assignment():
             end = consumer.highwater(tp)
-            if end is not None:
+            if end is not None and tp.topic in processed:
                 out.append((settings.app_id, tp.topic, tp.partition,
                             max(0, end - (committed_map.get(tp) or 0))))
         for reader in edge:
@@ -108,8 +111,8 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
                     tables.rollup.delete(q, seq)
             for p in assigned(settings.topic_events):
                 aggregator.sweep(p, now)
-            for reader in edge:
-                await reader.refresh_committed()
+        for reader in edge:
+            await reader.refresh_committed()  # only partitions it does not know yet
         changes = publisher.tick(set(owned), now)
         transitions = alert_engine.run(set(owned), now)
         times = [state.stream_time(q, now) for q in owned]
