@@ -1,0 +1,66 @@
+"""Every internal wire format: decode(encode(x)) == x, for any content."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kpistream.contracts.records import Order, Source, Spend, Survey
+from kpistream.contracts.wire import (
+    AggregatePack,
+    BucketValue,
+    EventPack,
+    RawMark,
+    RollupMessage,
+    decode_aggregate_pack,
+    decode_event_pack,
+    decode_rollup,
+    encode_aggregate_pack,
+    encode_event_pack,
+    encode_rollup,
+)
+
+text = st.text(max_size=12)
+times = st.integers(-(2**53), 2**53)
+amounts = st.floats(min_value=0, max_value=1e12, allow_nan=False)
+orders = st.builds(Order, text, times, st.sampled_from(["placed", "cancelled"]),
+                   st.none() | text, st.none() | amounts, text, text, text)
+spends = st.builds(Spend, text, times, text, text, amounts)
+surveys = st.builds(Survey, text, times, st.sampled_from(["nps", "ces", "csat"]),
+                    st.integers(0, 10), st.none() | text, text, text, text, st.none() | text)
+events = orders | spends | surveys
+sources = st.builds(Source, text, st.integers(0, 1000), st.integers(0, 2**40),
+                    st.none() | text, st.none() | text, st.none() | text)
+marks = st.builds(RawMark, text, st.integers(0, 100), st.none() | times, st.booleans())
+sums = st.tuples(*[st.floats(allow_nan=False, allow_infinity=False)] * 13)
+
+
+@given(st.integers(0, 1000), st.lists(marks, max_size=4),
+       st.lists(st.tuples(sources, events | st.sampled_from(["invalid", "future"])),
+                max_size=8))
+def test_event_pack_round_trip(raw_partitions: int, pack_marks: list[RawMark],
+                               items: list) -> None:
+    pack = EventPack(raw_partitions, pack_marks, items)
+    assert decode_event_pack(encode_event_pack(pack)) == pack
+
+
+@given(st.integers(0, 100), times, times, times,
+       st.lists(st.builds(BucketValue, text, text, text, times, sums), max_size=6))
+def test_rollup_message_round_trip(source: int, stamp: int, event_time: int, low: int,
+                                   values: list[BucketValue]) -> None:
+    message = RollupMessage(source, stamp, event_time, low, values)
+    assert decode_rollup(encode_rollup(message)) == message
+
+
+@given(times, times,
+       st.dictionaries(st.tuples(text, st.integers(0, 99)), st.integers(0, 2**40), max_size=4),
+       st.dictionaries(st.tuples(text, text), st.integers(0, 2**40), max_size=4),
+       st.dictionaries(st.tuples(text, st.integers(0, 99)),
+                       st.tuples(st.none() | times, st.booleans()), max_size=4),
+       st.lists(st.tuples(text, st.lists(st.none() | times | text, max_size=7)), max_size=4),
+       st.lists(st.tuples(st.sampled_from([1, -1]), events), max_size=5), times)
+def test_aggregate_pack_round_trip(offset, stream_time, high_water, counts, pack_marks, ids,
+                                   effects, keep_until) -> None:
+    pack = AggregatePack(offset, stream_time, high_water, counts, pack_marks, 18, ids,
+                         effects, keep_until)
+    assert decode_aggregate_pack(encode_aggregate_pack(pack)) == pack

@@ -1,0 +1,75 @@
+"""The edge's pure step: routing by id, rejected records as counted coordinates, pack size
+limits, marks on every partition when they change."""
+
+from __future__ import annotations
+
+import orjson
+
+from kpistream.contracts.records import Order, event_key
+from kpistream.contracts.wire import EventPack, RawMark, decode_event_pack, encode_event_pack
+from kpistream.ingest.packing import Packer, RawRecord, partition_for, with_marks
+from kpistream.ingest.validate import Validator
+from kpistream.settings import Settings
+
+NOW = 1_800_000_000_000
+SETTINGS = Settings()
+
+
+def order(order_id: str, status: str = "placed") -> bytes:
+    body = {"order_id": order_id, "ts": NOW - 1000, "status": status}
+    if status == "placed":
+        body.update(customer_id="c", amount=10, currency="EUR")
+    return orjson.dumps(body)
+
+
+def packer(max_bytes: int = 512 * 1024) -> Packer:
+    return Packer(Validator(SETTINGS), SETTINGS.input_topics, 6, max_bytes)
+
+
+def test_events_go_to_the_partition_of_their_id_with_their_source() -> None:
+    records = [RawRecord("orders", 2, i, None, order(f"o{i % 5}", "placed" if i < 5 else
+                                                    "cancelled")) for i in range(10)]
+    batch = packer().pack(records, NOW, 18)
+    seen = 0
+    for p, packs in batch.packs.items():
+        for pack in packs:
+            for source, event in pack.items:
+                assert isinstance(event, Order)
+                assert p == partition_for(event_key(event), 6)  # a cancel meets its order
+                assert (source.topic, source.partition) == ("orders", 2)
+                seen += 1
+    assert seen == 10 and batch.newest == {("orders", 2): NOW - 1000}
+
+
+def test_rejections_travel_as_counted_coordinates_and_are_returned_for_the_dlq() -> None:
+    records = [RawRecord("orders", 1, 7, b"k", b"{not json"),
+               RawRecord("orders", 1, 8, None, orjson.dumps({"order_id": "x", "ts": NOW * 2,
+                                                             "customer_id": "c", "amount": 1,
+                                                             "currency": "EUR"}))]
+    batch = packer().pack(records, NOW, 18)
+    assert [(r.error, s.offset) for r, s in batch.rejections] == [
+        ("invalid_json", 7), ("future_timestamp", 8)]
+    items = [item for packs in batch.packs.values() for pack in packs for item in pack.items]
+    assert [(s.offset, body, s.value) for s, body in items] == [
+        (7, "invalid", None), (8, "future", None)]
+
+
+def test_packs_are_split_at_the_size_limit() -> None:
+    records = [RawRecord("orders", 0, i, None, order("same-id")) for i in range(50)]
+    batch = packer(max_bytes=2048).pack(records, NOW, 18)
+    (packs,) = batch.packs.values()
+    assert len(packs) > 3
+    assert all(len(encode_event_pack(p)) < 2048 * 2 for p in packs)
+    assert sum(len(p.items) for p in packs) == 50
+
+
+def test_changed_marks_reach_every_partition_unchanged_ones_ride_along() -> None:
+    batch = packer().pack([RawRecord("orders", 0, 0, None, order("a"))], NOW, 18)
+    marks = [RawMark("orders", 0, NOW - 1000, True)]
+    everywhere = with_marks(batch, marks, 6, 18, everywhere=True)
+    assert sorted(everywhere) == list(range(6))
+    assert all(packs[-1].marks == marks for packs in everywhere.values())
+    only = with_marks(batch, marks, 6, 18, everywhere=False)
+    assert list(only) == list(batch.packs)
+    decoded = decode_event_pack(encode_event_pack(everywhere[0][-1]))
+    assert isinstance(decoded, EventPack) and decoded.marks == marks
