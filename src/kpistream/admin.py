@@ -13,7 +13,7 @@ from kpistream.exceptions import KpistreamError
 from kpistream.settings import Settings
 
 logger = logging.getLogger(__name__)
-CONNECT_ATTEMPTS = 30
+CONNECT_TIMEOUT_S = 20.0  # a worker that cannot reach Kafka exits within this, naming why
 DLQ_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 # Packed internal records carry up to ``pack_max_bytes`` of events (plus framing).
 PACKED_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
@@ -38,14 +38,15 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
 async def ensure_topics(settings: Settings) -> list[str]:
     """Create missing topics; returns the names created."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    for attempt in range(CONNECT_ATTEMPTS):
+    deadline = asyncio.get_running_loop().time() + CONNECT_TIMEOUT_S
+    while True:
         try:
             await admin.start()
             break
         except KafkaConnectionError as exc:
-            if attempt == CONNECT_ATTEMPTS - 1:
-                raise KpistreamError(
-                    f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
+            if asyncio.get_running_loop().time() >= deadline:
+                raise KpistreamError(f"cannot reach Kafka at {settings.kafka_bootstrap} "
+                                     f"within {CONNECT_TIMEOUT_S:.0f} s: {exc}") from exc
             await asyncio.sleep(1)
     try:
         existing = set(await admin.list_topics())

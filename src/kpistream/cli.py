@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from kpistream.exceptions import KpistreamError
 from kpistream.settings import Settings
 
 
@@ -109,7 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "worker":
         sys.argv = [sys.argv[0]]  # faust's Worker parses argv itself
-    return COMMANDS[args.command](settings, args)
+    try:
+        return COMMANDS[args.command](settings, args)
+    except KpistreamError as exc:
+        print(f"kpistream: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
