@@ -66,7 +66,7 @@ class EdgeReader(Service):
         self.newest: dict[tuple[str, int], int] = {}
         self.last_marks: list[RawMark] | None = None
         self.committed: dict[tuple[str, int], int] = {}
-        self.last_records: dict[TopicPartition, float] = {}  # monotonic ms of the last read
+        self.last_records: dict[TopicPartition, float] = {}  # monotonic ms: last read/assigned
         self.idle_lag_ms = settings.idle_lag_ms
 
     async def on_start(self) -> None:
@@ -160,9 +160,11 @@ class EdgeReader(Service):
             # "Nothing left to read" (SPEC §3) once at the end offset AND nothing new came
             # for idle_lag: a partition of a stream replayed fast reaches its end offset
             # between two produce batches many minutes of event time behind the others.
+            # A partition just assigned counts as busy until it stayed quiet that long: its
+            # previous reader may have left it mid-stream.
             caught_up = end is not None and position is not None and position >= end
-            quiet = now - self.last_records.get(tp, now) >= self.idle_lag_ms
-            at_end = caught_up and (quiet or tp not in self.last_records)
+            quiet = now - self.last_records.setdefault(tp, now) >= self.idle_lag_ms
+            at_end = caught_up and quiet
             marks.append(RawMark(tp.topic, tp.partition, self.newest.get(
                 (tp.topic, tp.partition)), at_end))
         return marks
