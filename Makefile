@@ -57,6 +57,7 @@ demo: tools venv
 	@PY=$(PY) deploy/local/demo.sh
 
 bench: up
+	@$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) benchmarks/engine_bench.py
 
 alert-sim: venv

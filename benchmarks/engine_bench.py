@@ -1,27 +1,34 @@
-"""make bench: the engine end to end through the real broker, beside a plain consumer.
+"""make bench: kpistream end to end through the real broker, beside what bounds it.
 
-1. Generate N events and produce them to a fresh deployment's input topics beforehand.
-2. Plain aiokafka consumer: read and JSON-decode the same topics (the floor of any Kafka
-   consumer in Python on this machine).
-3. One kpistream worker (replay clock): time from the first event it consumed to the last
-   one applied, read from its own /metrics (``kpistream_events_total`` over all outcomes
-   reaching N; faust_messages_received for the start), and its resident memory.
-4. Memory scenario: 1,000 campaigns x 10 channels x 5 segments spread over 24 h of event
-   time, so every default window (5m, 1h, 24h) holds live rows; RSS after settling.
+For each scenario the input topics of a fresh deployment are filled beforehand, then, in one
+run and on the same broker and topics:
 
-Prints a table; docs/benchmarks.md records a run. Targets (issue 3): >= 20,000 events/s,
->= 0.25 of the plain consumer, RSS < 300 MB with the memory scenario's live rows.
+1. plain: an aiokafka ``getmany`` + ``orjson.loads`` loop (the floor of any Python consumer);
+2. bare faust: a faust agent that only iterates the input topics (the ceiling of any design
+   with faust agents on the raw input, DESIGN-NOTES §1);
+3. kpistream with 1 worker, then 2 workers (replay clock): events/s from the first record
+   judged to the last (``kpistream_events_total`` summed over outcomes and workers), Kafka
+   records written per input event (end offsets of the internal and changelog topics before
+   and after), peak RSS (VmHWM) and the live rows published.
+
+Scenarios (event times spread over 50 minutes, DESIGN-NOTES §4): 50 campaigns; and
+1000 campaigns x 10 channels x 5 segments. Prints a markdown table, writes
+``docs/benchmarks.json`` and the chart ``docs/benchmarks.png``.
+Targets (issue 13): >= 20,000 ev/s per worker (50 campaigns), >= 10,000 (1000 x 10 x 5),
+>= 4x the bare faust agent, <= 0.25 records written per event, RSS <= 300 MB.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
+import re
+import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -30,37 +37,37 @@ from aiokafka import AIOKafkaConsumer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
-from harness import Deployment  # noqa: E402
+from harness import (  # noqa: E402
+    Deployment,
+    changelog_topics,
+    end_offsets,
+    free_port,
+    samples,
+)
 
 from kpistream.generator.traffic import (  # noqa: E402
-    HOUR_MS,
     Record,
     TrafficConfig,
     TrafficGenerator,
 )
 
+MINUTE_MS = 60_000
+SPREAD_MIN = 50
 
-def rss_mb(pid: int) -> float:
+
+def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
 
-def metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def scrape(port: int) -> str:
+    import urllib.request
+
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            return r.read().decode()
+            return str(r.read().decode())
     except OSError:
         return ""
 
@@ -84,56 +91,128 @@ async def plain_consume(bootstrap: str, topics: list[str], expected: int) -> flo
     return seen / (time.perf_counter() - (started or time.perf_counter()))
 
 
-def run_worker(dep: Deployment, expected: int, timeout_s: float) -> tuple[float, float, int]:
-    proc, port = dep.start_worker()
+def bare_faust(bootstrap: str, topics: list[str], expected: int, timeout_s: float) -> float:
+    env = {**os.environ, "BARE_TOPICS": ",".join(topics), "BARE_EXPECTED": str(expected),
+           "BARE_BOOTSTRAP": bootstrap, "BARE_WEB_PORT": str(free_port())}
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bare_faust.py"), "worker",
+                          "-l", "warn"], env=env, capture_output=True, text=True,
+                         timeout=timeout_s, cwd="/tmp")
+    # faust redirects stdout to its logger: the line may come on either stream.
+    found = re.search(r"\brate (\d+)", out.stdout + out.stderr)
+    if found:
+        return float(found.group(1))
+    raise SystemExit(f"bare faust agent gave no rate: {out.stderr[-2000:]}")
+
+
+def judged(ports: list[int]) -> float:
+    return sum(value for port in ports
+               for _, value in samples(scrape(port), "kpistream_events_total"))
+
+
+def kpistream_run(dep: Deployment, workers: int, expected: int,
+                  timeout_s: float) -> dict[str, float]:
+    settings = dep.settings
+    written_topics = [settings.topic_events, settings.topic_rollup, *changelog_topics(settings)]
+    before = sum(end_offsets(dep.bootstrap, written_topics).values())
+    procs = [dep.start_worker() for _ in range(workers)]
+    ports = [port for _, port in procs]
     first = last = None
     deadline = time.monotonic() + timeout_s
     done = 0.0
     while time.monotonic() < deadline:
-        text = scrape(port)
-        received = metric(text, "faust_messages_received_total")
-        done = metric(text, "kpistream_events_total")  # every outcome: each record judged
+        done = judged(ports)
         now = time.perf_counter()
-        if first is None and received > 0:
-            first = now
+        if first is None and done > 0:
+            first, first_done = now, done
         if done >= expected:
             last = now
             break
-        time.sleep(0.1)
-    rss = rss_mb(proc.pid)
+        time.sleep(0.05)
     if first is None or last is None:
-        raise SystemExit(f"worker applied {done:.0f} of {expected} events in {timeout_s}s")
-    return expected / (last - first), rss, proc.pid
+        raise SystemExit(f"kpistream judged {done:.0f} of {expected} events in {timeout_s}s")
+    time.sleep(4)  # publishing and the last changelog writes settle
+    rows = sum(1 for port in ports for labels, _ in samples(scrape(port), "kpistream_orders"))
+    rss = max(peak_rss_mb(proc.pid) for proc, _ in procs)
+    after = sum(end_offsets(dep.bootstrap, written_topics).values())
+    dep.stop()
+    dep.workers.clear()
+    rate = (expected - first_done) / max(1e-9, last - first)
+    return {"rate": rate, "written_per_event": (after - before) / expected, "rss_mb": rss,
+            "prometheus_rows": rows}
 
 
 def scenario(name: str, records: list[Record], bootstrap: str, redis_url: str,
              timeout_s: float) -> dict[str, float]:
-    dep = Deployment(f"bench-{name}-{uuid.uuid4().hex[:6]}", bootstrap, redis_url,
-                     extra={"KPISTREAM_CLOCK": "event"})
+    base = f"bench-{name}-{uuid.uuid4().hex[:6]}"
+    dep = Deployment(base, bootstrap, redis_url, extra={"KPISTREAM_CLOCK": "event"})
     dep.create_topics()
     dep.produce(records)
-    settings = dep.settings
-    plain = asyncio.run(plain_consume(bootstrap, list(settings.input_topics), len(records)))
-    try:
-        rate, rss, _ = run_worker(dep, len(records), timeout_s)
-        time.sleep(3)
-        rss_settled = rss_mb(dep.workers[0].pid)
-    finally:
-        dep.stop()
-    return {"events": len(records), "plain": plain, "engine": rate, "rss": rss,
-            "rss_settled": rss_settled}
+    topics = list(dep.settings.input_topics)
+    result: dict[str, float] = {"events": len(records)}
+    result["plain"] = asyncio.run(plain_consume(bootstrap, topics, len(records)))
+    result["bare_faust"] = bare_faust(bootstrap, topics, len(records), timeout_s)
+    one = kpistream_run(dep, 1, len(records), timeout_s)
+    # Same input topics, a new deployment (own groups, internal topics, Redis prefix).
+    dep2 = Deployment(base + "-2w", bootstrap, redis_url, extra={
+        "KPISTREAM_CLOCK": "event", **{k: v for k, v in dep.env.items()
+                                       if k in ("KPISTREAM_TOPIC_ORDERS",
+                                                "KPISTREAM_TOPIC_AD_SPEND",
+                                                "KPISTREAM_TOPIC_SURVEYS")}})
+    dep2.create_topics()
+    two = kpistream_run(dep2, 2, len(records), timeout_s)
+    result.update({f"one_{k}": v for k, v in one.items()})
+    result.update({f"two_{k}": v for k, v in two.items()})
+    return result
+
+
+def traffic(seed: int, events: int, campaigns: int, channels: int, now: int) -> list[Record]:
+    minutes_of_orders = SPREAD_MIN
+    spend_records = campaigns * minutes_of_orders // 10  # one per campaign per 10 minutes
+    orders = max(1, events - spend_records) / 1.3  # surveys are 0.3 per order
+    config = TrafficConfig(seed=seed, start_ms=now - SPREAD_MIN * MINUTE_MS,
+                           duration_ms=SPREAD_MIN * MINUTE_MS,
+                           orders_per_hour=orders * 60 / SPREAD_MIN, campaigns=campaigns,
+                           channels=channels, survey_ratio=0.3, spend_every_min=10)
+    return list(TrafficGenerator(config).records())
 
 
 def report(name: str, r: dict[str, float]) -> None:
-    print(f"| {name} | {r['events']:,.0f} | {r['plain']:,.0f} | {r['engine']:,.0f} | "
-          f"{r['engine'] / r['plain']:.3f} | {r['rss_settled']:.0f} |", flush=True)
+    print(f"| {name} | {r['events']:,.0f} | {r['plain']:,.0f} | {r['bare_faust']:,.0f} | "
+          f"{r['one_rate']:,.0f} | {r['two_rate']:,.0f} | {r['one_rate'] / r['plain']:.3f} | "
+          f"{r['one_rate'] / r['bare_faust']:.1f} | {r['one_written_per_event']:.3f} | "
+          f"{r['one_rss_mb']:.0f} | {r['one_prometheus_rows']:,.0f} |", flush=True)
+
+
+def chart(results: dict[str, dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    systems = [("plain aiokafka", "plain"), ("bare faust agent", "bare_faust"),
+               ("kpistream 1 worker", "one_rate"), ("kpistream 2 workers", "two_rate")]
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4))
+    for ax, (name, r) in zip(axes if len(results) > 1 else [axes], results.items(),
+                             strict=True):
+        values = [r[key] for _, key in systems]
+        ax.bar([label for label, _ in systems], values,
+               color=["#888", "#c66", "#36c", "#139"])
+        ax.set_yscale("log")
+        ax.set_title(name, fontsize=10)
+        ax.set_ylabel("events/s (log)")
+        ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+        for i, v in enumerate(values):
+            ax.text(i, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--memory-events", type=int, default=100_000)
-    parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--rows-events", type=int, default=200_000)
+    parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs")
     args = parser.parse_args()
     bootstrap = os.environ.get("KPISTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
     redis_url = os.environ.get("KPISTREAM_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -141,23 +220,21 @@ def main() -> int:
 
     print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cores, "
           f"Python {platform.python_version()}", flush=True)
-    print("| scenario | events | plain consumer ev/s | engine ev/s | ratio | RSS MB |")
-    print("|---|---|---|---|---|---|", flush=True)
-
-    per_hour = args.events / 1.45 / 2  # orders make up ~69% of records over 2 h
-    throughput = list(TrafficGenerator(TrafficConfig(
-        seed=1, start_ms=now - 2 * HOUR_MS, duration_ms=2 * HOUR_MS,
-        orders_per_hour=per_hour, campaigns=50)).records())
-    report("throughput (50 campaigns, 2 h)",
-           scenario("throughput", throughput, bootstrap, redis_url, args.timeout))
-
-    memory_cfg = TrafficConfig(seed=2, start_ms=now - 24 * HOUR_MS, duration_ms=24 * HOUR_MS,
-                               orders_per_hour=args.memory_events / 1.6 / 24,
-                               campaigns=1000, channels=10, survey_ratio=0.3,
-                               spend_every_min=60)
-    report("rows (1000 campaigns x 10 channels x 5 segments, 24 h)",
-           scenario("memory", list(TrafficGenerator(memory_cfg).records()), bootstrap,
-                    redis_url, args.timeout))
+    print("| scenario | events | plain ev/s | bare faust ev/s | kpistream 1w ev/s | "
+          "kpistream 2w ev/s | 1w / plain | 1w / bare faust | records written/event | "
+          "peak RSS MB | Prometheus rows |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    results = {}
+    for name, seed, events, campaigns, channels in [
+            ("50 campaigns", 1, args.events, 50, 4),
+            ("1000 campaigns x 10 channels x 5 segments", 2, args.rows_events, 1000, 10)]:
+        results[name] = scenario(name.split()[0], traffic(seed, events, campaigns, channels,
+                                                          now), bootstrap, redis_url,
+                                 args.timeout)
+        report(name, results[name])
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "benchmarks.json").write_text(json.dumps(results, indent=2) + "\n")
+    chart(results, args.out / "benchmarks.png")
     return 0
 
 
