@@ -207,9 +207,9 @@ async def _offsets(bootstrap: str, topics: list[str],
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     await consumer.start()
     try:
-        await consumer.topics()  # loads the metadata
+        cluster = await consumer._client.fetch_all_metadata()
         tps = [TopicPartition(t, p) for t in topics
-               for p in sorted(consumer.partitions_for_topic(t) or [])]
+               for p in sorted(cluster.partitions_for_topic(t) or [])]
         if group is None:
             ends = await consumer.end_offsets(tps)
             return {(tp.topic, tp.partition): off for tp, off in ends.items()}

@@ -76,6 +76,7 @@ def test_one_worker_rows_equal_reference(deployment) -> None:
     rows = run(dep, recs, workers=1, now_ms=int(time.time() * 1000))
     assert {d for (_, d, _) in rows} == {"all", "channel", "campaign", "segment"}
     per_event = written(dep) / len(recs)
+    assert per_event > 0  # the topics were found and written
     assert per_event <= 0.5, f"{per_event:.3f} records written per input event"
 
 
@@ -126,6 +127,7 @@ def test_sigkill_mid_stream_rows_counters_and_progress_exact(deployment) -> None
         behind = {}
         for group, topics in groups:
             ends = end_offsets(dep.bootstrap, topics)
+            assert len(ends) == len(topics) * settings.partitions
             done = committed_offsets(dep.bootstrap, group, topics)
             behind.update({tp: end - done.get(tp, -1) for tp, end in ends.items()
                            if done.get(tp, -1) != end})
