@@ -47,6 +47,9 @@ class GapGuard:
         return out
 
     async def seek_back(self) -> None:
+        """Seek inside faust's consumer thread (``seek_wait``, as faust's own recovery
+        does): ``Consumer.seek`` runs aiokafka's seek on the caller's thread, which races
+        the thread's fetcher (``KeyError`` in ``fetched_records``, the fetcher crashes)."""
         seeks, self.seeks = self.seeks, []
-        for tp, offset in seeks:
-            await self.app.consumer.seek(tp, offset)
+        if seeks:
+            await self.app.consumer._thread.seek_wait(dict(seeks))

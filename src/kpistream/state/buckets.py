@@ -84,8 +84,5 @@ def add(a: Sequence[float], b: Sequence[float], sign: int = 1) -> Sums:
 
 def total(parts: Iterable[Sequence[float]]) -> Sums:
     """Field-wise sum of several sums vectors."""
-    acc = [0.0] * len(SUM_FIELDS)
-    for part in parts:
-        for i, value in enumerate(part):
-            acc[i] += value
-    return tuple(acc)
+    columns = list(zip(*parts, strict=True))
+    return tuple(map(sum, columns)) if columns else (0.0,) * len(SUM_FIELDS)
