@@ -99,10 +99,10 @@ class Settings(BaseSettings):
     topic_kpi_updates: str = Field("kpi-updates", description="Compacted KPI row topic.")
     topic_alerts: str = Field("kpi-alerts", description="Alert topic.")
     topic_events: str = Field(
-        "kpistream-events", description="Internal: validated events keyed by their id."
+        "kpistream-events", description="Internal: packed validated events, partitioned by id."
     )
     topic_rollup: str = Field(
-        "kpistream-rollup", description="Internal: bucket values keyed by row."
+        "kpistream-rollup", description="Internal: bucket values partitioned by row."
     )
     partitions: int = Field(6, ge=1, description="Partitions of every topic kpistream creates.")
     replication: int = Field(1, ge=1, description="Replication factor of created topics.")

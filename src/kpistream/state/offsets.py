@@ -1,5 +1,5 @@
-"""Which input offsets a stage has applied, kept in a changelog-backed table, so a stage
-notices when its consumer skipped records and reads them again.
+"""The offset-gap rule: a stage knows the next offset it expects per partition (the applied
+offset of its packed state) and notices when its consumer skipped records.
 
 faust can drop a fetched record while flow is suspended around a rebalance
 (``Consumer._drain_messages`` marks it read even when ``wait_first`` returned on
@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TypeVar
-
-from kpistream.state.store import SEP, Store
 
 Item = TypeVar("Item")
 
@@ -34,24 +32,3 @@ def split_contiguous(offsets: Sequence[int], expected: int | None) -> tuple[int,
         count += 1
         next_offset = offset + 1 if next_offset is None else max(next_offset, offset + 1)
     return count, None
-
-
-class OffsetLedger:
-    """Next expected offset per (stage, partition); the key starts with the changelog
-    partition, which is the input partition."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    @staticmethod
-    def _key(stage: str, partition: int) -> str:
-        return f"{partition}{SEP}{stage}"
-
-    def expected(self, stage: str, partition: int) -> int | None:
-        value = self.store.get(self._key(stage, partition))
-        return int(value[0]) if value else None
-
-    def advance(self, stage: str, partition: int, last_applied: int) -> None:
-        held = self.expected(stage, partition)
-        if held is None or last_applied + 1 > held:
-            self.store.put(partition, self._key(stage, partition), [last_applied + 1])

@@ -98,3 +98,14 @@ def test_packs_leave_with_retention_but_the_newest_stays() -> None:
     agg.sweep(0, T)
     assert sorted(seq for _, seq in log.data) == [2]
     assert aggregator(log).state(0, T).applied == 2
+
+
+def test_a_redelivery_is_skipped_however_far_stream_time_has_moved() -> None:
+    agg = aggregator()
+    agg.process(0, [(0, pack(order("a", T), order("a", T + 5, "cancelled")))], T)
+    agg.process(0, [(1, pack(order("z", T + 48 * HOUR), first=2))], T)
+    # The edge crashed before committing offsets 0-1: they come again, two days later in
+    # stream time. Neither late, nor a duplicate, nor an unknown order: nothing at all.
+    again = agg.process(0, [(2, pack(order("a", T), order("a", T + 5, "cancelled")))], T)
+    assert again.verdicts == []
+    assert agg.state(0, T).counts == {("orders", "accepted"): 3}

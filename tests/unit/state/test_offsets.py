@@ -1,11 +1,10 @@
-"""The offset ledger: replays are applied, a gap stops the batch and names where to seek."""
+"""The offset-gap rule: replays pass, a gap stops the batch and names where to seek."""
 
 from __future__ import annotations
 
 import pytest
 
-from kpistream.state.offsets import OffsetLedger, split_contiguous
-from kpistream.state.store import DictStore
+from kpistream.state.offsets import split_contiguous
 
 
 @pytest.mark.parametrize(("offsets", "expected", "result"), [
@@ -20,16 +19,3 @@ from kpistream.state.store import DictStore
 def test_split_contiguous(offsets: list[int], expected: int | None,
                           result: tuple[int, int | None]) -> None:
     assert split_contiguous(offsets, expected) == result
-
-
-def test_ledger_only_moves_forward_and_keys_by_partition() -> None:
-    store = DictStore()
-    ledger = OffsetLedger(store)
-    assert ledger.expected("events", 2) is None
-    ledger.advance("events", 2, 10)
-    ledger.advance("events", 2, 4)  # a replayed batch does not move it back
-    ledger.advance("rollup", 2, 99)
-    assert ledger.expected("events", 2) == 11
-    assert ledger.expected("rollup", 2) == 100
-    assert ledger.expected("events", 3) is None
-    assert sorted(store.keys_of(2)) == ["2\x1fevents", "2\x1frollup"]
