@@ -31,6 +31,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer
@@ -141,6 +142,63 @@ def kpistream_run(dep: Deployment, workers: int, expected: int,
             "prometheus_rows": rows}
 
 
+async def _freshness(dep: Deployment, rate: float, seconds: float,
+                     probes: int) -> list[float]:
+    """Live traffic at ``rate`` for ``seconds``; meanwhile ``probes`` orders, each of a
+    campaign of its own, are produced one by one, and the time until the probe's row is in
+    Redis is measured (produce -> row visible)."""
+    import redis.asyncio as aioredis
+    from aiokafka import AIOKafkaProducer
+
+    from kpistream.generator.producer import produce
+
+    settings = dep.settings
+    now = int(time.time() * 1000)
+    config = TrafficConfig(seed=7, start_ms=now, duration_ms=int(seconds * 1000),
+                           orders_per_hour=rate * 3600 / 1.3 * 0.95, campaigns=50,
+                           survey_ratio=0.3, spend_every_min=1)
+    background = asyncio.create_task(produce(settings, TrafficGenerator(config).records(),
+                                             rate=rate))
+    client = aioredis.Redis.from_url(settings.redis_url.get_secret_value())
+    producer = AIOKafkaProducer(bootstrap_servers=dep.bootstrap, linger_ms=0)
+    await producer.start()
+    delays = []
+    try:
+        await asyncio.sleep(3)  # traffic established
+        for i in range(probes):
+            key = f"{settings.redis_prefix}:5m:campaign:probe-{i}"
+            sent = time.perf_counter()
+            await producer.send_and_wait(settings.topic_orders, orjson.dumps({
+                "order_id": f"probe-{uuid.uuid4().hex}", "ts": int(time.time() * 1000),
+                "customer_id": "probe", "amount": 1, "currency": "EUR",
+                "campaign_id": f"probe-{i}", "channel": "probe", "segment": "probe"}))
+            while not await client.exists(key):
+                if time.perf_counter() - sent > 30:
+                    break
+                await asyncio.sleep(0.01)
+            delays.append(time.perf_counter() - sent)
+            await asyncio.sleep(max(0.0, seconds / probes - delays[-1]) / 2)
+        await background
+    finally:
+        await producer.stop()
+        await client.aclose()
+    return delays
+
+
+def freshness(name: str, bootstrap: str, redis_url: str, rate: float) -> dict[str, Any]:
+    dep = Deployment(f"bench-fresh-{name}-{uuid.uuid4().hex[:6]}", bootstrap, redis_url)
+    dep.create_topics()
+    dep.start_worker()
+    time.sleep(8)  # the worker is up and assigned
+    try:
+        delays = sorted(asyncio.run(_freshness(dep, rate, 40.0, 60)))
+    finally:
+        dep.stop()
+    return {"rate": rate, "p50": delays[len(delays) // 2],
+            "p99": delays[min(len(delays) - 1, round(len(delays) * 0.99))],
+            "slowest": delays[-5:]}
+
+
 def scenario(name: str, records: list[Record], bootstrap: str, redis_url: str,
              timeout_s: float) -> dict[str, float]:
     base = f"bench-{name}-{uuid.uuid4().hex[:6]}"
@@ -191,8 +249,9 @@ def chart(results: dict[str, dict[str, float]], path: Path) -> None:
 
     systems = [("plain aiokafka", "plain"), ("bare faust agent", "bare_faust"),
                ("kpistream 1 worker", "one_rate"), ("kpistream 2 workers", "two_rate")]
-    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4))
-    for ax, (name, r) in zip(axes if len(results) > 1 else [axes], results.items(),
+    scenarios = {k: v for k, v in results.items() if k != "freshness"}
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(5 * len(scenarios), 4))
+    for ax, (name, r) in zip(axes if len(scenarios) > 1 else [axes], scenarios.items(),
                              strict=True):
         values = [r[key] for _, key in systems]
         ax.bar([label for label, _ in systems], values,
@@ -224,7 +283,7 @@ def main() -> int:
           "kpistream 2w ev/s | 1w / plain | 1w / bare faust | records written/event | "
           "peak RSS MB | Prometheus rows |")
     print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
-    results = {}
+    results: dict[str, Any] = {}
     for name, seed, events, campaigns, channels in [
             ("50 campaigns", 1, args.events, 50, 4),
             ("1000 campaigns x 10 channels x 5 segments", 2, args.rows_events, 1000, 10)]:
@@ -232,6 +291,12 @@ def main() -> int:
                                                           now), bootstrap, redis_url,
                                  args.timeout)
         report(name, results[name])
+    half = results["50 campaigns"]["one_rate"] / 2
+    fresh = freshness("50", bootstrap, redis_url, half)
+    results["freshness"] = fresh
+    print(f"freshness at {fresh['rate']:,.0f} ev/s (half of the 1-worker rate, 50 campaigns, "
+          f"live clock): p50 {fresh['p50']:.2f} s, p99 {fresh['p99']:.2f} s, slowest "
+          f"{[round(d, 1) for d in fresh['slowest']]}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "benchmarks.json").write_text(json.dumps(results, indent=2) + "\n")
     chart(results, args.out / "benchmarks.png")
