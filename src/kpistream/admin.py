@@ -9,6 +9,7 @@ import logging
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError
 
+from kpistream.connections import kafka_options
 from kpistream.exceptions import KpistreamError
 from kpistream.settings import Settings
 
@@ -37,7 +38,7 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
 
 async def ensure_topics(settings: Settings) -> list[str]:
     """Create missing topics; returns the names created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_options(settings))
     deadline = asyncio.get_running_loop().time() + CONNECT_TIMEOUT_S
     while True:
         try:

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from kpistream.admin import DLQ_MAX_MESSAGE_BYTES
 from kpistream.alerts.engine import alerts_enabled
+from kpistream.connections import faust_broker_credentials, web_middlewares, web_ssl_context
 from kpistream.observability.metrics import Metrics
 from kpistream.outbox import Outbox
 from kpistream.runtime import Runtime, Topics, wall_clock_ms
@@ -32,6 +33,7 @@ def create_app(settings: Settings | None = None,
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
+        broker_credentials=faust_broker_credentials(settings),
         store="memory://",
         autodiscover=False,
         topic_partitions=settings.partitions,
@@ -42,6 +44,8 @@ def create_app(settings: Settings | None = None,
         processing_guarantee="at_least_once",
         web_host=settings.web_host,
         web_port=settings.web_port,
+        web_ssl_context=web_ssl_context(settings),
+        web_application_options={"middlewares": web_middlewares(settings)},
         datadir=settings.data_dir,
         stream_buffer_maxsize=max(4096, settings.stage_batch_size * settings.partitions * 4),
         broker_session_timeout=parse_duration_ms(settings.session_timeout) / 1000,

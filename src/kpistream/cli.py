@@ -1,4 +1,4 @@
-"""Command line: ``kpistream settings|topics|worker|generate|replay|top``."""
+"""Command line: ``kpistream settings|topics|worker|generate|replay|top|health``."""
 
 from __future__ import annotations
 
@@ -11,12 +11,25 @@ import sys
 from collections.abc import Sequence
 
 from kpistream.exceptions import KpistreamError
-from kpistream.settings import Settings
+from kpistream.settings import Settings, describe_settings_error
 
 
 def _settings_cmd(settings: Settings, args: argparse.Namespace) -> int:
     print(json.dumps(settings.masked(), indent=2, default=str))
     return 0
+
+
+def _check_connections(settings: Settings, *, kafka: bool, redis: bool) -> None:
+    """Fail fast, naming the cause, on a wrong credential or certificate (SPEC §9)."""
+    from kpistream.connections import check_kafka, check_redis
+
+    async def check() -> None:
+        if kafka:
+            await check_kafka(settings)
+        if redis:
+            await check_redis(settings)
+
+    asyncio.run(check())
 
 
 def _topics_cmd(settings: Settings, args: argparse.Namespace) -> int:
@@ -35,6 +48,7 @@ def _worker_cmd(settings: Settings, args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _check_connections(settings, kafka=True, redis=True)
     asyncio.run(ensure_topics(settings))
     os.makedirs(settings.data_dir, exist_ok=True)  # faust refuses a missing datadir
     app = create_app(settings)
@@ -71,6 +85,38 @@ def _replay_cmd(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _health_cmd(settings: Settings, args: argparse.Namespace) -> int:
+    """Exit 0 when this pod's worker answers /metrics: an exec probe for Kubernetes that works
+    with basic auth and TLS on the web port (an httpGet probe would need the password in the
+    manifest)."""
+    import base64
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    scheme = "https" if settings.web_ssl_certfile else "http"
+    request = urllib.request.Request(f"{scheme}://127.0.0.1:{settings.web_port}/metrics")
+    if settings.web_username:
+        token = f"{settings.web_username}:{settings.web_password.get_secret_value()}"
+        request.add_header("Authorization", "Basic " + base64.b64encode(token.encode()).decode())
+    # The probe talks to its own pod over loopback: the certificate's name is not 127.0.0.1
+    # and authenticating the server is not what a liveness probe is for.
+    context = ssl._create_unverified_context() if scheme == "https" else None
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout, context=context) as reply:
+            status = reply.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except OSError as exc:
+        print(f"kpistream health: no answer on port {settings.web_port}: {exc}",
+              file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"kpistream health: /metrics answered HTTP {status}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kpistream", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -94,23 +140,33 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("--limit", type=int, default=40, help="rows shown")
     top.add_argument("--interval", type=float, default=1.0, help="refresh, seconds")
     top.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    health = sub.add_parser("health", help="exit 0 when this host's worker answers /metrics")
+    health.add_argument("--timeout", type=float, default=4.0, help="seconds")
     return parser
 
 
 COMMANDS = {"settings": _settings_cmd, "topics": _topics_cmd, "worker": _worker_cmd,
-            "generate": _generate_cmd, "top": _top_cmd, "replay": _replay_cmd}
+            "generate": _generate_cmd, "top": _top_cmd, "replay": _replay_cmd,
+            "health": _health_cmd}
+# Commands that talk to Kafka or Redis check the connection first (a named cause at once).
+NEEDS = {"topics": (True, False), "generate": (True, False), "replay": (True, False),
+         "top": (False, True)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings()
-    except Exception as exc:  # pydantic's ValidationError names every bad variable
-        print(f"kpistream: invalid configuration:\n{exc}", file=sys.stderr)
+    except Exception as exc:
+        print(f"kpistream: invalid configuration:\n{describe_settings_error(exc)}",
+              file=sys.stderr)
         return 2
     if args.command == "worker":
         sys.argv = [sys.argv[0]]  # faust's Worker parses argv itself
     try:
+        kafka, redis = NEEDS.get(args.command, (False, False))
+        if (kafka or redis) and not getattr(args, "jsonl", None):
+            _check_connections(settings, kafka=kafka, redis=redis)
         return COMMANDS[args.command](settings, args)
     except KpistreamError as exc:
         print(f"kpistream: {exc}", file=sys.stderr)

@@ -6,6 +6,8 @@
 
 Both iterators yield :class:`KpiRow` for a published row and :class:`RowDeleted` when a
 row's window became empty (a Kafka tombstone, or a Pub/Sub message with ``deleted``).
+Each takes either a plain URL / bootstrap string or a :class:`~kpistream.settings.Settings`
+(``Settings()`` reads ``KPISTREAM_*``), which brings TLS, SASL and Redis ACL credentials.
 See docs/client.md for runnable examples.
 """
 
@@ -19,7 +21,9 @@ import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 
+from kpistream.connections import kafka_options, redis_options
 from kpistream.kpi.formulas import INTEGER_SUMS, KPI_FIELDS
+from kpistream.settings import Settings
 
 __all__ = ["KpiRow", "RowDeleted", "get_row", "kafka_updates", "pubsub_updates"]
 
@@ -99,10 +103,26 @@ def _decode(value: bytes | None, key: bytes | None) -> KpiRow | RowDeleted:
     return KpiRow.from_message(message)
 
 
-async def get_row(redis_url: str, window: str, dimension: str, group: str, *,
+def _redis(source: str | Settings, *, decode_responses: bool) -> aioredis.Redis:
+    if isinstance(source, Settings):
+        return aioredis.Redis.from_url(source.redis_url.get_secret_value(),
+                                       decode_responses=decode_responses,
+                                       **redis_options(source))
+    return aioredis.Redis.from_url(source, decode_responses=decode_responses)
+
+
+def _kafka(source: str | Settings) -> dict[str, Any]:
+    return kafka_options(source) if isinstance(source, Settings) else {
+        "bootstrap_servers": source}
+
+
+async def get_row(redis: str | Settings, window: str, dimension: str, group: str, *,
                   prefix: str = "kpi") -> KpiRow | None:
-    """The current row from Redis, or None when it has no events in its window."""
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    """The current row from Redis, or None when it has no events in its window.
+    ``redis`` is a URL or the settings (then their prefix, unless ``prefix`` is given)."""
+    if isinstance(redis, Settings) and prefix == "kpi":
+        prefix = redis.redis_prefix
+    client = _redis(redis, decode_responses=True)
     try:
         fields_ = await client.hgetall(f"{prefix}:{window}:{dimension}:{group}")
     finally:
@@ -110,7 +130,7 @@ async def get_row(redis_url: str, window: str, dimension: str, group: str, *,
     return KpiRow.from_hash({str(k): str(v) for k, v in fields_.items()}) if fields_ else None
 
 
-async def kafka_updates(bootstrap: str, *, topic: str = "kpi-updates",
+async def kafka_updates(kafka: str | Settings, *, topic: str = "kpi-updates",
                         from_beginning: bool = True, group_id: str | None = None,
                         idle_timeout_s: float | None = None,
                         ) -> AsyncIterator[KpiRow | RowDeleted]:
@@ -118,7 +138,7 @@ async def kafka_updates(bootstrap: str, *, topic: str = "kpi-updates",
     state first (the topic is compacted: the latest value of every row); with
     ``idle_timeout_s`` the iterator ends after that long without a message."""
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, group_id=group_id,
+        topic, **_kafka(kafka), group_id=group_id,
         auto_offset_reset="earliest" if from_beginning else "latest",
         enable_auto_commit=group_id is not None)
     await consumer.start()
@@ -135,11 +155,11 @@ async def kafka_updates(bootstrap: str, *, topic: str = "kpi-updates",
         await consumer.stop()
 
 
-async def pubsub_updates(redis_url: str, *, channel: str = "kpi-updates",
+async def pubsub_updates(redis: str | Settings, *, channel: str = "kpi-updates",
                          idle_timeout_s: float | None = None,
                          ) -> AsyncIterator[KpiRow | RowDeleted]:
     """Row updates as they are published on the Redis channel (no history)."""
-    client = aioredis.Redis.from_url(redis_url)
+    client = _redis(redis, decode_responses=False)
     pubsub = client.pubsub()
     await pubsub.subscribe(channel)
     try:

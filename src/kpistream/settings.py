@@ -8,17 +8,30 @@ all event-time arithmetic in the pipeline is integer milliseconds.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from kpistream.contracts.records import EventKind
 
 ClockMode = Literal["live", "event"]
+KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+KafkaSaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+ENV_PREFIX = "KPISTREAM_"
+FILE_SUFFIX = "_FILE"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, None: 1000}
@@ -75,7 +88,7 @@ DEFAULT_RATES = {
 class Settings(BaseSettings):
     """Effective configuration. Every field is ``KPISTREAM_<NAME>`` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="KPISTREAM_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
 
     # --- connections -------------------------------------------------------------------
     app_id: str = Field("kpistream", description="Faust app id: consumer group and table prefix.")
@@ -85,6 +98,34 @@ class Settings(BaseSettings):
     )
     web_host: str = Field("0.0.0.0", description="Bind address of the worker's web server.")
     web_port: int = Field(6066, description="Worker web port: /metrics and health.")
+
+    # --- security (SPEC §9; every secret also as <NAME>_FILE) ---------------------------
+    kafka_security_protocol: KafkaSecurityProtocol = Field(
+        "PLAINTEXT", description="Kafka: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.")
+    kafka_sasl_mechanism: KafkaSaslMechanism = Field(
+        "PLAIN", description="Kafka SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.")
+    kafka_sasl_username: str = Field("", description="Kafka SASL user.")
+    kafka_sasl_password: SecretStr = Field(SecretStr(""), description="Kafka SASL password.")
+    kafka_ssl_cafile: str = Field(
+        "", description="Kafka TLS: CA bundle (PEM) that signed the brokers' certificates "
+        "(default: the system's trust store).")
+    kafka_ssl_certfile: str = Field("", description="Kafka mTLS: client certificate (PEM).")
+    kafka_ssl_keyfile: str = Field("", description="Kafka mTLS: client private key (PEM).")
+    kafka_ssl_key_password: SecretStr = Field(
+        SecretStr(""), description="Kafka mTLS: password of an encrypted client key.")
+    redis_username: str = Field(
+        "", description="Redis ACL user (overrides a user in KPISTREAM_REDIS_URL).")
+    redis_password: SecretStr = Field(
+        SecretStr(""), description="Redis password (overrides one in KPISTREAM_REDIS_URL).")
+    redis_ssl_cafile: str = Field("", description="rediss://: CA bundle (PEM) of the server.")
+    redis_ssl_certfile: str = Field("", description="rediss://: client certificate (PEM).")
+    redis_ssl_keyfile: str = Field("", description="rediss://: client private key (PEM).")
+    web_username: str = Field(
+        "", description="Web port: HTTP basic auth user for /metrics and health (empty: open).")
+    web_password: SecretStr = Field(SecretStr(""), description="Web port: basic auth password.")
+    web_ssl_certfile: str = Field(
+        "", description="Web port: serve HTTPS with this certificate (PEM) and web_ssl_keyfile.")
+    web_ssl_keyfile: str = Field("", description="Web port: private key (PEM) of the certificate.")
     data_dir: str = Field(".local/worker-data", description="Faust data directory.")
     log_level: str = Field("info", description="Worker log level.")
     session_timeout: str = Field(
@@ -197,6 +238,22 @@ class Settings(BaseSettings):
         parse_duration_ms(value)
         return value
 
+    @model_validator(mode="after")
+    def _check_security(self) -> Settings:
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        if sasl and not (self.kafka_sasl_username and self.kafka_sasl_password.get_secret_value()):
+            raise ValueError(f"kafka_security_protocol={self.kafka_security_protocol} needs "
+                             "kafka_sasl_username and kafka_sasl_password")
+        if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
+            raise ValueError("kafka_ssl_certfile and kafka_ssl_keyfile go together (mTLS)")
+        if bool(self.redis_ssl_certfile) != bool(self.redis_ssl_keyfile):
+            raise ValueError("redis_ssl_certfile and redis_ssl_keyfile go together")
+        if bool(self.web_ssl_certfile) != bool(self.web_ssl_keyfile):
+            raise ValueError("web_ssl_certfile and web_ssl_keyfile go together")
+        if bool(self.web_username) != bool(self.web_password.get_secret_value()):
+            raise ValueError("web_username and web_password go together (basic auth)")
+        return self
+
     @field_validator("currency_rates")
     @classmethod
     def _check_rates(cls, value: dict[str, float]) -> dict[str, float]:
@@ -256,15 +313,76 @@ class Settings(BaseSettings):
             self.topic_surveys: "survey",
         }
 
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, SecretFileSource(settings_cls), dotenv_settings)
+
     def masked(self) -> dict[str, Any]:
         """The effective configuration for printing, secrets masked."""
         out: dict[str, Any] = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
             if isinstance(value, SecretStr):
-                value = _mask_url(value.get_secret_value())
+                secret = value.get_secret_value()
+                value = _mask_url(secret) if "://" in secret else ("***" if secret else "")
             out[name] = value
         return out
+
+
+def describe_settings_error(exc: Exception) -> str:
+    """A configuration error for people: every bad variable named, and never the values
+    given (pydantic quotes its input, which would print secrets)."""
+    if isinstance(exc, ValidationError):
+        lines = []
+        for error in exc.errors(include_input=False, include_url=False):
+            where = ".".join(str(part) for part in error["loc"])
+            name = f"{ENV_PREFIX}{where}".upper() if where else "settings"
+            lines.append(f"  {name}: {error['msg']}")
+        return "\n".join(lines)
+    causes = []
+    current: BaseException | None = exc
+    while current is not None:
+        causes.append(str(current))
+        current = current.__cause__
+    return "\n".join(f"  {cause}" for cause in causes)
+
+
+def secret_fields() -> list[str]:
+    """Names of the settings that hold secrets: each may also come from ``<NAME>_FILE``."""
+    return [name for name, info in Settings.model_fields.items()
+            if info.annotation is SecretStr]
+
+
+class SecretFileSource(EnvSettingsSource):
+    """``KPISTREAM_<SECRET>_FILE=/run/secrets/x``: the secret is the file's content (one
+    trailing newline dropped), as Docker and Kubernetes mount secrets. Setting both the
+    variable and its ``_FILE`` is an error: which one wins would be a guess."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        if field.annotation is not SecretStr:
+            return None, field_name, False
+        env_name = f"{ENV_PREFIX}{field_name}".upper()
+        path = _env_ci(env_name + FILE_SUFFIX)
+        if path is None:
+            return None, field_name, False
+        if _env_ci(env_name) is not None:
+            raise ValueError(f"set {env_name} or {env_name}{FILE_SUFFIX}, not both")
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"{env_name}{FILE_SUFFIX}: cannot read {path}: "
+                             f"{exc.strerror}") from None
+        return text.removesuffix("\n").removesuffix("\r"), field_name, False
+
+
+def _env_ci(name: str) -> str | None:
+    """An environment variable by case-insensitive name (as pydantic-settings reads them)."""
+    upper = name.upper()
+    return next((value for key, value in os.environ.items() if key.upper() == upper), None)
 
 
 def _mask_url(url: str) -> str:

@@ -16,6 +16,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
+from kpistream.connections import redis_sync_client
 from kpistream.settings import Settings
 
 COLUMNS = ("orders", "revenue", "spend", "cpo", "roas", "aov", "nps", "nps_moe", "ces",
@@ -83,7 +84,7 @@ def render(rows: list[dict[str, str]], alerts: list[dict[str, str]], limit: int)
 
 def run_top(settings: Settings, window: str | None, dimension: str | None, limit: int,
             interval: float, once: bool) -> int:
-    client = redis.Redis.from_url(settings.redis_url.get_secret_value(), decode_responses=True)
+    client = redis_sync_client(settings)
     prefix = settings.redis_prefix
 
     def snapshot() -> Any:

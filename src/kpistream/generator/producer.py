@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from kpistream.connections import kafka_options
 from kpistream.generator.traffic import Record, event_time_ms
 from kpistream.settings import Settings
 
@@ -25,7 +26,7 @@ async def produce(settings: Settings, records: Iterable[Record], *,
     paces the stream (None: as fast as possible); with ``live_from_ms`` a record whose event
     time is later than that waits until the wall clock reaches it. Returns how many were
     sent."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=20,
+    producer = AIOKafkaProducer(**kafka_options(settings), linger_ms=20,
                                 max_batch_size=256 * 1024, acks="all")
     await producer.start()
     sent = 0

@@ -21,10 +21,9 @@ AlertMessage = dict[str, object]
 
 
 class AlertSink:
-    def __init__(self, settings: Settings, metrics: Metrics, outbox: Outbox) -> None:
-        self.client = aioredis.Redis.from_url(
-            settings.redis_url.get_secret_value(), socket_timeout=settings.sink_timeout_s,
-            socket_connect_timeout=settings.sink_timeout_s)
+    def __init__(self, settings: Settings, metrics: Metrics, outbox: Outbox,
+                 client: aioredis.Redis) -> None:
+        self.client = client
         self.settings = settings
         self.metrics = metrics
         self.outbox = outbox
@@ -71,6 +70,3 @@ class AlertSink:
             self.metrics.sink_errors.labels("redis").inc()
             self.log.warning("alert_write_failed", error=str(exc) or type(exc).__name__,
                              pending=len(self.pending))
-
-    async def close(self) -> None:
-        await self.client.aclose()

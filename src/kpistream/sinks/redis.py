@@ -23,8 +23,9 @@ from kpistream.observability.metrics import Metrics
 from kpistream.settings import Settings
 
 logger = logging.getLogger(__name__)
-BACKOFF_INITIAL_S = 0.5
-BACKOFF_MAX_S = 5.0
+BACKOFF_INITIAL_S = 0.25
+# Short: a retry is one cheap round trip, and every row must be back soon after Redis is.
+BACKOFF_MAX_S = 1.0
 CHUNK = 500
 
 
@@ -39,12 +40,10 @@ def index_key(prefix: str, dimension: str) -> str:
 class RedisRowSink:
     name = "redis"
 
-    def __init__(self, settings: Settings, metrics: Metrics,
+    def __init__(self, settings: Settings, metrics: Metrics, client: aioredis.Redis,
                  snapshot: Callable[[], list[RowChange]]) -> None:
         timeout = settings.sink_timeout_s
-        self.client = aioredis.Redis.from_url(
-            settings.redis_url.get_secret_value(), socket_timeout=timeout,
-            socket_connect_timeout=timeout)
+        self.client = client
         self.prefix = settings.redis_prefix
         self.channel = settings.redis_channel
         self.timeout = timeout
@@ -106,5 +105,3 @@ class RedisRowSink:
                 pipe.publish(self.channel, payload)
             await pipe.execute()
 
-    async def close(self) -> None:
-        await self.client.aclose()

@@ -32,6 +32,7 @@ from aiokafka.errors import (
 )
 from mode import Service
 
+from kpistream.connections import kafka_options
 from kpistream.contracts.wire import EventPack, RawMark, encode_event_pack
 from kpistream.exceptions import KpistreamError
 from kpistream.ingest.dead_letter import DeadLetters
@@ -72,7 +73,7 @@ class EdgeReader(Service):
     async def on_start(self) -> None:
         settings = self.runtime.settings
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
+            **kafka_options(settings),
             group_id=settings.edge_group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", max_partition_fetch_bytes=4 * 1024 * 1024,
             session_timeout_ms=parse_duration_ms(settings.session_timeout),

@@ -14,6 +14,7 @@ import faust
 import orjson
 
 from kpistream.alerts.engine import AlertEngine
+from kpistream.connections import redis_client
 from kpistream.contracts.wire import NO_TIME
 from kpistream.kpi.rows import RowChange, RowPublisher
 from kpistream.observability.metrics import EventCountCollector, LagCollector
@@ -35,9 +36,10 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
                                          runtime.outbox)
     publisher = RowPublisher(settings, state)
     owned: set[int] = set()  # roll-up partitions whose state is loaded and published
-    redis_sink = RedisRowSink(settings, metrics, lambda: publisher.snapshot(set(owned)))
+    redis = redis_client(settings)  # one connection pool for every Redis sink of the worker
+    redis_sink = RedisRowSink(settings, metrics, redis, lambda: publisher.snapshot(set(owned)))
     alert_engine = AlertEngine(settings, state, tables.alerts)
-    alert_sink = AlertSink(settings, metrics, outbox)
+    alert_sink = AlertSink(settings, metrics, outbox, redis)
     if not alert_engine.enabled:
         logger.warning("alerts disabled: no window with a 1m STEP of at least 1h, or no "
                        "window named %r (alert_baseline_window)",
@@ -135,5 +137,4 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
     @app.service
     class RedisLifecycle(faust.Service):
         async def on_stop(self) -> None:
-            await redis_sink.close()
-            await alert_sink.close()
+            await redis.aclose()

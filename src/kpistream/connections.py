@@ -1,0 +1,295 @@
+"""Connections to Kafka, Redis and the web port, built from the settings (SPEC §9).
+
+Every client kpistream opens (the worker's faust app, its edge reader, the admin client, the
+generator, ``top`` and the client library) gets its options here, so PLAINTEXT, SSL (with an
+optional client certificate) and SASL PLAIN/SCRAM work the same everywhere.
+
+``check_kafka`` and ``check_redis`` open one connection before anything starts and turn what
+goes wrong into a :class:`ConnectionCheckError` that names the cause (wrong password, unknown
+CA, expired certificate, unreachable host). Clients left to themselves retry such errors
+forever: aiokafka logs "Unable to bootstrap" without the reason, redis-py raises per command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import socket
+import ssl
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, cast
+
+import redis
+import redis.asyncio as aioredis
+from aiokafka.conn import create_conn
+from aiokafka.errors import AuthenticationFailedError, KafkaError, SaslAuthenticationFailed
+from cryptography import x509
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
+
+from kpistream.exceptions import KpistreamError
+from kpistream.settings import Settings
+
+if TYPE_CHECKING:
+    from aiohttp import web
+    from faust.types.auth import CredentialsT
+
+CHECK_TIMEOUT_S = 15.0  # one connection attempt; a worker names a failure well within 30 s
+PROBE_TIMEOUT_S = 3.0
+
+
+class ConnectionCheckError(KpistreamError):
+    """A service refused kpistream's connection for a reason retrying will not fix."""
+
+
+# --- Kafka -------------------------------------------------------------------------------
+
+def kafka_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """TLS context for SSL and SASL_SSL: the broker verified against ``kafka_ssl_cafile``
+    (or the system's CAs), and a client certificate when one is configured (mTLS)."""
+    if settings.kafka_security_protocol not in ("SSL", "SASL_SSL"):
+        return None
+    context = ssl.create_default_context(
+        ssl.Purpose.SERVER_AUTH, cafile=settings.kafka_ssl_cafile or None)
+    if settings.kafka_ssl_certfile:
+        context.load_cert_chain(
+            settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile,
+            password=settings.kafka_ssl_key_password.get_secret_value() or None)
+    return context
+
+
+def kafka_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments of every aiokafka client (consumer, producer, admin)."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    context = kafka_ssl_context(settings)
+    if context is not None:
+        options["ssl_context"] = context
+    if settings.kafka_security_protocol.startswith("SASL_"):
+        options.update(
+            sasl_mechanism=settings.kafka_sasl_mechanism,
+            sasl_plain_username=settings.kafka_sasl_username,
+            sasl_plain_password=settings.kafka_sasl_password.get_secret_value())
+    return options
+
+
+def faust_broker_credentials(settings: Settings) -> CredentialsT | None:
+    """The same security for faust's own consumer and producer (``broker_credentials``)."""
+    from faust.auth import SASLCredentials, SSLCredentials  # the client library needs no faust
+    context = kafka_ssl_context(settings)
+    if settings.kafka_security_protocol.startswith("SASL_"):
+        return SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=settings.kafka_sasl_password.get_secret_value(),
+            mechanism=settings.kafka_sasl_mechanism, ssl_context=context)
+    if context is not None:
+        return SSLCredentials(context)
+    return None
+
+
+def _first_broker(settings: Settings) -> tuple[str, int]:
+    host, _, port = settings.kafka_bootstrap.split(",")[0].strip().rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+async def check_kafka(settings: Settings) -> None:
+    """One connection to the first bootstrap broker, with TLS and SASL as configured."""
+    host, port = _first_broker(settings)
+    where = f"Kafka at {host}:{port} ({settings.kafka_security_protocol})"
+    _check_certificate("KPISTREAM_KAFKA_SSL_CERTFILE", settings.kafka_ssl_certfile, where)
+    try:
+        options = kafka_options(settings)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConnectionCheckError(f"{where}: cannot load the TLS files: {_ssl_reason(exc)}"
+                                   ) from None
+    options.pop("bootstrap_servers")
+    try:
+        conn = await asyncio.wait_for(
+            create_conn(host, port, request_timeout_ms=int(CHECK_TIMEOUT_S * 1000), **options),
+            CHECK_TIMEOUT_S)
+    except (SaslAuthenticationFailed, AuthenticationFailedError) as exc:
+        raise ConnectionCheckError(
+            f"{where}: SASL authentication of user {settings.kafka_sasl_username!r} with "
+            f"{settings.kafka_sasl_mechanism} failed (wrong username or password?): {exc}"
+        ) from None
+    except ssl.SSLError as exc:
+        raise ConnectionCheckError(f"{where}: TLS handshake failed: {_ssl_reason(exc)}"
+                                   ) from None
+    except TimeoutError:
+        raise ConnectionCheckError(
+            f"{where}: no answer within {CHECK_TIMEOUT_S:.0f} s (a TLS listener spoken to in "
+            "PLAINTEXT, or the reverse, looks like this too)") from None
+    except (KafkaError, OSError) as exc:
+        # A broker that rejects a client certificate (expired, unknown CA) closes the
+        # connection, and aiokafka reports only that; a bare TLS handshake hears the alert.
+        hint = await asyncio.to_thread(_tls_probe, host, port, options.get("ssl_context"))
+        raise ConnectionCheckError(f"{where}: {hint or _reason(exc)}") from None
+    conn.close()
+
+
+def _tls_probe(host: str, port: int, context: ssl.SSLContext | None) -> str | None:
+    """Why a TLS listener dropped us, or that a PLAINTEXT client reached a TLS listener."""
+    probe = context
+    if probe is None:
+        probe = ssl.create_default_context()
+        probe.check_hostname = False
+        probe.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S) as raw, \
+                probe.wrap_socket(raw, server_hostname=host) as tls:
+            if context is None:
+                return ("the listener speaks TLS: set KPISTREAM_KAFKA_SECURITY_PROTOCOL to SSL "
+                        "or SASL_SSL")
+            tls.recv(1)  # TLS 1.3 sends a rejected client certificate's alert after the handshake
+    except ssl.SSLError as exc:
+        return None if context is None else f"TLS: {_ssl_reason(exc)}"
+    except OSError:
+        return None
+    return None
+
+
+# --- Redis -------------------------------------------------------------------------------
+
+def redis_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments of ``Redis.from_url`` beyond the URL: ACL user, password and, for
+    ``rediss://``, the CA and client certificate."""
+    options: dict[str, Any] = {}
+    if settings.redis_username:
+        options["username"] = settings.redis_username
+    if settings.redis_password.get_secret_value():
+        options["password"] = settings.redis_password.get_secret_value()
+    if settings.redis_url.get_secret_value().startswith("rediss://"):
+        if settings.redis_ssl_cafile:
+            options["ssl_ca_certs"] = settings.redis_ssl_cafile
+        if settings.redis_ssl_certfile:
+            options.update(ssl_certfile=settings.redis_ssl_certfile,
+                           ssl_keyfile=settings.redis_ssl_keyfile)
+    return options
+
+
+def redis_client(settings: Settings, *, decode_responses: bool = False) -> aioredis.Redis:
+    """The worker's one asyncio Redis client (its pool is shared by every sink)."""
+    timeout = settings.sink_timeout_s
+    return aioredis.Redis.from_url(
+        settings.redis_url.get_secret_value(), decode_responses=decode_responses,
+        socket_timeout=timeout, socket_connect_timeout=timeout, **redis_options(settings))
+
+
+def redis_sync_client(settings: Settings) -> redis.Redis:
+    """A blocking client for commands (``top``)."""
+    return redis.Redis.from_url(settings.redis_url.get_secret_value(), decode_responses=True,
+                                socket_connect_timeout=CHECK_TIMEOUT_S,
+                                **redis_options(settings))
+
+
+async def check_redis(settings: Settings) -> None:
+    """PING as the configured user, then the commands the sinks need on their keys."""
+    client = aioredis.Redis.from_url(
+        settings.redis_url.get_secret_value(), socket_timeout=CHECK_TIMEOUT_S,
+        socket_connect_timeout=CHECK_TIMEOUT_S, **redis_options(settings))
+    where = f"Redis at {_redis_location(settings)}"
+    user = settings.redis_username or "default"
+    _check_certificate("KPISTREAM_REDIS_SSL_CERTFILE", settings.redis_ssl_certfile, where)
+    try:
+        await client.ping()
+        probe = f"{settings.redis_prefix}:check"
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.hset(probe, "ok", "1")
+            pipe.delete(probe)
+            pipe.publish(settings.redis_channel, b"")
+            await pipe.execute()
+    except AuthenticationError as exc:
+        raise ConnectionCheckError(
+            f"{where}: authentication of user {user!r} failed (wrong username or password?): "
+            f"{exc}") from None
+    except ResponseError as exc:
+        # NOPERM: the ACL user lacks a key or channel of kpistream (docs/operations.md has
+        # the minimal rule).
+        raise ConnectionCheckError(f"{where}: user {user!r} lacks a permission: {exc}"
+                                   ) from None
+    except (RedisError, OSError) as exc:
+        cause = exc.__context__ if isinstance(exc.__context__, ssl.SSLError) else exc
+        reason = _ssl_reason(cause) if isinstance(cause, ssl.SSLError) else _reason(exc)
+        raise ConnectionCheckError(f"{where}: {reason}") from None
+    finally:
+        await client.aclose()
+
+
+def _redis_location(settings: Settings) -> str:
+    url = settings.redis_url.get_secret_value()
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}"  # user and password left out
+
+
+# --- web port ----------------------------------------------------------------------------
+
+def web_middlewares(settings: Settings) -> list[Any]:
+    """aiohttp middlewares of the worker's web port: HTTP basic auth on every path when
+    ``web_username`` is set (Prometheus' ``basic_auth`` scrape option speaks it)."""
+    if not settings.web_username:
+        return []
+    from aiohttp import web  # the worker's web server; the client library needs no aiohttp
+    credentials = f"{settings.web_username}:{settings.web_password.get_secret_value()}"
+    expected = ("Basic " + base64.b64encode(credentials.encode()).decode()).encode()
+
+    @web.middleware
+    async def basic_auth(request: web.Request, handler: Any) -> web.StreamResponse:
+        given = request.headers.get("Authorization", "").encode()
+        if hmac.compare_digest(given, expected):
+            return cast(web.StreamResponse, await handler(request))
+        return web.Response(status=401, text="authentication required\n",
+                            headers={"WWW-Authenticate": 'Basic realm="kpistream"'})
+
+    return [basic_auth]
+
+
+def web_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    if not settings.web_ssl_certfile:
+        return None
+    _check_certificate("KPISTREAM_WEB_SSL_CERTFILE", settings.web_ssl_certfile, "web port")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.web_ssl_certfile, settings.web_ssl_keyfile)
+    return context
+
+
+# --- reasons -----------------------------------------------------------------------------
+
+def _check_certificate(setting: str, path: str, where: str) -> None:
+    """Our own certificate, read before use: a server that rejects an expired client
+    certificate often says only "certificate unknown"."""
+    if not path:
+        return
+    try:
+        with open(path, "rb") as file:
+            certificate = x509.load_pem_x509_certificate(file.read())
+    except (OSError, ValueError) as exc:
+        raise ConnectionCheckError(f"{where}: {setting}={path} is not a readable PEM "
+                                   f"certificate: {exc}") from None
+    now = datetime.now(UTC)
+    if certificate.not_valid_after_utc <= now:
+        raise ConnectionCheckError(
+            f"{where}: {setting}={path}: the certificate expired on "
+            f"{certificate.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC")
+    if certificate.not_valid_before_utc > now:
+        raise ConnectionCheckError(
+            f"{where}: {setting}={path}: the certificate is not valid before "
+            f"{certificate.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC")
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    """``certificate verify failed: certificate has expired`` rather than the errno soup."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {exc.verify_message} (check the CA file)"
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        reason = exc.reason.lower().replace("_", " ")
+        if "certificate expired" in reason:
+            return f"the server rejected our client certificate: {reason}"
+        return reason
+    return _reason(exc)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
