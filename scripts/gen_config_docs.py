@@ -47,8 +47,10 @@ Value formats:
   so list every accepted currency, the reporting currency included).
 - **Windows** are `SIZE/STEP`, SIZE a multiple of STEP; a window's name is its SIZE (`5m`).
 - **Secrets** (marked *secret* below) are masked by `kpistream settings`
-  (`redis://user:***@host`); in Kubernetes put them in a Secret, not the ConfigMap
-  (deploy/k8s/README.md).
+  (`redis://user:***@host`, `***`) and never logged. Each can also be read from a file:
+  `KPISTREAM_<NAME>_FILE=/run/secrets/x` (as Docker and Kubernetes mount secrets; setting both
+  is an error). In Kubernetes put them in a Secret, not the ConfigMap (deploy/k8s/README.md);
+  [security.md](security.md) has the TLS, SASL and ACL setups.
 
 | environment variable | type | default | description |
 |---|---|---|---|

@@ -93,7 +93,7 @@ issue_cert() {  # issue_cert <name> <CN> <days> <ca> [SAN]: key + certificate si
 }
 
 certs() {  # the local CA and every certificate the secured listeners and tests use (once)
-  [ -s "$TLS/broker.p12" ] && return 0
+  [ -f "$TLS/.complete" ] && return 0
   mkdir -p "$TLS"
   local ca
   for ca in ca other-ca; do
@@ -102,12 +102,14 @@ certs() {  # the local CA and every certificate the secured listeners and tests 
   done
   issue_cert broker localhost 3650 ca "DNS:localhost,IP:127.0.0.1"
   issue_cert redis localhost 3650 ca "DNS:localhost,IP:127.0.0.1"
+  issue_cert web localhost 3650 ca "DNS:localhost,IP:127.0.0.1"
   issue_cert client kpistream 3650 ca
   issue_cert client-expired kpistream 0 ca  # notAfter = now: expired from the first second
   issue_cert client-other kpistream 3650 other-ca
   openssl pkcs12 -export -in "$TLS/broker.pem" -inkey "$TLS/broker.key" -name broker \
     -out "$TLS/broker.p12" -passout "pass:$(secret keystore)" \
     || die "openssl could not write the broker keystore"
+  touch "$TLS/.complete"
   log "tls: made a CA and certificates in $TLS"
 }
 

@@ -185,7 +185,8 @@ def redis_sync_client(settings: Settings) -> redis.Redis:
 
 
 async def check_redis(settings: Settings) -> None:
-    """PING as the configured user, then the commands the sinks need on their keys."""
+    """PING as the configured user, then a write of the sinks' kind on a key of the prefix
+    (a channel cannot be checked without publishing to its subscribers)."""
     client = aioredis.Redis.from_url(
         settings.redis_url.get_secret_value(), socket_timeout=CHECK_TIMEOUT_S,
         socket_connect_timeout=CHECK_TIMEOUT_S, **redis_options(settings))
@@ -198,7 +199,6 @@ async def check_redis(settings: Settings) -> None:
         async with client.pipeline(transaction=True) as pipe:
             pipe.hset(probe, "ok", "1")
             pipe.delete(probe)
-            pipe.publish(settings.redis_channel, b"")
             await pipe.execute()
     except AuthenticationError as exc:
         raise ConnectionCheckError(

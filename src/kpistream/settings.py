@@ -367,7 +367,7 @@ class SecretFileSource(EnvSettingsSource):
             return None, field_name, False
         env_name = f"{ENV_PREFIX}{field_name}".upper()
         path = _env_ci(env_name + FILE_SUFFIX)
-        if path is None:
+        if not path:  # unset or empty: no file
             return None, field_name, False
         if _env_ci(env_name) is not None:
             raise ValueError(f"set {env_name} or {env_name}{FILE_SUFFIX}, not both")

@@ -22,6 +22,7 @@ import orjson
 import redis
 
 from kpistream import reference
+from kpistream.connections import redis_sync_client
 from kpistream.contracts.records import Event
 from kpistream.generator.producer import produce
 from kpistream.generator.traffic import Record
@@ -85,7 +86,9 @@ class Deployment:
         subprocess.run([sys.executable, "-m", "kpistream", "topics", "create"],
                        env={**os.environ, **self.env}, check=True, capture_output=True)
 
-    def start_worker(self) -> tuple[subprocess.Popen[bytes], int]:
+    def start_worker(self, **extra: str) -> tuple[subprocess.Popen[bytes], int]:
+        """A worker with the deployment's environment (plus ``extra``); returns it and its
+        web port."""
         port = free_port()
         LOG_DIR.mkdir(parents=True, exist_ok=True)
         self.started += 1
@@ -93,7 +96,7 @@ class Deployment:
         proc = subprocess.Popen(
             [sys.executable, "-m", "kpistream", "worker"],
             env={**os.environ, **self.env, "KPISTREAM_WEB_PORT": str(port),
-                 "KPISTREAM_WEB_HOST": "127.0.0.1"},
+                 "KPISTREAM_WEB_HOST": "127.0.0.1", **extra},
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.workers.append(proc)
         return proc, port
@@ -126,8 +129,11 @@ def normalise(settings: Settings, records: Iterable[Record], now_ms: int) -> lis
     return out
 
 
-def read_rows(redis_url: str, prefix: str) -> dict[tuple[str, str, str], dict[str, str]]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+def read_rows(redis_url: str | Settings,
+              prefix: str) -> dict[tuple[str, str, str], dict[str, str]]:
+    """Every row hash under the prefix; ``redis_url`` may be settings with TLS and a user."""
+    client = (redis_sync_client(redis_url) if isinstance(redis_url, Settings)
+              else redis.Redis.from_url(redis_url, decode_responses=True))
     rows = {}
     for key in client.scan_iter(match=f"{prefix}:*", count=1000):
         if key.startswith(f"{prefix}:index:") or key.startswith(f"{prefix}:alert"):
@@ -166,7 +172,7 @@ def row_mismatches(rows: dict[tuple[str, str, str], dict[str, str]],
     return problems
 
 
-def wait_for_rows(redis_url: str, prefix: str, outcome: reference.Outcome,
+def wait_for_rows(redis_url: str | Settings, prefix: str, outcome: reference.Outcome,
                   timeout_s: float, *, alive: Any = None) -> dict[tuple[str, str, str],
                                                               dict[str, str]]:
     """Poll Redis until the rows equal the reference (the pipeline is eventually exact) or

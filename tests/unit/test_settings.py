@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import ValidationError
 
-from kpistream.settings import Settings, WindowSpec, parse_duration_ms
+from kpistream.settings import (
+    Settings,
+    WindowSpec,
+    describe_settings_error,
+    parse_duration_ms,
+    secret_fields,
+)
 
 
 @pytest.mark.parametrize(("text", "ms"), [("250ms", 250), ("10s", 10_000), ("5m", 300_000),
@@ -47,3 +55,70 @@ def test_currency_rates_must_be_positive_iso_codes(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("KPISTREAM_CURRENCY_RATES", '{"EUR": 1, "usd": 0.9}')
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_every_secret_can_come_from_a_file(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    for name in secret_fields():
+        path = tmp_path / name
+        path.write_text(f"from-file-{name}\n")
+        monkeypatch.setenv(f"KPISTREAM_{name.upper()}_FILE", str(path))
+    monkeypatch.setenv("KPISTREAM_REDIS_URL_FILE", str(tmp_path / "redis_url"))
+    (tmp_path / "redis_url").write_text("redis://u:from-file@cache:6379/0\n")
+    settings = Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_username="u",
+                        web_username="w")
+    assert set(secret_fields()) == {"redis_url", "kafka_sasl_password",
+                                    "kafka_ssl_key_password", "redis_password", "web_password"}
+    assert settings.kafka_sasl_password.get_secret_value() == "from-file-kafka_sasl_password"
+    assert settings.web_password.get_secret_value() == "from-file-web_password"
+    assert settings.redis_url.get_secret_value() == "redis://u:from-file@cache:6379/0"
+    masked = json.dumps(settings.masked())
+    assert "from-file" not in masked and "from-file" not in repr(settings)
+
+
+def test_a_secret_and_its_file_together_are_an_error(monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path) -> None:
+    (tmp_path / "pw").write_text("a")
+    monkeypatch.setenv("KPISTREAM_WEB_PASSWORD", "b")
+    monkeypatch.setenv("KPISTREAM_WEB_PASSWORD_FILE", str(tmp_path / "pw"))
+    with pytest.raises(Exception) as caught:
+        Settings()
+    assert "set KPISTREAM_WEB_PASSWORD or KPISTREAM_WEB_PASSWORD_FILE, not both" in \
+        describe_settings_error(caught.value)
+
+
+def test_an_unreadable_secret_file_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KPISTREAM_KAFKA_SASL_PASSWORD_FILE", "/nonexistent/pw")
+    with pytest.raises(Exception) as caught:
+        Settings()
+    assert "KPISTREAM_KAFKA_SASL_PASSWORD_FILE: cannot read /nonexistent/pw" in \
+        describe_settings_error(caught.value)
+
+
+def test_configuration_errors_never_quote_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KPISTREAM_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("KPISTREAM_KAFKA_SASL_PASSWORD", "hunter2")  # but no user
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    assert "hunter2" in str(caught.value)  # pydantic's own message would leak it ...
+    message = describe_settings_error(caught.value)
+    assert "hunter2" not in message  # ... ours does not
+    assert "needs kafka_sasl_username and kafka_sasl_password" in message
+
+
+def test_configuration_errors_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KPISTREAM_WEB_PORT", "not-a-port")
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    assert describe_settings_error(caught.value).startswith("  KPISTREAM_WEB_PORT: ")
+
+
+@pytest.mark.parametrize("given", [
+    {"kafka_security_protocol": "SASL_SSL"},
+    {"kafka_ssl_certfile": "c.pem"},
+    {"redis_ssl_keyfile": "k.pem"},
+    {"web_ssl_certfile": "c.pem"},
+    {"web_username": "prometheus"},
+])
+def test_security_settings_that_go_together(given: dict[str, str]) -> None:
+    with pytest.raises(ValidationError):
+        Settings(**given)

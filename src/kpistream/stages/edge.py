@@ -23,11 +23,14 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
     CommitFailedError,
+    GroupAuthorizationFailedError,
     IllegalStateError,
     KafkaConnectionError,
     KafkaError,
     RebalanceInProgressError,
+    TopicAuthorizationFailedError,
     UnknownTopicOrPartitionError,
 )
 from mode import Service
@@ -45,6 +48,8 @@ from kpistream.settings import parse_duration_ms
 logger = logging.getLogger(__name__)
 START_TIMEOUT_S = 20.0  # the broker must answer within this at start, or the worker exits
 MISSING_TOPIC_GRACE_S = 20.0  # how long an input topic may be missing before that is fatal
+AUTHORIZATION_ERRORS = (TopicAuthorizationFailedError, GroupAuthorizationFailedError,
+                        ClusterAuthorizationFailedError)
 RETRIABLE = (CommitFailedError, RebalanceInProgressError, IllegalStateError)
 
 
@@ -95,6 +100,8 @@ class EdgeReader(Service):
         self.consumer.subscribe(self.topics, listener=Forget())
         try:
             await asyncio.wait_for(self.consumer.start(), START_TIMEOUT_S)
+        except AUTHORIZATION_ERRORS as exc:
+            raise self._not_authorised(exc) from exc
         except (TimeoutError, KafkaError, OSError) as exc:
             raise EdgeError(f"edge reader cannot connect to Kafka at "
                             f"{settings.kafka_bootstrap}: {exc!r}") from exc
@@ -124,6 +131,8 @@ class EdgeReader(Service):
                                                  max_records=settings.batch_size)
             except UnknownTopicOrPartitionError as exc:
                 raise EdgeError(f"an input topic disappeared: {exc!r}") from exc
+            except AUTHORIZATION_ERRORS as exc:
+                raise self._not_authorised(exc) from exc
             except KafkaConnectionError as exc:
                 self.rate_log.warning("edge_fetch_retry", error=repr(exc))
                 await asyncio.sleep(1)
@@ -137,6 +146,14 @@ class EdgeReader(Service):
                 continue
             missing_since = None
             await self._process(fetched, raw_partitions)
+
+    def _not_authorised(self, exc: Exception) -> EdgeError:
+        settings = self.runtime.settings
+        user = settings.kafka_sasl_username or "this client"
+        return EdgeError(
+            f"edge reader is not authorised: {exc!r}; {user} needs Describe and Read on the "
+            f"input topics {self.topics} and Read on consumer group "
+            f"{settings.edge_group_id!r} (docs/security.md)")
 
     def _raw_partitions(self) -> int | None:
         assert self.consumer is not None

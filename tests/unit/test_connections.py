@@ -1,0 +1,146 @@
+"""Connection options built from the settings (SPEC §9), without services: every protocol
+gives aiokafka and faust the same security, Redis gets its ACL user and TLS files, and the
+web port's basic auth admits exactly the configured user."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ssl
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from kpistream.connections import (
+    ConnectionCheckError,
+    check_kafka,
+    faust_broker_credentials,
+    kafka_options,
+    redis_options,
+    web_middlewares,
+)
+from kpistream.settings import Settings
+
+
+def make_certificate(directory: Path, *, days: float) -> tuple[Path, Path]:
+    """A self-signed certificate valid from an hour ago for ``days`` (negative: expired)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    start = datetime.now(UTC) - timedelta(hours=1)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(start if days > 0 else start - timedelta(days=2))
+                   .not_valid_after(start + timedelta(days=days))
+                   .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]),
+                                  critical=False)
+                   .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_plaintext_is_the_default() -> None:
+    options = kafka_options(Settings())
+    assert options == {"bootstrap_servers": "localhost:9092", "security_protocol": "PLAINTEXT"}
+    assert faust_broker_credentials(Settings()) is None
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
+def test_sasl_ssl_gives_aiokafka_and_faust_the_same_user(mechanism: str, tmp_path: Path) -> None:
+    cert, _ = make_certificate(tmp_path, days=30)
+    settings = Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism=mechanism,
+                        kafka_sasl_username="svc", kafka_sasl_password="pw",
+                        kafka_ssl_cafile=str(cert))
+    options = kafka_options(settings)
+    assert options["security_protocol"] == "SASL_SSL"
+    assert (options["sasl_mechanism"], options["sasl_plain_username"],
+            options["sasl_plain_password"]) == (mechanism, "svc", "pw")
+    assert isinstance(options["ssl_context"], ssl.SSLContext)
+    assert options["ssl_context"].verify_mode == ssl.CERT_REQUIRED
+    credentials = faust_broker_credentials(settings)
+    assert credentials is not None
+    assert credentials.protocol.value == "SASL_SSL"  # type: ignore[attr-defined]
+    assert credentials.mechanism.value == mechanism  # type: ignore[attr-defined]
+    assert "pw" not in repr(credentials)
+
+
+def test_sasl_plaintext_has_no_tls() -> None:
+    settings = Settings(kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_username="svc",
+                        kafka_sasl_password="pw")
+    assert "ssl_context" not in kafka_options(settings)
+    credentials = faust_broker_credentials(settings)
+    assert credentials is not None and credentials.protocol.value == "SASL_PLAINTEXT"  # type: ignore[attr-defined]
+
+
+def test_ssl_with_a_client_certificate_is_mtls(tmp_path: Path) -> None:
+    cert, key = make_certificate(tmp_path, days=30)
+    settings = Settings(kafka_security_protocol="SSL", kafka_ssl_cafile=str(cert),
+                        kafka_ssl_certfile=str(cert), kafka_ssl_keyfile=str(key))
+    options = kafka_options(settings)
+    assert options["security_protocol"] == "SSL" and "sasl_mechanism" not in options
+    credentials = faust_broker_credentials(settings)
+    assert credentials is not None and credentials.protocol.value == "SSL"  # type: ignore[attr-defined]
+
+
+def test_an_expired_client_certificate_is_named_before_connecting(tmp_path: Path) -> None:
+    cert, key = make_certificate(tmp_path, days=-1)
+    settings = Settings(kafka_bootstrap="127.0.0.1:1", kafka_security_protocol="SSL",
+                        kafka_ssl_certfile=str(cert), kafka_ssl_keyfile=str(key))
+    with pytest.raises(ConnectionCheckError, match="the certificate expired on"):
+        asyncio.run(check_kafka(settings))
+
+
+def test_an_unreachable_broker_is_named() -> None:
+    with pytest.raises(ConnectionCheckError, match=r"Kafka at 127\.0\.0\.1:1 \(PLAINTEXT\)"):
+        asyncio.run(check_kafka(Settings(kafka_bootstrap="127.0.0.1:1")))
+
+
+def test_redis_user_password_and_tls_files(tmp_path: Path) -> None:
+    cert, key = make_certificate(tmp_path, days=30)
+    settings = Settings(redis_url="rediss://cache:6380/0", redis_username="kpistream",
+                        redis_password="pw", redis_ssl_cafile=str(cert),
+                        redis_ssl_certfile=str(cert), redis_ssl_keyfile=str(key))
+    assert redis_options(settings) == {
+        "username": "kpistream", "password": "pw", "ssl_ca_certs": str(cert),
+        "ssl_certfile": str(cert), "ssl_keyfile": str(key)}
+    # TLS files mean nothing to a redis:// URL (redis-py would refuse them).
+    plain = Settings(redis_url="redis://cache:6379/0", redis_ssl_cafile=str(cert))
+    assert redis_options(plain) == {}
+
+
+def test_web_basic_auth_admits_only_the_configured_user() -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    assert web_middlewares(Settings()) == []
+    settings = Settings(web_username="prometheus", web_password="s3cret")
+
+    async def scenario() -> list[int]:
+        async def metrics(request: web.Request) -> web.Response:
+            return web.Response(text="ok")
+
+        app = web.Application(middlewares=web_middlewares(settings))
+        app.router.add_get("/metrics", metrics)
+        async with TestClient(TestServer(app)) as client:
+            statuses = []
+            for user, password in (("prometheus", "s3cret"), ("prometheus", "wrong"),
+                                   ("other", "s3cret"), (None, None)):
+                headers = {}
+                if user is not None:
+                    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+                    headers["Authorization"] = f"Basic {token}"
+                response = await client.get("/metrics", headers=headers)
+                statuses.append(response.status)
+                if response.status == 401:
+                    assert response.headers["WWW-Authenticate"].startswith("Basic")
+            return statuses
+
+    assert asyncio.run(scenario()) == [200, 401, 401, 401]
