@@ -221,8 +221,8 @@ def test_redis_outage_of_30s_loses_nothing(deployment, tmp_path) -> None:
         assert errors and float(errors[0].split()[-1]) > 0
         start_redis()
         restarted = time.monotonic()
-        settle(dep, recs, timeout_s=5)
-        assert time.monotonic() - restarted <= 6
+        settle(dep, recs, timeout_s=5)  # issue 11: every row back and equal within 5 s
+        assert time.monotonic() - restarted <= 5
         assert proc.poll() is None
     finally:
         subprocess.run(["redis-cli", "-p", str(redis_port), "shutdown", "nosave"],

@@ -151,7 +151,7 @@ def test_workers(services: dict[str, dict[str, Any]]) -> None:
         assert env["KPISTREAM_REDIS_URL"] == "redis://redis:6379/0"
         for dependency in ("kafka", "redis"):
             assert worker["depends_on"][dependency]["condition"] == "service_healthy"
-        assert "/metrics" in " ".join(worker["healthcheck"]["test"])
+        assert worker["healthcheck"]["test"] == ["CMD", "kpistream", "health"]
         (port,) = worker["ports"]
         host, container = str(port).rsplit(":", 1)
         assert container == "6066"

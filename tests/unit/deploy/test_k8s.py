@@ -133,11 +133,25 @@ def test_container_image_and_port(container: dict[str, Any]) -> None:
     assert ports == {"web": 6066}
 
 
-@pytest.mark.parametrize("probe", ["readinessProbe", "livenessProbe"])
-def test_probes_hit_metrics_on_the_web_port(container: dict[str, Any], probe: str) -> None:
-    check = container[probe]["httpGet"]
-    assert check["path"] == "/metrics"
-    assert check["port"] in ("web", 6066)
+@pytest.mark.parametrize("probe", ["startupProbe", "readinessProbe", "livenessProbe"])
+def test_probes_ask_metrics_with_the_pods_own_credentials(container: dict[str, Any],
+                                                          probe: str) -> None:
+    """An exec probe of `kpistream health` works with basic auth and TLS on the web port
+    (tests/integration/test_security.py runs it against a protected worker)."""
+    from kpistream.cli import COMMANDS
+
+    command = container[probe]["exec"]["command"]
+    assert command[0] == "kpistream" and command[1] in COMMANDS
+    assert command[1] == "health"
+
+
+def test_secret_files_and_tls_material_are_mounted_read_only(
+        deployment: dict[str, Any], container: dict[str, Any]) -> None:
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    for name in ("secrets", "tls"):
+        assert volumes[name]["secret"]["optional"] is True
+        assert mounts[name]["readOnly"] is True
 
 
 def test_resources(container: dict[str, Any]) -> None:

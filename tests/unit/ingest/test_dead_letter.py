@@ -110,3 +110,34 @@ def test_any_message_gives_a_valid_lossless_record(key: bytes | None, value: byt
         assert base64.b64decode(body["value_base64"]) == value
     assert (body["key"] is None) == (key is None)
     assert body["partition"] == partition and body["offset"] == offset
+
+
+class RecordingOutbox:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes | None]] = []
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+        self.sent.append((topic, key, value))
+
+
+def test_every_error_code_is_logged_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    """SPEC §2: each rejection reason is logged once per rate-limited interval: a flood of
+    one code never hides another, and every record is still dead-lettered."""
+    import logging
+
+    from kpistream.ingest.dead_letter import DeadLetters
+    from kpistream.observability.logs import RateLimitedLog
+
+    outbox = RecordingOutbox()
+    letters = DeadLetters("dlq", outbox, RateLimitedLog(  # type: ignore[arg-type]
+        logging.getLogger("test.dlq"), interval_s=3600))
+    source = Source("orders", 0, 1, None, "{}", None)
+    with caplog.at_level(logging.WARNING, logger="test.dlq"):
+        for _ in range(100):
+            for error in ERROR_CODES:
+                letters.send(error, "detail", source, RECEIVED_AT)
+    logged = [r.getMessage() for r in caplog.records]
+    assert len(logged) == len(ERROR_CODES) == 8
+    for error in ERROR_CODES:
+        assert sum(f"error='{error}'" in line for line in logged) == 1
+    assert len(outbox.sent) == 100 * len(ERROR_CODES)
