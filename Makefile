@@ -7,12 +7,13 @@ PY := $(VENV)/bin/python
 STACK := deploy/local/stack.sh
 KAFKA_LIBS := $(or $(KPISTREAM_LOCAL_DIR),.local)/kafka/libs
 
-.PHONY: help tools venv deps up down status lint unit test demo bench alert-sim clean
+.PHONY: help tools venv deps up down status lint unit test soak demo bench alert-sim clean
 
 help:
 	@echo "make demo   - set everything up and show live KPIs (Ctrl-C stops it)"
 	@echo "make test   - set everything up and run the whole test suite on real services"
 	@echo "make up / down / status - the local Kafka + Redis stack"
+	@echo "make soak   - the long fault variants (five SIGKILLs, a 20-minute soak; ~30 min)"
 	@echo "make lint / unit / bench / alert-sim / clean"
 
 $(VENV)/.installed: pyproject.toml
@@ -52,6 +53,10 @@ unit: venv
 
 test: up lint
 	$(VENV)/bin/pytest -q
+
+soak: up
+	@$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q -e '.[dev,bench]'
+	$(VENV)/bin/pytest -q -m soak tests/integration
 
 demo: tools venv
 	@PY=$(PY) deploy/local/demo.sh

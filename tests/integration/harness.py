@@ -49,6 +49,7 @@ class Deployment:
     redis_url: str
     extra: dict[str, str] = field(default_factory=dict)
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    ports: dict[subprocess.Popen[bytes], int] = field(default_factory=dict)  # web port
     started: int = 0
 
     @property
@@ -99,6 +100,7 @@ class Deployment:
                  "KPISTREAM_WEB_HOST": "127.0.0.1", **extra},
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.workers.append(proc)
+        self.ports[proc] = port
         return proc, port
 
     def stop(self) -> None:

@@ -88,6 +88,23 @@ class EventCountCollector(Collector):
         yield family
 
 
+class StateSizeCollector(Collector):
+    """``kpistream_state_entries{stage,kind}``: entries held in the state of the partitions
+    this worker owns (ids kept for de-duplication, buckets, roll-up rows and messages). Flat
+    once retention is reached; growth past it is a leak (the soak test checks it)."""
+
+    def __init__(self, sizes: Callable[[], dict[tuple[str, str], int]]) -> None:
+        self.sizes = sizes
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily("kpistream_state_entries",
+                                   "Entries held in the owned partitions' state.",
+                                   labels=["stage", "kind"])
+        for (stage, kind), size in sorted(self.sizes().items()):
+            family.add_metric([stage, kind], size)
+        yield family
+
+
 class LagCollector(Collector):
     """``kpistream_consumer_lag{group,topic,partition}``: end offset minus committed offset
     of every partition this worker's consumers own now (built at scrape time, so partitions

@@ -1,55 +1,42 @@
-"""Alert sinks (SPEC.md §6): Kafka ``kpi-alerts``, the capped Redis stream ``kpi:alerts``,
-the hash ``kpi:alert:{dimension}:{group}`` while firing, Pub/Sub ``kpi-alerts``, and the
-Prometheus gauge/counter. One episode gives one ``firing`` and one ``resolved`` message."""
+"""Alert sink of Redis (SPEC.md §6): the capped stream ``kpi:alerts``, the hash
+``kpi:alert:{dimension}:{group}`` while firing, and Pub/Sub ``kpi-alerts``. One episode gives
+one ``firing`` and one ``resolved`` message; messages that could not be written are kept in
+order and retried. (Kafka ``kpi-alerts`` and the Prometheus series are the Kafka and
+Prometheus sinks' part of the same publication.)"""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from kpistream.observability.logs import RateLimitedLog
-from kpistream.observability.metrics import Metrics
-from kpistream.outbox import Outbox
 from kpistream.settings import Settings
+from kpistream.sinks.base import AlertMessage, Backoff, Publication
+from kpistream.sinks.redis import BACKOFF_INITIAL_S, BACKOFF_MAX_S, redis_failure
 
-logger = logging.getLogger(__name__)
-AlertMessage = dict[str, object]
 
+class RedisAlertSink:
+    name = "redis_alerts"
 
-class AlertSink:
-    def __init__(self, settings: Settings, metrics: Metrics, outbox: Outbox,
-                 client: aioredis.Redis) -> None:
+    def __init__(self, settings: Settings, client: aioredis.Redis) -> None:
         self.client = client
         self.settings = settings
-        self.metrics = metrics
-        self.outbox = outbox
         self.pending: list[AlertMessage] = []
-        self.active: set[tuple[str, str, str]] = set()
-        self.log = RateLimitedLog(logger, settings.log_interval_s)
+        self.backoff = Backoff(BACKOFF_INITIAL_S, BACKOFF_MAX_S)
 
-    def export_active(self, firing: set[tuple[str, str, str]]) -> None:
-        """Make ``kpistream_alert_active`` show exactly these (alert, dimension, group)."""
-        for labels in self.active - firing:
-            self.metrics.alert_active.remove(*labels)
-        for labels in firing - self.active:
-            self.metrics.alert_active.labels(*labels).set(1)
-        self.active = set(firing)
+    async def start(self) -> None:
+        return None  # the row sink checks the shared client
 
-    async def write(self, messages: list[AlertMessage]) -> None:
-        prefix = self.settings.redis_prefix
-        for message in messages:
-            key = f"{message['dimension']}|{message['group']}".encode()
-            self.outbox.send(self.settings.topic_alerts, key, orjson.dumps(message))
-            if message["state"] == "firing":
-                self.metrics.alerts.labels(str(message["alert"]), str(message["kind"])).inc()
-        self.pending.extend(messages)
+    def write(self, publication: Publication) -> None:
+        self.pending.extend(publication.alerts)
+
+    async def flush(self) -> None:
         if not self.pending:
             return
-        batch, self.pending = self.pending, []
+        prefix = self.settings.redis_prefix
+        batch = list(self.pending)
         try:
             async with self.client.pipeline(transaction=True) as pipe:
                 for message in batch:
@@ -57,16 +44,16 @@ class AlertSink:
                     hash_key = f"{prefix}:alert:{message['dimension']}:{message['group']}"
                     pipe.xadd(f"{prefix}:alerts", {"alert": body},
                               maxlen=self.settings.alert_redis_stream_maxlen, approximate=True)
+                    pipe.delete(hash_key)
                     if message["state"] == "firing":
-                        pipe.delete(hash_key)
                         pipe.hset(hash_key, mapping={
                             k: str(v) for k, v in message.items() if v is not None})
-                    else:
-                        pipe.delete(hash_key)
                     pipe.publish(self.settings.redis_alert_channel, body)
                 await asyncio.wait_for(pipe.execute(), self.settings.sink_timeout_s)
         except (TimeoutError, RedisError, OSError) as exc:
-            self.pending = batch + self.pending  # keep order; retried on the next tick
-            self.metrics.sink_errors.labels("redis").inc()
-            self.log.warning("alert_write_failed", error=str(exc) or type(exc).__name__,
-                             pending=len(self.pending))
+            raise redis_failure(self.name, exc, self.backoff) from exc
+        del self.pending[:len(batch)]
+        self.backoff.reset()
+
+    async def close(self) -> None:
+        """The client is the worker's, closed by its owner."""

@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from kpistream.kpi.rows import RowMessage
 from kpistream.observability.metrics import Metrics
+from kpistream.sinks.base import Publication
 
 KPI_GAUGES: dict[str, str] = {
     "orders": "Placed minus cancelled orders in the window.",
@@ -68,3 +69,36 @@ class KpiCollector(Collector):
                           and row["group"] not in kept.get(dimension, set()))
             self.metrics.rows_dropped.labels(dimension).set(dropped)
         return out
+
+
+class PrometheusSink:
+    """The pushed part of /metrics: rows published, alert episodes started, and
+    ``kpistream_alert_active`` showing exactly the alerts firing on this worker's rows. (The
+    KPI gauges are pulled by :class:`KpiCollector` at scrape time.)"""
+
+    name = "prometheus"
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.active: set[tuple[str, str, str]] = set()
+
+    async def start(self) -> None:
+        return None
+
+    def write(self, publication: Publication) -> None:
+        self.metrics.rows_published.inc(len(publication.rows))
+        for message in publication.alerts:
+            if message["state"] == "firing":
+                self.metrics.alerts.labels(str(message["alert"]), str(message["kind"])).inc()
+        firing = set(publication.firing)
+        for labels in self.active - firing:
+            self.metrics.alert_active.remove(*labels)
+        for labels in firing - self.active:
+            self.metrics.alert_active.labels(*labels).set(1)
+        self.active = firing
+
+    async def flush(self) -> None:
+        return None  # in the registry already; Prometheus pulls it
+
+    async def close(self) -> None:
+        return None

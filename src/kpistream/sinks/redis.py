@@ -1,16 +1,15 @@
-"""Redis sink: KPI row hashes, index sets and the Pub/Sub channel (SPEC.md §5).
+"""Redis sink of rows: KPI row hashes, index sets and the Pub/Sub channel (SPEC.md §5).
 
-Each tick's changes go out in one MULTI/EXEC pipeline, so every hash is replaced atomically
-(DEL + HSET: a KPI that became undefined disappears). Writes that fail are kept, coalesced
-per row (only the latest change of a row matters), and retried with exponential backoff; a
-write never blocks the publisher longer than ``sink_timeout``.
+Each flush goes out in MULTI/EXEC pipelines, so every hash is replaced atomically (DEL +
+HSET: a KPI that became undefined disappears). Changes that could not be written are kept,
+coalesced per row (only the latest change of a row matters), and retried after a short
+backoff; a flush never blocks the publisher longer than ``sink_timeout``. After a failure
+every live row is rewritten (Redis may have come back empty).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
 from collections.abc import Callable
 
 import orjson
@@ -18,15 +17,14 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from kpistream.kpi.rows import RowChange, hash_fields
-from kpistream.observability.logs import RateLimitedLog
-from kpistream.observability.metrics import Metrics
 from kpistream.settings import Settings
+from kpistream.sinks.base import Backoff, Publication, SinkUnavailable
 
-logger = logging.getLogger(__name__)
 BACKOFF_INITIAL_S = 0.25
 # Short: a retry is one cheap round trip, and every row must be back soon after Redis is.
 BACKOFF_MAX_S = 1.0
 CHUNK = 500
+RowKey = tuple[str, str, str]
 
 
 def row_key(prefix: str, window: str, dimension: str, group: str) -> str:
@@ -37,35 +35,40 @@ def index_key(prefix: str, dimension: str) -> str:
     return f"{prefix}:index:{dimension}"
 
 
+def redis_failure(sink: str, exc: BaseException, backoff: Backoff) -> SinkUnavailable:
+    return SinkUnavailable(sink, str(exc) or type(exc).__name__, backoff.next())
+
+
 class RedisRowSink:
     name = "redis"
 
-    def __init__(self, settings: Settings, metrics: Metrics, client: aioredis.Redis,
+    def __init__(self, settings: Settings, client: aioredis.Redis,
                  snapshot: Callable[[], list[RowChange]]) -> None:
-        timeout = settings.sink_timeout_s
         self.client = client
         self.prefix = settings.redis_prefix
         self.channel = settings.redis_channel
-        self.timeout = timeout
-        self.metrics = metrics
-        self.pending: dict[tuple[str, str, str], RowChange] = {}
-        self.retry_at = 0.0
-        self.backoff = BACKOFF_INITIAL_S
-        self.log = RateLimitedLog(logger, settings.log_interval_s)
+        self.timeout = settings.sink_timeout_s
         self.snapshot = snapshot
+        self.pending: dict[RowKey, RowChange] = {}
+        self.backoff = Backoff(BACKOFF_INITIAL_S, BACKOFF_MAX_S)
         self.needs_resync = False
 
-    async def write(self, changes: list[RowChange]) -> bool:
-        """Queue changes and try to write everything pending; False while Redis fails."""
-        for change in changes:
+    async def start(self) -> None:
+        try:
+            await asyncio.wait_for(self.client.ping(), self.timeout)
+        except (TimeoutError, RedisError, OSError) as exc:
+            self.needs_resync = True
+            raise redis_failure(self.name, exc, self.backoff) from exc
+
+    def write(self, publication: Publication) -> None:
+        for change in publication.rows:
             self.pending[(change.window, change.dimension, change.group)] = change
+
+    async def flush(self) -> None:
         if not self.pending and not self.needs_resync:
-            return True
-        if time.monotonic() < self.retry_at:
-            return False
+            return
         batch = dict(self.pending)
         if self.needs_resync:
-            # Redis failed: it may have restarted empty, so rewrite every live row.
             for change in self.snapshot():
                 batch.setdefault((change.window, change.dimension, change.group), change)
         try:
@@ -73,19 +76,13 @@ class RedisRowSink:
             for i in range(0, len(items), CHUNK):
                 await asyncio.wait_for(self._send(items[i:i + CHUNK]), self.timeout)
         except (TimeoutError, RedisError, OSError) as exc:
-            self.metrics.sink_errors.labels(self.name).inc()
-            self.retry_at = time.monotonic() + self.backoff
-            self.log.warning("redis_write_failed", error=str(exc) or type(exc).__name__,
-                             pending=len(self.pending), retry_in_s=self.backoff)
-            self.backoff = min(self.backoff * 2, BACKOFF_MAX_S)
             self.needs_resync = True
-            return False
+            raise redis_failure(self.name, exc, self.backoff) from exc
         for key, change in batch.items():
             if self.pending.get(key) is change:
                 del self.pending[key]
-        self.backoff = BACKOFF_INITIAL_S
+        self.backoff.reset()
         self.needs_resync = False
-        return True
 
     async def _send(self, changes: list[RowChange]) -> None:
         async with self.client.pipeline(transaction=True) as pipe:
@@ -105,3 +102,5 @@ class RedisRowSink:
                 pipe.publish(self.channel, payload)
             await pipe.execute()
 
+    async def close(self) -> None:
+        """The client is the worker's, closed by its owner."""

@@ -11,16 +11,21 @@ import logging
 from typing import Any, cast
 
 import faust
-import orjson
 
 from kpistream.alerts.engine import AlertEngine
 from kpistream.connections import redis_client
 from kpistream.contracts.wire import NO_TIME
-from kpistream.kpi.rows import RowChange, RowPublisher
-from kpistream.observability.metrics import EventCountCollector, LagCollector
+from kpistream.kpi.rows import RowPublisher
+from kpistream.observability.metrics import (
+    EventCountCollector,
+    LagCollector,
+    StateSizeCollector,
+)
 from kpistream.runtime import Runtime
-from kpistream.sinks.alerts import AlertSink
-from kpistream.sinks.prometheus import KpiCollector
+from kpistream.sinks.alerts import RedisAlertSink
+from kpistream.sinks.base import Publication, SinkSet
+from kpistream.sinks.kafka import KafkaOutputSink
+from kpistream.sinks.prometheus import KpiCollector, PrometheusSink
 from kpistream.sinks.redis import RedisRowSink
 from kpistream.stages.edge import EdgeReader
 from kpistream.state.aggregate import PartitionAggregator
@@ -37,9 +42,13 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
     publisher = RowPublisher(settings, state)
     owned: set[int] = set()  # roll-up partitions whose state is loaded and published
     redis = redis_client(settings)  # one connection pool for every Redis sink of the worker
-    redis_sink = RedisRowSink(settings, metrics, redis, lambda: publisher.snapshot(set(owned)))
+    sinks = SinkSet([
+        PrometheusSink(metrics),
+        KafkaOutputSink(settings, outbox),
+        RedisRowSink(settings, redis, lambda: publisher.snapshot(set(owned))),
+        RedisAlertSink(settings, redis),
+    ], metrics, settings.log_interval_s)
     alert_engine = AlertEngine(settings, state, tables.alerts)
-    alert_sink = AlertSink(settings, metrics, outbox, redis)
     if not alert_engine.enabled:
         logger.warning("alerts disabled: no window with a 1m STEP of at least 1h, or no "
                        "window named %r (alert_baseline_window)",
@@ -61,6 +70,26 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
         return totals
 
     runtime.registry.register(EventCountCollector(event_counts))
+
+    def state_sizes() -> dict[tuple[str, str], int]:
+        sizes = dict.fromkeys((("aggregate", "ids"), ("aggregate", "buckets"),
+                               ("aggregate", "packs"), ("rollup", "rows"),
+                               ("rollup", "values"), ("rollup", "messages")), 0)
+        for p in assigned(settings.topic_events):
+            held = aggregator.parts.get(p)
+            if held is not None:
+                sizes["aggregate", "ids"] += len(held.ids)
+                sizes["aggregate", "buckets"] += len(held.buckets)
+                sizes["aggregate", "packs"] += len(held.packs)
+        for q in set(owned):
+            sizes["rollup", "rows"] += len(state.cache.get(q, ()))
+            log = state.logs.get(q)
+            if log is not None:
+                sizes["rollup", "values"] += len(log.entries)
+                sizes["rollup", "messages"] += len(log.refs)
+        return sizes
+
+    runtime.registry.register(StateSizeCollector(state_sizes))
 
     def lag() -> list[tuple[str, str, int, int]]:
         consumer = app.consumer
@@ -120,21 +149,17 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
         times = [state.stream_time(q, now) for q in owned]
         if times and max(times) != NO_TIME:
             metrics.stream_time.set(max(times) / 1000)
-        await alert_sink.write([t.transition.message for t in transitions])
-        alert_sink.export_active({("cpo_spike", dimension, group)
-                                  for (dimension, group), _ in alert_engine.firing(owned)})
-        await write_sinks(changes)
-
-    async def write_sinks(changes: list[RowChange]) -> None:
-        for change in changes:
-            key = f"{change.window}|{change.dimension}|{change.group}".encode()
-            value = orjson.dumps(change.message) if change.message is not None else None
-            outbox.send(settings.topic_kpi_updates, key, value)
-        metrics.rows_published.inc(len(changes))
-        await outbox.flush()
-        await redis_sink.write(changes)
+        sinks.write(Publication(
+            changes, [t.transition.message for t in transitions],
+            frozenset(("cpo_spike", dimension, group)
+                      for (dimension, group), _ in alert_engine.firing(owned))))
+        await sinks.flush()
 
     @app.service
-    class RedisLifecycle(faust.Service):
+    class SinkLifecycle(faust.Service):
+        async def on_start(self) -> None:
+            await sinks.start()
+
         async def on_stop(self) -> None:
+            await sinks.close()
             await redis.aclose()

@@ -1,0 +1,54 @@
+"""Kafka sink: row changes to the compacted ``kpi-updates`` (a deletion is a tombstone) and
+alert transitions to ``kpi-alerts`` (SPEC.md §5, §6), through the worker's outbox: a flush
+returns once the brokers acknowledged every record. A failed flush keeps its records and
+sends them again (at-least-once: a row update is idempotent by its key on the compacted
+topic; an alert message may repeat and carries its episode's identity)."""
+
+from __future__ import annotations
+
+import orjson
+from aiokafka.errors import KafkaError
+
+from kpistream.outbox import Outbox
+from kpistream.settings import Settings
+from kpistream.sinks.base import Backoff, Publication, SinkUnavailable
+
+BACKOFF_INITIAL_S = 0.5
+BACKOFF_MAX_S = 5.0
+
+
+class KafkaOutputSink:
+    name = "kafka"
+
+    def __init__(self, settings: Settings, outbox: Outbox) -> None:
+        self.rows_topic = settings.topic_kpi_updates
+        self.alerts_topic = settings.topic_alerts
+        self.outbox = outbox
+        self.pending: list[tuple[str, bytes, bytes | None]] = []
+        self.backoff = Backoff(BACKOFF_INITIAL_S, BACKOFF_MAX_S)
+
+    async def start(self) -> None:
+        return None  # faust's producer is started (and checked) by the worker
+
+    def write(self, publication: Publication) -> None:
+        for change in publication.rows:
+            key = f"{change.window}|{change.dimension}|{change.group}".encode()
+            value = orjson.dumps(change.message) if change.message is not None else None
+            self.pending.append((self.rows_topic, key, value))
+        for message in publication.alerts:
+            key = f"{message['dimension']}|{message['group']}".encode()
+            self.pending.append((self.alerts_topic, key, orjson.dumps(message)))
+
+    async def flush(self) -> None:
+        batch = list(self.pending)
+        for topic, key, value in batch:
+            self.outbox.send(topic, key, value)
+        try:
+            await self.outbox.flush()
+        except KafkaError as exc:
+            raise SinkUnavailable(self.name, repr(exc), self.backoff.next()) from exc
+        del self.pending[:len(batch)]
+        self.backoff.reset()
+
+    async def close(self) -> None:
+        """The producer is faust's."""
