@@ -19,15 +19,22 @@ def _settings_cmd(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_connections(settings: Settings, *, kafka: bool, redis: bool) -> None:
-    """Fail fast, naming the cause, on a wrong credential or certificate (SPEC §9)."""
-    from kpistream.connections import check_kafka, check_redis
+def _check_connections(settings: Settings, *, kafka: bool, redis: bool,
+                       redis_may_be_down: bool = False) -> None:
+    """Fail fast, naming the cause, on a wrong credential or certificate (SPEC §9). A worker
+    starts while Redis is unreachable (its sinks catch up once Redis answers)."""
+    from kpistream.connections import ConnectionCheckError, check_kafka, check_redis
 
     async def check() -> None:
         if kafka:
             await check_kafka(settings)
         if redis:
-            await check_redis(settings)
+            try:
+                await check_redis(settings)
+            except ConnectionCheckError as exc:
+                if not (exc.unreachable and redis_may_be_down):
+                    raise
+                logging.getLogger("kpistream").warning("redis_unreachable_at_start %s", exc)
 
     asyncio.run(check())
 
@@ -48,7 +55,7 @@ def _worker_cmd(settings: Settings, args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    _check_connections(settings, kafka=True, redis=True)
+    _check_connections(settings, kafka=True, redis=True, redis_may_be_down=True)
     asyncio.run(ensure_topics(settings))
     os.makedirs(settings.data_dir, exist_ok=True)  # faust refuses a missing datadir
     app = create_app(settings)

@@ -36,10 +36,16 @@ if TYPE_CHECKING:
 
 CHECK_TIMEOUT_S = 15.0  # one connection attempt; a worker names a failure well within 30 s
 PROBE_TIMEOUT_S = 3.0
+REACH_WITHIN_S = 20.0  # how long a broker that refuses connections is waited for at start
 
 
 class ConnectionCheckError(KpistreamError):
-    """A service refused kpistream's connection for a reason retrying will not fix."""
+    """A service refused kpistream's connection for a reason retrying will not fix, or (with
+    ``unreachable``) did not answer at all within the time allowed."""
+
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 # --- Kafka -------------------------------------------------------------------------------
@@ -105,6 +111,28 @@ async def check_kafka(settings: Settings) -> None:
         raise ConnectionCheckError(f"{where}: cannot load the TLS files: {_ssl_reason(exc)}"
                                    ) from None
     options.pop("bootstrap_servers")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + REACH_WITHIN_S
+    while True:
+        try:
+            await _connect_once(settings, host, port, where, options)
+            return
+        except _Unreachable as exc:
+            # A broker starting up refuses connections for a while: retry, then give up
+            # naming the address (a wrong credential or certificate fails at once).
+            if loop.time() >= deadline:
+                raise ConnectionCheckError(
+                    f"cannot reach Kafka at {host}:{port} within {REACH_WITHIN_S:.0f} s: "
+                    f"{exc}", unreachable=True) from None
+            await asyncio.sleep(1)
+
+
+class _Unreachable(Exception):
+    pass
+
+
+async def _connect_once(settings: Settings, host: str, port: int, where: str,
+                        options: dict[str, Any]) -> None:
     try:
         conn = await asyncio.wait_for(
             create_conn(host, port, request_timeout_ms=int(CHECK_TIMEOUT_S * 1000), **options),
@@ -121,7 +149,9 @@ async def check_kafka(settings: Settings) -> None:
         raise ConnectionCheckError(
             f"{where}: no answer within {CHECK_TIMEOUT_S:.0f} s (a TLS listener spoken to in "
             "PLAINTEXT, or the reverse, looks like this too)") from None
-    except (KafkaError, OSError) as exc:
+    except OSError as exc:  # refused, no route, unknown host: not (yet) reachable
+        raise _Unreachable(_reason(exc)) from None
+    except KafkaError as exc:
         # A broker that rejects a client certificate (expired, unknown CA) closes the
         # connection, and aiokafka reports only that; a bare TLS handshake hears the alert.
         hint = await asyncio.to_thread(_tls_probe, host, port, options.get("ssl_context"))
@@ -211,8 +241,10 @@ async def check_redis(settings: Settings) -> None:
                                    ) from None
     except (RedisError, OSError) as exc:
         cause = exc.__context__ if isinstance(exc.__context__, ssl.SSLError) else exc
-        reason = _ssl_reason(cause) if isinstance(cause, ssl.SSLError) else _reason(exc)
-        raise ConnectionCheckError(f"{where}: {reason}") from None
+        if isinstance(cause, ssl.SSLError):
+            raise ConnectionCheckError(f"{where}: {_ssl_reason(cause)}") from None
+        raise ConnectionCheckError(f"cannot reach {where}: {_reason(exc)}",
+                                   unreachable=True) from None
     finally:
         await client.aclose()
 

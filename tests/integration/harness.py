@@ -32,6 +32,7 @@ from kpistream.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 LOG_DIR = ROOT / ".local" / "test-logs"
+POLL_S = 0.25
 
 
 def free_port() -> int:
@@ -120,6 +121,44 @@ class Deployment:
         return asyncio.run(produce(self.settings, records, keyed=keyed, rate=rate))
 
 
+class DedicatedRedis:
+    """A Redis server of one test's own, which the test may stop, pause or kill."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.directory = directory
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def cli(self, *args: str) -> str:
+        return subprocess.run(["redis-cli", "-p", str(self.port), *args],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+
+    def start(self) -> None:
+        subprocess.run(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                        "--daemonize", "yes", "--save", "", "--appendonly", "no",
+                        "--dir", str(self.directory),
+                        "--pidfile", str(self.directory / "redis.pid")],
+                       check=True, capture_output=True)
+        for _ in range(50):
+            if self.cli("ping") == "PONG":
+                return
+            time.sleep(0.1)
+        raise AssertionError("dedicated redis did not start")
+
+    def kill(self) -> None:
+        pid = int((self.directory / "redis.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+
+
 def normalise(settings: Settings, records: Iterable[Record], now_ms: int) -> list[Event]:
     """The events ingest accepts from these records, in order (the reference's input)."""
     validator = Validator(settings)
@@ -147,18 +186,50 @@ def read_rows(redis_url: str | Settings,
     return rows
 
 
+class ExpectedRows:
+    """The reference's rows, each computed once per (row, bounds): polling Redis until it is
+    exact costs one reference pass per new window position, not one per poll."""
+
+    def __init__(self, outcome: reference.Outcome) -> None:
+        self.outcome = outcome
+        self.kpis: dict[tuple[str, str, int, int], dict[str, Any]] = {}
+        self.rows: dict[tuple[int, int], list[tuple[str, str]]] = {}
+
+    def row(self, dimension: str, group: str, start: int, end: int) -> dict[str, Any]:
+        key = (dimension, group, start, end)
+        if key not in self.kpis:
+            sums = reference.expected_row(self.outcome, dimension=dimension, group=group,
+                                          window_start=start, window_end=end)
+            self.kpis[key] = reference.expected_kpis(sums, dimension)
+        return self.kpis[key]
+
+    def warm(self, settings: Settings) -> None:
+        """Compute the rows at the bounds the stream's newest event gives (event clock:
+        where the rows stay once the stream ends), so a later poll is only a comparison."""
+        newest = max(event.ts for event in reference.counted_events(self.outcome))
+        for spec in settings.window_specs:
+            start, end = reference.window_bounds(newest, spec.size_ms, spec.step_ms)
+            for dimension, group in self.present(start, end):
+                self.row(dimension, group, start, end)
+
+    def present(self, start: int, end: int) -> list[tuple[str, str]]:
+        if (start, end) not in self.rows:
+            self.rows[start, end] = list(reference.expected_rows(
+                self.outcome, window_start=start, window_end=end))
+        return self.rows[start, end]
+
+
 def row_mismatches(rows: dict[tuple[str, str, str], dict[str, str]],
-                   outcome: reference.Outcome) -> list[str]:
+                   outcome: reference.Outcome | ExpectedRows) -> list[str]:
     """Every difference between the Redis rows and the reference at the rows' own bounds,
     plus expected rows that are missing."""
+    expect = outcome if isinstance(outcome, ExpectedRows) else ExpectedRows(outcome)
     problems: list[str] = []
     bounds_seen: dict[str, tuple[int, int]] = {}
     for (window, dimension, group), fields in rows.items():
         start, end = int(fields["window_start"]), int(fields["window_end"])
         bounds_seen.setdefault(window, (start, end))
-        sums = reference.expected_row(outcome, dimension=dimension, group=group,
-                                      window_start=start, window_end=end)
-        expected = reference.expected_kpis(sums, dimension)
+        expected = expect.row(dimension, group, start, end)
         for name in KPI_FIELDS:
             want, got = expected.get(name), fields.get(name)
             if want is None and got is not None:
@@ -167,26 +238,27 @@ def row_mismatches(rows: dict[tuple[str, str, str], dict[str, str]],
                     float(got), want, rel_tol=1e-9, abs_tol=1e-9)):
                 problems.append(f"{window}/{dimension}/{group}: {name}={got}, want {want}")
     for window, (start, end) in bounds_seen.items():
-        for dimension, group in reference.expected_rows(outcome, window_start=start,
-                                                        window_end=end):
+        for dimension, group in expect.present(start, end):
             if (window, dimension, group) not in rows:
                 problems.append(f"{window}/{dimension}/{group}: missing")
     return problems
 
 
-def wait_for_rows(redis_url: str | Settings, prefix: str, outcome: reference.Outcome,
+def wait_for_rows(redis_url: str | Settings, prefix: str,
+                  outcome: reference.Outcome | ExpectedRows,
                   timeout_s: float, *, alive: Any = None) -> dict[tuple[str, str, str],
                                                               dict[str, str]]:
     """Poll Redis until the rows equal the reference (the pipeline is eventually exact) or
     the timeout passes; returns the last rows read and leaves the assertion to the test."""
     deadline = time.monotonic() + timeout_s
+    expect = outcome if isinstance(outcome, ExpectedRows) else ExpectedRows(outcome)
     rows = read_rows(redis_url, prefix)
     while time.monotonic() < deadline:
-        if rows and not row_mismatches(rows, outcome):
+        if rows and not row_mismatches(rows, expect):
             return rows
         if alive is not None:
             alive()
-        time.sleep(1.0)
+        time.sleep(POLL_S)
         rows = read_rows(redis_url, prefix)
     return rows
 

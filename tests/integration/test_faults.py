@@ -27,14 +27,16 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from harness import (
     ROOT,
+    DedicatedRedis,
     Deployment,
-    free_port,
+    ExpectedRows,
     normalise,
     row_mismatches,
     samples,
     scrape,
     wait_for_rows,
 )
+from test_engine_exactness import assert_alive
 
 from kpistream import reference
 from kpistream.generator.traffic import HOUR_MS, Record, TrafficConfig, TrafficGenerator
@@ -59,12 +61,7 @@ def expect(dep: Deployment, recs: list[Record]) -> reference.Outcome:
                               retention_ms=settings.retention_ms)
 
 
-def assert_alive(dep: Deployment) -> None:
-    for proc in dep.workers:
-        assert proc.poll() is None, f"worker {proc.pid} exited with {proc.returncode}"
-
-
-def assert_rows_exact(dep: Deployment, outcome: reference.Outcome, *,
+def assert_rows_exact(dep: Deployment, outcome: reference.Outcome | ExpectedRows, *,
                       redis_url: str | None = None, timeout_s: float = SETTLE_S) -> None:
     settings = dep.settings
     rows = wait_for_rows(redis_url or settings.redis_url.get_secret_value(),
@@ -136,49 +133,16 @@ def test_broker_stopped_for_30s_mid_stream(deployment) -> None:
 
 # --- Redis ------------------------------------------------------------------------------
 
-class DedicatedRedis:
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.directory = directory
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def cli(self, *args: str) -> str:
-        return subprocess.run(["redis-cli", "-p", str(self.port), *args],
-                              capture_output=True, text=True, timeout=10).stdout.strip()
-
-    def start(self) -> None:
-        subprocess.run(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                        "--daemonize", "yes", "--save", "", "--appendonly", "no",
-                        "--dir", str(self.directory),
-                        "--pidfile", str(self.directory / "redis.pid")],
-                       check=True, capture_output=True)
-        for _ in range(50):
-            if self.cli("ping") == "PONG":
-                return
-            time.sleep(0.1)
-        raise AssertionError("dedicated redis did not start")
-
-    def kill(self) -> None:
-        pid = int((self.directory / "redis.pid").read_text())
-        os.kill(pid, signal.SIGKILL)
-        while True:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
-
-
 def test_redis_paused_20s_then_killed_and_restarted(deployment, tmp_path) -> None:
     redis = DedicatedRedis(tmp_path)
     redis.start()
-    dep = deployment(KPISTREAM_REDIS_URL=redis.url)
+    # Event clock: the rows stay put once the stream ends, so the reference can be computed
+    # before Redis returns and the 5 s measure only the worker.
+    dep = deployment(KPISTREAM_REDIS_URL=redis.url, KPISTREAM_CLOCK="event")
     try:
         recs = traffic(seed=42, hours=0.5)
-        outcome = expect(dep, recs)
+        outcome = ExpectedRows(expect(dep, recs))
+        outcome.warm(dep.settings)
         port = dep.start_worker()[1]
         third = len(recs) // 3
         dep.produce(recs[:third])
@@ -194,7 +158,7 @@ def test_redis_paused_20s_then_killed_and_restarted(deployment, tmp_path) -> Non
         back = time.monotonic()
         assert_rows_exact(dep, outcome, redis_url=redis.url, timeout_s=5)
         assert time.monotonic() - back <= 5, "rows not back within 5 s of Redis"
-        wait_for_counts([port], expected_counts(outcome))
+        wait_for_counts([port], expected_counts(outcome.outcome))
     finally:
         redis.cli("shutdown", "nosave")
 

@@ -17,7 +17,16 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from harness import ROOT, Deployment, free_port, normalise, read_rows, row_mismatches, wait_for_rows
+from harness import (
+    ROOT,
+    DedicatedRedis,
+    Deployment,
+    free_port,
+    normalise,
+    read_rows,
+    row_mismatches,
+    wait_for_rows,
+)
 
 from kpistream import reference
 from kpistream.generator.traffic import HOUR_MS, TrafficConfig, TrafficGenerator
@@ -189,41 +198,26 @@ def _safe_scrape(port: int) -> str:
 
 
 def test_redis_outage_of_30s_loses_nothing(deployment, tmp_path) -> None:
-    redis_port = free_port()
-
-    def start_redis() -> None:
-        subprocess.run(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
-                        "--daemonize", "yes", "--save", "", "--appendonly", "no",
-                        "--dir", str(tmp_path), "--pidfile", str(tmp_path / "r.pid")],
-                       check=True, capture_output=True)
-        for _ in range(50):
-            if subprocess.run(["redis-cli", "-p", str(redis_port), "ping"],
-                              capture_output=True).stdout.strip() == b"PONG":
-                return
-            time.sleep(0.1)
-        raise AssertionError("dedicated redis did not start")
-
-    start_redis()
-    dep = deployment(KPISTREAM_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0")
+    redis = DedicatedRedis(tmp_path)
+    redis.start()
+    dep = deployment(KPISTREAM_REDIS_URL=redis.url)
     proc, port = dep.start_worker()
     recs = traffic(minutes=40)
     half = len(recs) // 2
     try:
         dep.produce(recs[:half])
         settle(dep, recs[:half])
-        subprocess.run(["redis-cli", "-p", str(redis_port), "shutdown", "nosave"],
-                       capture_output=True)
+        redis.cli("shutdown", "nosave")
         dep.produce(recs[half:])
         time.sleep(30)
         assert proc.poll() is None, "the worker exited while Redis was down"
         errors = [line for line in scrape(port).splitlines()
                   if line.startswith('kpistream_sink_errors_total{sink="redis"}')]
         assert errors and float(errors[0].split()[-1]) > 0
-        start_redis()
+        redis.start()
         restarted = time.monotonic()
         settle(dep, recs, timeout_s=5)  # issue 11: every row back and equal within 5 s
         assert time.monotonic() - restarted <= 5
         assert proc.poll() is None
     finally:
-        subprocess.run(["redis-cli", "-p", str(redis_port), "shutdown", "nosave"],
-                       capture_output=True)
+        redis.cli("shutdown", "nosave")
