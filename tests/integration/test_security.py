@@ -31,6 +31,7 @@ from harness import LOG_DIR, ROOT, Deployment, free_port, normalise, row_mismatc
 from test_ingest import produce_raw
 
 from kpistream import reference
+from kpistream.client import get_row, kafka_updates
 from kpistream.generator.traffic import HOUR_MS, TrafficConfig, TrafficGenerator
 from kpistream.settings import Settings
 
@@ -167,6 +168,20 @@ def test_secured_deployment_is_exact_scraped_and_leaks_no_secret(stack, tmp_path
         for proc in dep.workers:
             assert proc.poll() is None, "a secured worker exited"
 
+        # The client library and `kpistream top` over the same secured connections.
+        reader = Settings(**{**dep.settings.model_dump(), **admin_settings().model_dump(
+            include={"redis_url", "redis_password", "redis_ssl_cafile"}), "redis_username": ""})
+        row = asyncio.run(get_row(reader, "1h", "all", "all"))
+        assert row is not None and row.orders == int(rows[("1h", "all", "all")]["orders"])
+        updates = asyncio.run(collect_updates(dep.settings))
+        assert ("1h", "all", "all") in updates
+        top = subprocess.run(
+            [sys.executable, "-m", "kpistream", "top", "--once", "--window", "1h"],
+            env={**os.environ, **dep.env, "KPISTREAM_REDIS_USERNAME": "default",
+                 "KPISTREAM_REDIS_PASSWORD_FILE": str(LOCAL / "secrets" / "redis-admin")},
+            capture_output=True, text=True, timeout=60)
+        assert top.returncode == 0 and "all" in top.stdout, top.stderr
+
         # The web port: 401 without the password, metrics with it, over TLS.
         assert https_get(web_sasl, None)[0] == 401
         assert https_get(web_sasl, "wrong")[0] == 401
@@ -235,6 +250,15 @@ def test_secured_deployment_is_exact_scraped_and_leaks_no_secret(stack, tmp_path
         dep.stop()
         admin.execute_command("ACL", "DELUSER", redis_user)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def collect_updates(settings: Settings) -> set[tuple[str, str, str]]:
+    """Row keys on kpi-updates, read with the worker's own SASL_SSL settings."""
+    seen = set()
+    async for update in kafka_updates(settings, topic=settings.topic_kpi_updates,
+                                      idle_timeout_s=3):
+        seen.add((update.window, update.dimension, update.group))
+    return seen
 
 
 def outcome_orders(rows: dict[tuple[str, str, str], dict[str, str]]) -> float:
