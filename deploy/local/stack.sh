@@ -72,7 +72,7 @@ deps() {
   apt_install redis-server redis-server redis-tools
   apt_install redis-cli redis-tools
   apt_install promtool prometheus
-  need openssl "install openssl (Debian: openssl) to make the local certificates"
+  apt_install openssl openssl  # makes the local CA and certificates
 }
 
 secret() {  # secret <name>: a random password kept in $SECRETS/<name> (made once)

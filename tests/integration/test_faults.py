@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -241,15 +242,18 @@ def hostile_value(kind: str, rng: random.Random) -> bytes:
     raise AssertionError(kind)
 
 
+Source = tuple[str, int, int]  # topic, partition, offset
+
+
 async def produce_hostile(dep: Deployment, valid: list[Record], hostile: int,
-                          rng: random.Random) -> collections.Counter[str]:
+                          rng: random.Random) -> dict[Source, str]:
     """Valid records (some with huge keys or garbage headers, which change nothing) mixed
-    with ``hostile`` rejected ones; returns the expected dead letters per error code."""
+    with ``hostile`` rejected ones; returns each hostile record's coordinates and the error
+    code its class calls for."""
     settings = dep.settings
     topics = [settings.topic_orders, settings.topic_ad_spend, settings.topic_surveys]
     topic_of = dict(zip(("order", "spend", "survey"), topics, strict=True))
-    expected: collections.Counter[str] = collections.Counter()
-    items: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]] = []
+    items: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]], str | None]] = []
     for record in valid:
         # Orders keep their id as key (a cancellation must follow its order, as `produce`
         # sends them); spend and surveys may carry any key, even a huge one.
@@ -258,49 +262,54 @@ async def produce_hostile(dep: Deployment, valid: list[Record], hostile: int,
         if record.kind != "order" and rng.random() < 0.002:
             key = rng.randbytes(100_000)
         headers = [("\x00garbage", rng.randbytes(50))] if rng.random() < 0.01 else []
-        items.append((topic_of[record.kind], key, orjson.dumps(record.value), headers))
+        items.append((topic_of[record.kind], key, orjson.dumps(record.value), headers, None))
     weights = [1 if name == "one_megabyte" else 400 for name, _ in HOSTILE_CLASSES]
     for _ in range(hostile):
         name, error = rng.choices(HOSTILE_CLASSES, weights)[0]
         key = rng.randbytes(rng.randrange(1, 50_000)) if rng.random() < 0.01 else None
         position = rng.randrange(len(items) + 1)
         items.insert(position, (rng.choice(topics), key, hostile_value(name, rng),
-                                [("h", b"\xff\xfe")]))
-        expected[error] += 1
+                                [("h", b"\xff\xfe")], error))
     producer = AIOKafkaProducer(bootstrap_servers=dep.bootstrap, linger_ms=20,
                                 max_request_size=2_000_000, max_batch_size=1_000_000)
     await producer.start()
+    sent: list[tuple[asyncio.Future[Any], str]] = []
     try:
-        for topic, key, value, headers in items:
-            await producer.send(topic, value, key=key, headers=headers)
+        for topic, key, value, headers, error in items:
+            delivery = await producer.send(topic, value, key=key, headers=headers)
+            if error is not None:
+                sent.append((delivery, error))
         await producer.flush()
     finally:
         await producer.stop()
+    expected = {}
+    for delivery, error in sent:
+        meta = delivery.result()
+        expected[meta.topic, meta.partition, meta.offset] = error
     return expected
 
 
-async def dead_letter_codes(bootstrap: str, topic: str, expected: int,
-                            timeout_s: float = 60) -> collections.Counter[str]:
+async def dead_letters_by_source(bootstrap: str, topic: str, expected: int,
+                                 timeout_s: float = 60) -> dict[Source, str]:
+    """Error code per dead-lettered record, de-duplicated by its source coordinates."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
                                 auto_offset_reset="earliest", max_partition_fetch_bytes=16 << 20,
                                 fetch_max_bytes=64 << 20)
     await consumer.start()
-    codes: collections.Counter[str] = collections.Counter()
-    seen: set[tuple[str, int, int]] = set()
+    letters: dict[Source, str] = {}
     deadline = time.monotonic() + timeout_s
     try:
-        while len(seen) < expected and time.monotonic() < deadline:
+        while len(letters) < expected and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=1000, max_records=10_000)
             for messages in batch.values():
                 for message in messages:
                     letter = orjson.loads(message.value or b"{}")
-                    source = (letter["topic"], letter["partition"], letter["offset"])
-                    if source not in seen:  # at-least-once: de-duplicate by the source
-                        seen.add(source)
-                        codes[letter["error"]] += 1
+                    # at-least-once: a repeat has the same source and the same code
+                    letters[letter["topic"], letter["partition"], letter["offset"]] = \
+                        letter["error"]
     finally:
         await consumer.stop()
-    return codes
+    return letters
 
 
 def test_hostile_records_are_classified_and_valid_rows_stay_exact(deployment) -> None:
@@ -311,13 +320,14 @@ def test_hostile_records_are_classified_and_valid_rows_stay_exact(deployment) ->
     ports = [dep.start_worker()[1], dep.start_worker()[1]]
     expected = asyncio.run(produce_hostile(dep, recs, 100_000, rng))
     assert_rows_exact(dep, outcome)
-    expected["unknown_order"] += len(outcome.unknown_orders)
-    settings = dep.settings
-    codes = asyncio.run(dead_letter_codes(dep.bootstrap, settings.topic_dlq,
-                                          sum(expected.values())))
-    assert codes == +expected
-    wait_for_counts(ports, expected_counts(outcome, invalid=sum(
-        n for code, n in expected.items() if code != "unknown_order")))
+    letters = asyncio.run(dead_letters_by_source(
+        dep.bootstrap, dep.settings.topic_dlq, len(expected) + len(outcome.unknown_orders)))
+    hostile = {source: code for source, code in letters.items() if source in expected}
+    assert hostile == expected  # every hostile record, with the code of its class
+    others = collections.Counter(code for source, code in letters.items()
+                                 if source not in expected)
+    assert others == +collections.Counter({"unknown_order": len(outcome.unknown_orders)})
+    wait_for_counts(ports, expected_counts(outcome, invalid=len(expected)))
     assert_alive(dep)
 
 

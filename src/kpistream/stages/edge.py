@@ -97,7 +97,6 @@ class EdgeReader(Service):
             async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
                 return None
 
-        self.consumer.subscribe(self.topics, listener=Forget())
         try:
             await asyncio.wait_for(self.consumer.start(), START_TIMEOUT_S)
         except AUTHORIZATION_ERRORS as exc:
@@ -105,6 +104,10 @@ class EdgeReader(Service):
         except (TimeoutError, KafkaError, OSError) as exc:
             raise EdgeError(f"edge reader cannot connect to Kafka at "
                             f"{settings.kafka_bootstrap}: {exc!r}") from exc
+        # Subscribed after start: a consumer subscribed before waits in start() for its
+        # first assignment, which a rebalance held up by a crashed member delays by a whole
+        # session timeout; getmany waits for it instead.
+        self.consumer.subscribe(self.topics, listener=Forget())
 
     async def on_stop(self) -> None:
         if self.consumer is not None:
@@ -138,6 +141,9 @@ class EdgeReader(Service):
                 await asyncio.sleep(1)
                 continue
             raw_partitions = self._raw_partitions()
+            denied = sorted(set(self.topics) & consumer._client.cluster.unauthorized_topics)
+            if denied:
+                raise self._not_authorised(TopicAuthorizationFailedError(", ".join(denied)))
             if raw_partitions is None:
                 now = asyncio.get_running_loop().time()
                 missing_since = missing_since or now
