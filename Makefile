@@ -52,7 +52,7 @@ unit: venv
 	$(VENV)/bin/pytest -q tests/unit
 
 test: up lint
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=15
 
 soak: up
 	@$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q -e '.[dev,bench]'
