@@ -3,6 +3,11 @@
 faust can mark a fetched record as read without delivering it around a rebalance (see
 :mod:`kpistream.state.offsets`); a stage applies the contiguous head of each partition's
 records and seeks back to the first missing offset.
+
+A partition the stage has never applied anything of expects its log start offset: faust acks
+the records it skips (``Stream.__aiter__`` acks a message fetched in an older generation or
+while flow is suspended), so around the rebalances of a starting deployment the first
+committed offset of a partition can lie beyond records no agent ever saw.
 """
 
 from __future__ import annotations
@@ -27,17 +32,24 @@ class GapGuard:
         self.log = log
         self.seeks: list[tuple[TP, int]] = []
 
-    def split(self, events: Iterable[Any],
-              expected: Callable[[int], int | None]) -> dict[int, list[tuple[int, bytes]]]:
+    async def split(self, events: Iterable[Any], expected: Callable[[int], int | None]
+                    ) -> dict[int, list[tuple[int, bytes]]]:
         """Group a faust batch by partition; keep each partition's contiguous head and
-        remember where to seek back for the rest."""
+        remember where to seek back for the rest. ``expected`` gives the next offset the
+        stage's state expects, None when it holds nothing of the partition yet."""
         by_partition: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
         for event in events:
             by_partition[event.message.partition].append((event.message.offset,
                                                           event.message.value))
+        nexts = {partition: expected(partition) for partition in by_partition}
+        unknown = [TP(self.topic, p) for p, offset in nexts.items() if offset is None]
+        if unknown:
+            starts = await self.app.consumer.earliest_offsets(*unknown)
+            for tp in unknown:
+                nexts[tp.partition] = starts.get(tp)
         out = {}
         for partition, items in by_partition.items():
-            count, seek_to = split_contiguous([o for o, _ in items], expected(partition))
+            count, seek_to = split_contiguous([o for o, _ in items], nexts[partition])
             if seek_to is not None:
                 self.log.warning("input_gap_seek_back", topic=self.topic, partition=partition,
                                  offset=seek_to)

@@ -38,7 +38,7 @@ def register(app: faust.App, runtime: Runtime, state: RollupState) -> None:
         async for batch in stream.take_events(settings.stage_batch_size * settings.partitions,
                                               settings.batch_within_s):
             now = runtime.now_ms()
-            parts = guard.split(batch, partial(expected, now=now))
+            parts = await guard.split(batch, partial(expected, now=now))
             for q, raw in parts.items():
                 for offset, value in raw:
                     state.apply(q, offset, value, now)
