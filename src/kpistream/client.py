@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 
 from kpistream.connections import kafka_options, redis_options
-from kpistream.kpi.formulas import INTEGER_SUMS, KPI_FIELDS
+from kpistream.kpi.catalogue import BY_NAME, KPI_FIELDS, SPEND_ALLOCATED
 from kpistream.settings import Settings
 
 __all__ = ["KpiRow", "RowDeleted", "get_row", "kafka_updates", "pubsub_updates"]
@@ -63,6 +63,9 @@ class KpiRow:
     ces_easy_pct: float | None = None
     csat_responses: int | None = None
     csat: float | None = None
+    csat_transactional_responses: int | None = None
+    csat_transactional: float | None = None
+    spend_allocated: bool = False  # segment rows: spend, cpo and roas use allocated spend
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -85,7 +88,8 @@ class KpiRow:
         for name in KPI_FIELDS:
             if name in fields_:
                 text = fields_[name]
-                values[name] = int(text) if name in INTEGER_SUMS else float(text)
+                values[name] = int(text) if BY_NAME[name].type == "count" else float(text)
+        values[SPEND_ALLOCATED] = fields_.get(SPEND_ALLOCATED) == "true"
         return cls(**values)
 
     @property

@@ -20,6 +20,9 @@ Rules, in the order :func:`classify` applies them to each event ``e``:
    retracted. Either way the rows end up the same.
 
 A retracted order counts nowhere: it disappears from the bucket of its own (placed) ``ts``.
+
+Segment rows carry allocated spend (SPEC §4): for each campaign with orders in the window,
+its spend in the window times the share of its orders that are in the segment.
 """
 
 from __future__ import annotations
@@ -133,7 +136,7 @@ def expected_row(outcome: Outcome, *, dimension: str, group: str, window_start: 
                  window_end: int) -> WindowSums:
     """Sums of one row over the half-open interval ``[window_start, window_end)``."""
     orders = nps = promoters = passives = detractors = 0
-    ces_n = ces_easy = csat_n = csat_ok = spend_records = 0
+    ces_n = ces_easy = csat_n = csat_ok = csat_tx_n = csat_tx_ok = spend_records = 0
     revenue = spend = ces_sum = 0.0
     for event in counted_events(outcome):
         if not window_start <= event.ts < window_end:
@@ -163,12 +166,42 @@ def expected_row(outcome: Outcome, *, dimension: str, group: str, window_start: 
             csat_n += 1
             if event.score >= 4:
                 csat_ok += 1
+            if event.order_id is not None:  # post-purchase satisfaction
+                csat_tx_n += 1
+                if event.score >= 4:
+                    csat_tx_ok += 1
     return WindowSums(
         orders=orders, revenue=revenue, spend=spend, spend_records=spend_records,
         nps_responses=nps, promoters=promoters, passives=passives, detractors=detractors,
         ces_responses=ces_n, ces_sum=ces_sum, ces_easy=ces_easy,
         csat_responses=csat_n, csat_satisfied=csat_ok,
+        csat_tx_responses=csat_tx_n, csat_tx_satisfied=csat_tx_ok,
     )
+
+
+def allocated_spend(outcome: Outcome, *, segment: str, window_start: int,
+                    window_end: int) -> float:
+    """A segment's share of ad spend over ``[window_start, window_end)``: per campaign with
+    orders in the window, its spend times (its orders in the segment / all its orders)."""
+    campaign_orders: dict[str, int] = {}
+    segment_orders: dict[str, int] = {}
+    campaign_spend: dict[str, float] = {}
+    for event in counted_events(outcome):
+        if not window_start <= event.ts < window_end:
+            continue
+        if isinstance(event, Order):
+            campaign_orders[event.campaign_id] = campaign_orders.get(event.campaign_id, 0) + 1
+            if event.segment == segment:
+                segment_orders[event.campaign_id] = segment_orders.get(event.campaign_id,
+                                                                       0) + 1
+        elif isinstance(event, Spend):
+            campaign_spend[event.campaign_id] = (campaign_spend.get(event.campaign_id, 0.0)
+                                                 + event.amount)
+    total = 0.0
+    for campaign in sorted(campaign_orders):
+        total += (campaign_spend.get(campaign, 0.0) * segment_orders.get(campaign, 0)
+                  / campaign_orders[campaign])
+    return total
 
 
 def expected_rows(outcome: Outcome, *, window_start: int,
@@ -186,9 +219,20 @@ def expected_rows(outcome: Outcome, *, window_start: int,
             for key in sorted(keys)}
 
 
-def expected_kpis(sums: WindowSums, dimension: str) -> dict[str, float | int | None]:
-    """The KPIs of a row: segment rows carry no spend KPIs."""
-    return compute_kpis(sums, with_spend=dimension != "segment")
+def expected_kpis(sums: WindowSums, allocated: float | None = None
+                  ) -> dict[str, float | int | None]:
+    """The KPIs of a row from its sums; segment rows pass their allocated spend."""
+    return compute_kpis(sums, allocated_spend=allocated)
+
+
+def expected_row_kpis(outcome: Outcome, *, dimension: str, group: str, window_start: int,
+                      window_end: int) -> dict[str, float | int | None]:
+    """Every KPI of one row over ``[window_start, window_end)``."""
+    sums = expected_row(outcome, dimension=dimension, group=group,
+                        window_start=window_start, window_end=window_end)
+    allocated = allocated_spend(outcome, segment=group, window_start=window_start,
+                                window_end=window_end) if dimension == "segment" else None
+    return expected_kpis(sums, allocated)
 
 
 def window_bounds(stream_time_ms: int, size_ms: int, step_ms: int) -> tuple[int, int]:

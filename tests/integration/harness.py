@@ -27,7 +27,7 @@ from kpistream.contracts.records import Event
 from kpistream.generator.producer import produce
 from kpistream.generator.traffic import Record
 from kpistream.ingest.validate import Validator
-from kpistream.kpi.formulas import KPI_FIELDS
+from kpistream.kpi.catalogue import KPI_FIELDS, SPEND_ALLOCATED
 from kpistream.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -198,9 +198,9 @@ class ExpectedRows:
     def row(self, dimension: str, group: str, start: int, end: int) -> dict[str, Any]:
         key = (dimension, group, start, end)
         if key not in self.kpis:
-            sums = reference.expected_row(self.outcome, dimension=dimension, group=group,
-                                          window_start=start, window_end=end)
-            self.kpis[key] = reference.expected_kpis(sums, dimension)
+            self.kpis[key] = reference.expected_row_kpis(
+                self.outcome, dimension=dimension, group=group, window_start=start,
+                window_end=end)
         return self.kpis[key]
 
     def warm(self, settings: Settings) -> None:
@@ -237,6 +237,10 @@ def row_mismatches(rows: dict[tuple[str, str, str], dict[str, str]],
             elif want is not None and (got is None or not math.isclose(
                     float(got), want, rel_tol=1e-9, abs_tol=1e-9)):
                 problems.append(f"{window}/{dimension}/{group}: {name}={got}, want {want}")
+        allocated = "true" if dimension == "segment" else None
+        if fields.get(SPEND_ALLOCATED) != allocated:
+            problems.append(f"{window}/{dimension}/{group}: {SPEND_ALLOCATED}="
+                            f"{fields.get(SPEND_ALLOCATED)}, want {allocated}")
     for window, (start, end) in bounds_seen.items():
         for dimension, group in expect.present(start, end):
             if (window, dimension, group) not in rows:

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 from kpistream.kpi.formulas import (
     KPI_FIELDS,
-    SPEND_KPIS,
     SUM_FIELDS,
     WindowSums,
     compute_kpis,
@@ -25,7 +24,7 @@ FULL = WindowSums(
     orders=4, revenue=200.0, spend=50.0, spend_records=3,
     nps_responses=10, promoters=5, passives=3, detractors=2,
     ces_responses=4, ces_sum=22.0, ces_easy=3,
-    csat_responses=8, csat_satisfied=6,
+    csat_responses=8, csat_satisfied=6, csat_tx_responses=5, csat_tx_satisfied=3,
 )
 
 
@@ -48,6 +47,8 @@ FULL = WindowSums(
     ("ces_easy_pct", 75.0),   # 100 * 3 / 4
     ("csat_responses", 8),
     ("csat", 75.0),           # 100 * 6 / 8
+    ("csat_transactional_responses", 5),
+    ("csat_transactional", 60.0),  # 100 * 3 / 5
 ])
 def test_every_kpi_of_a_full_row(name: str, expected: float) -> None:
     kpis = compute_kpis(FULL)
@@ -64,10 +65,10 @@ def test_full_row_has_every_kpi_in_publishing_order() -> None:
 def test_counts_are_ints_and_amounts_floats() -> None:
     kpis = compute_kpis(FULL)
     for name in ("orders", "nps_responses", "promoters", "passives", "detractors",
-                 "ces_responses", "csat_responses"):
+                 "ces_responses", "csat_responses", "csat_transactional_responses"):
         assert type(kpis[name]) is int, name
     for name in ("revenue", "spend", "cpo", "roas", "aov", "nps", "nps_moe", "ces",
-                 "ces_easy_pct", "csat"):
+                 "ces_easy_pct", "csat", "csat_transactional"):
         assert type(kpis[name]) is float, name
 
 
@@ -87,8 +88,11 @@ NO_NPS = {"nps_responses": 0, "promoters": 0, "passives": 0, "detractors": 0}
     pytest.param(NO_NPS, {"nps", "nps_moe"}, NO_NPS, id="no-nps"),
     pytest.param({"ces_responses": 0, "ces_sum": 0.0, "ces_easy": 0}, {"ces", "ces_easy_pct"},
                  {"ces_responses": 0}, id="no-ces"),
-    pytest.param({"csat_responses": 0, "csat_satisfied": 0}, {"csat"},
-                 {"csat_responses": 0}, id="no-csat"),
+    pytest.param({"csat_responses": 0, "csat_satisfied": 0, "csat_tx_responses": 0,
+                  "csat_tx_satisfied": 0}, {"csat", "csat_transactional"},
+                 {"csat_responses": 0, "csat_transactional_responses": 0}, id="no-csat"),
+    pytest.param({"csat_tx_responses": 0, "csat_tx_satisfied": 0}, {"csat_transactional"},
+                 {"csat": 75.0}, id="no-post-purchase-csat"),
     pytest.param({"promoters": 0, "passives": 10, "detractors": 0}, set(),
                  {"nps": 0.0, "nps_moe": 0.0}, id="all-passives-defined"),
     pytest.param({"ces_easy": 0, "csat_satisfied": 0}, set(),
@@ -108,15 +112,16 @@ def test_empty_row_defines_only_counts_and_sums() -> None:
     kpis = compute_kpis(WindowSums())
     undefined = {name for name, value in kpis.items() if value is None}
     assert undefined == {"cpo", "roas", "aov", "nps", "nps_moe", "ces", "ces_easy_pct",
-                         "csat"}
+                         "csat", "csat_transactional"}
     assert all(kpis[name] == 0 for name in set(KPI_FIELDS) - undefined)
 
 
-def test_segment_rows_have_no_spend_kpis() -> None:
-    kpis = compute_kpis(FULL, with_spend=False)
-    assert set(KPI_FIELDS) - set(kpis) == {"spend", "cpo", "roas"}
-    assert tuple(kpis) == tuple(n for n in KPI_FIELDS if n not in SPEND_KPIS)
-    assert kpis["aov"] == 50.0  # aov needs no spend
+def test_segment_rows_use_their_allocated_spend() -> None:
+    kpis = compute_kpis(FULL, allocated_spend=20.0)  # FULL's own spend (50) is ignored
+    assert (kpis["spend"], kpis["cpo"], kpis["roas"]) == (20.0, 5.0, 10.0)
+    assert kpis["aov"] == 50.0
+    none = compute_kpis(FULL, allocated_spend=0.0)
+    assert (none["spend"], none["cpo"], none["roas"]) == (0.0, 0.0, None)
 
 
 @pytest.mark.parametrize("dust", [1e-15, -1e-15, 3.5e-14, -2e-13])
@@ -235,11 +240,12 @@ def test_aov_over_cpo_equals_roas(orders: int, revenue: float, spend: float) -> 
 money = st.one_of(st.just(0.0), st.floats(min_value=1e-4, max_value=1e9))
 
 
-@given(orders=st.integers(0, 1000), revenue=money, spend=money, with_spend=st.booleans())
+@given(orders=st.integers(0, 1000), revenue=money, spend=money,
+       allocated=st.one_of(st.none(), money))
 def test_no_kpi_is_nan_or_inf(orders: int, revenue: float, spend: float,
-                              with_spend: bool) -> None:
+                              allocated: float | None) -> None:
     kpis = compute_kpis(WindowSums(orders=orders, revenue=revenue, spend=spend,
-                                   spend_records=int(spend > 0)), with_spend=with_spend)
+                                   spend_records=int(spend > 0)), allocated_spend=allocated)
     for name, value in kpis.items():
         assert value is None or math.isfinite(value), name
 
@@ -247,13 +253,13 @@ def test_no_kpi_is_nan_or_inf(orders: int, revenue: float, spend: float,
 # --- WindowSums ---------------------------------------------------------------------------
 
 def test_from_tuple_roundtrip_and_types() -> None:
-    values = (3.0, 12.5, 7.25, 2.0, 4.0, 2.0, 1.0, 1.0, 2.0, 9.0, 1.0, 5.0, 4.0)
+    values = (3.0, 12.5, 7.25, 2.0, 4.0, 2.0, 1.0, 1.0, 2.0, 9.0, 1.0, 5.0, 4.0, 2.0, 1.0)
     sums = WindowSums.from_tuple(values)
     assert astuple(sums) == values
     assert SUM_FIELDS == (
         "orders", "revenue", "spend", "spend_records", "nps_responses", "promoters",
         "passives", "detractors", "ces_responses", "ces_sum", "ces_easy",
-        "csat_responses", "csat_satisfied")
+        "csat_responses", "csat_satisfied", "csat_tx_responses", "csat_tx_satisfied")
     for name in SUM_FIELDS:
         expected_type = float if name in {"revenue", "spend", "ces_sum"} else int
         assert type(getattr(sums, name)) is expected_type, name
@@ -263,7 +269,7 @@ def test_from_tuple_roundtrip_and_types() -> None:
 def test_from_tuple_rounds_float_counts() -> None:
     # counts accumulated as floats (e.g. +1 then -1 then +1) come back as exact ints
     sums = WindowSums.from_tuple((0.9999999999, 10.0, 0.0, 1.0000000001, 0, 0, 0, 0,
-                                  0, 0, 0, 0, 0))
+                                  0, 0, 0, 0, 0, 0, 0))
     assert sums.orders == 1 and sums.spend_records == 1
     assert type(sums.orders) is int
 

@@ -3,14 +3,18 @@ compares against it is wrong too."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from kpistream.contracts.records import Event, Order, Spend, Survey, SurveyKind
 from kpistream.kpi.formulas import WindowSums
 from kpistream.reference import (
+    allocated_spend,
     classify,
     expected_kpis,
     expected_row,
+    expected_row_kpis,
     expected_rows,
     window_bounds,
 )
@@ -237,7 +241,7 @@ def test_survey_buckets() -> None:
         ces_responses=4, ces_sum=17.0, ces_easy=2,
         csat_responses=5, csat_satisfied=3,
     )
-    kpis = expected_kpis(row, "all")
+    kpis = expected_kpis(row)
     assert kpis["nps"] == pytest.approx(100 * (3 - 2) / 7)
     assert kpis["ces"] == 4.25
     assert kpis["ces_easy_pct"] == 50.0
@@ -245,7 +249,7 @@ def test_survey_buckets() -> None:
     assert kpis["orders"] == 0 and kpis["cpo"] is None and kpis["roas"] is None
 
 
-def test_rows_per_dimension_and_segment_rows_without_spend() -> None:
+def test_rows_per_dimension_and_segment_rows_with_allocated_spend() -> None:
     events: list[Event] = [
         placed("o1", 1000, 30.0, channel="search", campaign="c1", segment="vip"),
         placed("o2", 2000, 10.0, channel="email", campaign="c2", segment="vip"),
@@ -277,14 +281,58 @@ def test_rows_per_dimension_and_segment_rows_without_spend() -> None:
         assert expected_row(outcome, dimension=dimension, group=group, window_start=0,
                             window_end=HOUR) == sums
 
-    segment = expected_kpis(rows[("segment", "vip")], "segment")
-    assert not {"spend", "cpo", "roas"} & set(segment)
-    assert segment["aov"] == 20.0
-    channel = expected_kpis(rows[("channel", "search")], "channel")
+    # vip holds every order of c1 (spend 20) and of c2 (no spend); c3 has no order, so its
+    # spend is allocated nowhere
+    segment = expected_row_kpis(outcome, dimension="segment", group="vip", window_start=0,
+                                window_end=HOUR)
+    assert (segment["spend"], segment["cpo"], segment["roas"], segment["aov"]) == (
+        20.0, 10.0, 2.0, 20.0)
+    new = expected_row_kpis(outcome, dimension="segment", group="new", window_start=0,
+                            window_end=HOUR)
+    assert (new["spend"], new["cpo"], new["roas"]) == (0.0, None, None)
+    channel = expected_kpis(rows[("channel", "search")])
     assert (channel["spend"], channel["cpo"], channel["roas"], channel["aov"]) == (
         20.0, 20.0, 1.5, 30.0)
-    social = expected_kpis(rows[("channel", "social")], "channel")
+    social = expected_kpis(rows[("channel", "social")])
     assert social["cpo"] is None and social["roas"] == 0.0
+
+
+def test_segment_spend_is_allocated_by_each_campaigns_orders() -> None:
+    # c1: 3 orders (2 vip, 1 new), spend 30 -> vip 20, new 10; c2: 1 order (new), spend 8
+    # -> new 8; c2's cancelled vip order counts nowhere; c3 has spend but no order.
+    events: list[Event] = [
+        placed("o1", 1000, campaign="c1", segment="vip"),
+        placed("o2", 2000, campaign="c1", segment="vip"),
+        placed("o3", 3000, campaign="c1", segment="new"),
+        placed("o4", 4000, campaign="c2", segment="new"),
+        placed("o5", 4500, campaign="c2", segment="vip"),
+        cancelled("o5", 4600),
+        spend("s1", 5000, 12.0, campaign="c1"), spend("s2", 6000, 18.0, campaign="c1"),
+        spend("s3", 7000, 8.0, campaign="c2"), spend("s4", 8000, 50.0, campaign="c3"),
+        spend("s5", 2 * HOUR, 99.0, campaign="c1"),  # outside the window
+    ]
+    outcome = classify(events, retention_ms=3 * HOUR)
+    allocation = {s: allocated_spend(outcome, segment=s, window_start=0, window_end=HOUR)
+                  for s in ("vip", "new", "unknown")}
+    assert allocation == pytest.approx({"vip": 20.0, "new": 18.0, "unknown": 0.0})
+    vip = expected_row_kpis(outcome, dimension="segment", group="vip", window_start=0,
+                            window_end=HOUR)
+    assert (vip["orders"], vip["cpo"], vip["roas"]) == (2, 10.0, 1.0)  # 20 revenue / 20
+
+
+def test_transactional_csat_counts_responses_with_an_order_id() -> None:
+    events: list[Event] = [
+        survey("r1", 1000, "csat", 5), survey("r2", 1000, "csat", 2),
+        replace(survey("r3", 1000, "csat", 4), order_id="o1"),
+        replace(survey("r4", 1000, "csat", 1), order_id="o2"),
+        replace(survey("r5", 1000, "nps", 10), order_id="o3"),  # not csat
+    ]
+    row = all_row(events)
+    assert (row.csat_responses, row.csat_satisfied) == (4, 2)
+    assert (row.csat_tx_responses, row.csat_tx_satisfied) == (2, 1)
+    kpis = expected_kpis(row)
+    assert (kpis["csat"], kpis["csat_transactional"]) == (50.0, 50.0)
+    assert expected_kpis(all_row(events[:2]))["csat_transactional"] is None
 
 
 def test_unknown_dimension_is_an_error() -> None:

@@ -21,6 +21,7 @@ CURRENCIES = ("EUR", "EUR", "EUR", "USD", "GBP")
 NPS_WEIGHTS = (2, 1, 1, 2, 2, 4, 5, 10, 15, 25, 33)
 CES_WEIGHTS = (3, 5, 8, 14, 25, 27, 18)
 CSAT_WEIGHTS = (4, 5, 11, 38, 42)
+POST_PURCHASE_SHARE = 0.6  # of CSAT responses: about an order (order_id), the rest general
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
 
@@ -123,7 +124,7 @@ class TrafficGenerator:
                     "amount": f"{spend:.2f}" if rng.random() < 0.5 else round(spend, 2),
                     "currency": "EUR"}))
             for _ in range(_poisson(rng, cfg.orders_per_hour / 60 * rhythm * cfg.survey_ratio)):
-                batch.append(self._survey(minute_start))
+                batch.append(self._survey(minute_start, placed))
             for _ in range(_poisson(rng, cfg.orders_per_hour / 60 * rhythm * cfg.cancel_ratio)):
                 if placed:
                     order = placed.pop(rng.randrange(len(placed)))
@@ -151,17 +152,23 @@ class TrafficGenerator:
         placed.append(value)
         return Record("order", value)
 
-    def _survey(self, minute_start: int) -> Record:
+    def _survey(self, minute_start: int, placed: list[dict[str, object]]) -> Record:
         rng = self.rng
         kind = rng.choice(("nps", "nps", "ces", "csat"))
         score = {"nps": rng.choices(range(0, 11), NPS_WEIGHTS)[0],
                  "ces": rng.choices(range(1, 8), CES_WEIGHTS)[0],
                  "csat": rng.choices(range(1, 6), CSAT_WEIGHTS)[0]}[kind]
         name, channel, _ = rng.choice(self.campaigns)
-        return Record("survey", {
+        value: dict[str, object] = {
             "response_id": self._id("r"), "ts": self._ts_value(minute_start + rng.randrange(
                 MINUTE_MS)), "kind": kind, "score": score, "channel": channel,
-            "campaign_id": name, "segment": rng.choice(SEGMENTS)})
+            "campaign_id": name, "segment": rng.choice(SEGMENTS)}
+        if kind == "csat" and placed and rng.random() < POST_PURCHASE_SHARE:
+            # a post-purchase survey: about an order, from its customer and touchpoint
+            order = placed[rng.randrange(len(placed))]
+            value.update({field: order[field] for field in
+                          ("order_id", "customer_id", "channel", "campaign_id", "segment")})
+        return Record("survey", value)
 
 
 def event_time_ms(value: dict[str, object]) -> int:

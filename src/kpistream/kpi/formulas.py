@@ -10,22 +10,18 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+from kpistream.kpi.catalogue import KPI_FIELDS
+
 # Field order of the additive accumulator; the engine stores sums as tuples in this order.
 SUM_FIELDS: tuple[str, ...] = (
     "orders", "revenue", "spend", "spend_records",
     "nps_responses", "promoters", "passives", "detractors",
     "ces_responses", "ces_sum", "ces_easy",
     "csat_responses", "csat_satisfied",
+    "csat_tx_responses", "csat_tx_satisfied",
 )
 INTEGER_SUMS = frozenset(SUM_FIELDS) - {"revenue", "spend", "ces_sum"}
-
-# Every KPI field a row can carry, in publishing order (SPEC.md §4).
-KPI_FIELDS: tuple[str, ...] = (
-    "orders", "revenue", "spend", "cpo", "roas", "aov",
-    "nps_responses", "promoters", "passives", "detractors", "nps", "nps_moe",
-    "ces_responses", "ces", "ces_easy_pct", "csat_responses", "csat",
-)
-SPEND_KPIS = frozenset({"spend", "cpo", "roas"})
+__all__ = ["KPI_FIELDS", "SUM_FIELDS", "WindowSums", "compute_kpis"]
 
 NPS_PROMOTER_MIN = 9
 NPS_PASSIVE_MIN = 7
@@ -52,6 +48,8 @@ class WindowSums:
     ces_easy: int = 0
     csat_responses: int = 0
     csat_satisfied: int = 0
+    csat_tx_responses: int = 0
+    csat_tx_satisfied: int = 0
 
     @classmethod
     def from_tuple(cls, values: tuple[float, ...] | list[float]) -> WindowSums:
@@ -87,8 +85,11 @@ def nps_margin_of_error(promoters: int, detractors: int, responses: int) -> floa
     return Z_95 * 100 * math.sqrt(variance / responses)
 
 
-def compute_kpis(sums: WindowSums, *, with_spend: bool = True) -> dict[str, float | int | None]:
-    """All KPIs of one row. ``with_spend=False`` for segment rows (ad spend has no segment)."""
+def compute_kpis(sums: WindowSums, *, allocated_spend: float | None = None
+                 ) -> dict[str, float | int | None]:
+    """All KPIs of one row, in catalogue order. Segment rows pass their allocated spend
+    (ad spend has no segment, SPEC §4); other rows use the window's own."""
+    spend = sums.spend if allocated_spend is None else allocated_spend
     revenue = sums.revenue if sums.orders else 0.0  # retracted amounts may leave 1e-15 dust
     kpis: dict[str, float | int | None] = {
         "orders": sums.orders,
@@ -105,9 +106,10 @@ def compute_kpis(sums: WindowSums, *, with_spend: bool = True) -> dict[str, floa
         "ces_easy_pct": _ratio(100 * sums.ces_easy, sums.ces_responses),
         "csat_responses": sums.csat_responses,
         "csat": _ratio(100 * sums.csat_satisfied, sums.csat_responses),
+        "csat_transactional_responses": sums.csat_tx_responses,
+        "csat_transactional": _ratio(100 * sums.csat_tx_satisfied, sums.csat_tx_responses),
+        "spend": spend,
+        "cpo": _ratio(spend, sums.orders),
+        "roas": _ratio(revenue, spend),
     }
-    if with_spend:
-        kpis["spend"] = sums.spend
-        kpis["cpo"] = _ratio(sums.spend, sums.orders)
-        kpis["roas"] = _ratio(revenue, sums.spend)
-    return {name: kpis[name] for name in KPI_FIELDS if name in kpis}
+    return {name: kpis[name] for name in KPI_FIELDS}

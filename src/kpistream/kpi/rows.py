@@ -7,15 +7,23 @@ most that often. An empty window publishes a deletion once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from kpistream.kpi.formulas import KPI_FIELDS, WindowSums, compute_kpis
+from kpistream.kpi.catalogue import SPEND_ALLOCATED
+from kpistream.kpi.formulas import KPI_FIELDS, SUM_FIELDS, WindowSums, compute_kpis
 from kpistream.settings import Settings
 from kpistream.state.aggregate import NO_TIME
-from kpistream.state.buckets import SPENDLESS_DIMENSIONS, RowId
-from kpistream.state.rollup import RollupState
+from kpistream.state.buckets import (
+    ALLOCATED_DIMENSION,
+    ALLOCATION_DIMENSIONS,
+    ALLOCATION_ORDERS,
+    GROUP_SEP,
+    RowId,
+    allocate_spend,
+)
+from kpistream.state.rollup import RollupState, WindowBuckets
 
 SCHEMA_VERSION = 1
 RowMessage = dict[str, Any]
@@ -41,13 +49,19 @@ class _Published:
 
 
 def build_message(window: str, dimension: str, group: str, start: int, end: int,
-                  sums: WindowSums, now_ms: int, currency: str) -> RowMessage:
-    """The Kafka/PubSub form: undefined KPIs are ``None`` (JSON null)."""
-    kpis = compute_kpis(sums, with_spend=dimension not in SPENDLESS_DIMENSIONS)
-    return {"window": window, "dimension": dimension, "group": group,
-            "window_start": start, "window_end": end, "updated_at": now_ms,
-            "currency": currency, **{name: kpis.get(name) for name in KPI_FIELDS},
-            "schema_version": SCHEMA_VERSION}
+                  sums: WindowSums, now_ms: int, currency: str,
+                  allocated_spend: float | None = None) -> RowMessage:
+    """The Kafka/PubSub form: undefined KPIs are ``None`` (JSON null); a segment row, whose
+    spend is allocated, says so."""
+    kpis = compute_kpis(sums, allocated_spend=allocated_spend)
+    message: RowMessage = {
+        "window": window, "dimension": dimension, "group": group, "window_start": start,
+        "window_end": end, "updated_at": now_ms, "currency": currency,
+        **{name: kpis.get(name) for name in KPI_FIELDS}}
+    if allocated_spend is not None:
+        message[SPEND_ALLOCATED] = True
+    message["schema_version"] = SCHEMA_VERSION
+    return message
 
 
 def decimal_text(value: int | float) -> str:
@@ -59,7 +73,8 @@ def decimal_text(value: int | float) -> str:
 
 def hash_fields(message: RowMessage) -> dict[str, str]:
     """The Redis hash form: strings, undefined KPIs absent, no schema_version."""
-    return {name: value if isinstance(value, str) else decimal_text(value)
+    return {name: value if isinstance(value, str) else
+            ("true" if value else "false") if isinstance(value, bool) else decimal_text(value)
             for name, value in message.items()
             if value is not None and name != "schema_version"}
 
@@ -70,6 +85,44 @@ def _same_values(a: RowMessage | None, b: RowMessage | None) -> bool:
     return all(a[k] == b[k] for k in a if k != "updated_at")
 
 
+_ORDERS = SUM_FIELDS.index("orders")
+_SPEND = SUM_FIELDS.index("spend")
+
+
+@dataclass(slots=True)
+class _Allocation:
+    """One window's allocation inputs on one partition, kept per allocation row and
+    recomputed only for rows that changed while the window stays put."""
+
+    bounds: tuple[int, int] = (0, 0)
+    orders: dict[str, int] = field(default_factory=dict)  # "campaign\x1fsegment" -> orders
+    spend: dict[str, float] = field(default_factory=dict)  # campaign -> spend
+    result: dict[str, float] | None = None
+
+    def update(self, group: str, dimension: str, buckets: WindowBuckets | None) -> None:
+        start, end = self.bounds
+        target: dict[str, Any] = self.orders if dimension == ALLOCATION_ORDERS else self.spend
+        index = _ORDERS if dimension == ALLOCATION_ORDERS else _SPEND
+        value = 0.0 if buckets is None else sum(
+            v[index] for b, v in buckets.totals.items() if start <= b < end)
+        if dimension == ALLOCATION_ORDERS:
+            value = round(value)
+        if value:
+            target[group] = value
+        else:
+            target.pop(group, None)
+        self.result = None
+
+    def spend_by_segment(self) -> dict[str, float]:
+        if self.result is None:
+            by_campaign: dict[str, dict[str, int]] = {}
+            for group, n in self.orders.items():
+                campaign, segment = group.split(GROUP_SEP, 1)
+                by_campaign.setdefault(campaign, {})[segment] = int(n)
+            self.result = allocate_spend(by_campaign, self.spend)
+        return self.result
+
+
 class RowPublisher:
     """Decides, per tick, the row changes of the partitions this worker owns."""
 
@@ -77,10 +130,29 @@ class RowPublisher:
         self.state = state
         self.currency = settings.reporting_currency
         self.published: dict[int, dict[tuple[RowId, str], _Published]] = {}
+        self.allocations: dict[int, dict[str, _Allocation]] = {}
 
     def forget(self, partitions: set[int]) -> None:
         for q in partitions:
             self.published.pop(q, None)
+            self.allocations.pop(q, None)
+
+    def _allocation(self, q: int, name: str, start: int, end: int,
+                    dirty: set[tuple[RowId, str]]) -> tuple[dict[str, float], bool]:
+        """Allocated spend per segment of window ``name`` on partition q, and whether it
+        may have changed since the last tick."""
+        rows = self.state.cache.get(q, {})
+        held = self.allocations.setdefault(q, {}).get(name)
+        if held is None or held.bounds != (start, end):
+            held = self.allocations[q][name] = _Allocation((start, end))
+            targets = [row for row in rows if row[0] in ALLOCATION_DIMENSIONS]
+        else:
+            targets = [row for row, window in dirty
+                       if window == name and row[0] in ALLOCATION_DIMENSIONS]
+        before = held.result
+        for row in targets:
+            held.update(row[1], row[0], rows.get(row, {}).get(name))
+        return held.spend_by_segment(), before is None or held.result is not before
 
     def snapshot(self, partitions: set[int]) -> list[RowChange]:
         """Every live row as a change, to rewrite a sink that may have lost its data."""
@@ -106,18 +178,31 @@ class RowPublisher:
             published = self.published.setdefault(q, {})
             dirty = self.state.dirty.get(q, set())
             rows = self.state.cache.get(q, {})
+            allocated: dict[str, tuple[dict[str, float], bool]] = {}
             for row, windows in list(rows.items()):
+                if row[0] in ALLOCATION_DIMENSIONS:
+                    if all(not b.totals for b in windows.values()):
+                        del rows[row]
+                    continue
                 row_changes: list[tuple[str, RowMessage | None]] = []
                 for name, buckets in windows.items():
                     spec = self.state.specs[name]
                     start, end = self.state.window_of(spec, t)
+                    spend: float | None = None
+                    moved = False
+                    if row[0] == ALLOCATED_DIMENSION:
+                        if name not in allocated:
+                            allocated[name] = self._allocation(q, name, start, end, dirty)
+                        by_segment, moved = allocated[name]
+                        spend = by_segment.get(row[1], 0.0)
                     last = published.get((row, name))
-                    if (last is not None and (row, name) not in dirty
+                    if (last is not None and (row, name) not in dirty and not moved
                             and last.window_end == end and now_ms - last.at < spec.step_ms):
                         continue
                     sums = WindowSums.from_tuple(buckets.window_sums(start, end))
                     message = None if sums.is_empty() else build_message(
-                        name, row[0], row[1], start, end, sums, now_ms, self.currency)
+                        name, row[0], row[1], start, end, sums, now_ms, self.currency,
+                        spend)
                     if (last is not None and _same_values(last.message, message)
                             and (message is None or now_ms - last.at < spec.step_ms)):
                         last.window_end = end

@@ -16,26 +16,13 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from kpistream.kpi.catalogue import GAUGES, gauge_help
 from kpistream.kpi.rows import RowMessage
 from kpistream.observability.metrics import Metrics
 from kpistream.sinks.base import Publication
+from kpistream.state.buckets import DIMENSIONS
 
-KPI_GAUGES: dict[str, str] = {
-    "orders": "Placed minus cancelled orders in the window.",
-    "revenue": "Revenue of the window's orders, reporting currency.",
-    "spend": "Ad spend in the window, reporting currency.",
-    "cpo": "Cost per order: spend / orders.",
-    "roas": "Return on ad spend: revenue / spend.",
-    "aov": "Average order value: revenue / orders.",
-    "nps": "Net promoter score, -100..100.",
-    "nps_moe": "95% margin of error of NPS, in NPS points.",
-    "nps_responses": "NPS responses in the window.",
-    "ces": "Mean customer effort score, 1..7.",
-    "ces_easy_pct": "Share of CES responses scoring 5-7, percent.",
-    "ces_responses": "CES responses in the window.",
-    "csat": "Share of CSAT responses scoring 4-5, percent.",
-    "csat_responses": "CSAT responses in the window.",
-}
+KPI_GAUGES: dict[str, str] = {kpi.name: gauge_help(kpi) for kpi in GAUGES}
 LABELS = ["window", "dimension", "group"]
 
 
@@ -64,7 +51,7 @@ class KpiCollector(Collector):
         kept = {dimension: set(sorted(names)[:self.max_groups])
                 for dimension, names in groups.items()}
         out = [row for row in rows if row["group"] in kept[row["dimension"]]]
-        for dimension in ("all", "channel", "campaign", "segment"):
+        for dimension in DIMENSIONS:
             dropped = sum(1 for row in rows if row["dimension"] == dimension
                           and row["group"] not in kept.get(dimension, set()))
             self.metrics.rows_dropped.labels(dimension).set(dropped)

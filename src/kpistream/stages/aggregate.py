@@ -23,7 +23,7 @@ from kpistream.observability.logs import RateLimitedLog
 from kpistream.runtime import Runtime
 from kpistream.stages.offsets import GapGuard
 from kpistream.state.aggregate import BatchResult, PartitionAggregator
-from kpistream.state.buckets import RowId
+from kpistream.state.buckets import RowId, partition_key
 
 logger = logging.getLogger(__name__)
 REJECTION_DETAIL: dict[str, tuple[ErrorCode, str]] = {
@@ -34,7 +34,7 @@ REJECTION_DETAIL: dict[str, tuple[ErrorCode, str]] = {
 
 def row_partition(row: RowId, partitions: int) -> int:
     """Roll-up partition that owns a row."""
-    return partition_for(f"{row[0]}\x1f{row[1]}", partitions)
+    return partition_for(partition_key(row), partitions)
 
 
 def rollup_messages(p: int, result: BatchResult, partitions: int,

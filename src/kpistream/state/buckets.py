@@ -21,8 +21,18 @@ from kpistream.settings import WindowSpec
 
 Sums = tuple[float, ...]
 RowId = tuple[str, str]  # (dimension, group)
+# The published dimensions (SPEC §4), in display order.
 DIMENSIONS: tuple[str, ...] = ("all", "channel", "campaign", "segment")
-SPENDLESS_DIMENSIONS = frozenset({"segment"})
+# Ad spend has no segment: segment rows carry spend allocated by each campaign's orders
+# (SPEC §4). Two internal row kinds feed the allocation and are never published: a
+# campaign's orders per segment (group "campaign\x1fsegment") and a campaign's spend. They
+# live on the roll-up partition of the segment rows, so a segment row's allocation is
+# computed where all its inputs are.
+ALLOCATED_DIMENSION = "segment"
+ALLOCATION_ORDERS = "campaign_segment"
+ALLOCATION_SPEND = "campaign_spend"
+ALLOCATION_DIMENSIONS = frozenset({ALLOCATION_ORDERS, ALLOCATION_SPEND})
+GROUP_SEP = "\x1f"
 ZERO: Sums = (0,) * len(SUM_FIELDS)
 _IDX = {name: i for i, name in enumerate(SUM_FIELDS)}
 
@@ -66,16 +76,52 @@ def contribution(event: Event) -> Sums:
         )
     if event.survey_kind == "ces":
         return _vector(ces_responses=1, ces_sum=score, ces_easy=int(score >= CES_EASY_MIN))
-    return _vector(csat_responses=1, csat_satisfied=int(score >= CSAT_SATISFIED_MIN))
+    satisfied = int(score >= CSAT_SATISFIED_MIN)
+    if event.order_id is not None:  # post-purchase: also transactional CSAT
+        return _vector(csat_responses=1, csat_satisfied=satisfied, csat_tx_responses=1,
+                       csat_tx_satisfied=satisfied)
+    return _vector(csat_responses=1, csat_satisfied=satisfied)
 
 
 def rows_of(event: Order | Spend | Survey) -> list[RowId]:
-    """Rows of every dimension the event's fields name (ad spend has no segment)."""
+    """Rows of every dimension the event's fields name (ad spend has no segment), plus the
+    internal allocation row of an order or a spend."""
     rows: list[RowId] = [("all", "all"), ("channel", event.channel),
                          ("campaign", event.campaign_id)]
-    if not isinstance(event, Spend):
-        rows.append(("segment", event.segment))
+    if isinstance(event, Spend):
+        rows.append((ALLOCATION_SPEND, event.campaign_id))
+        return rows
+    rows.append(("segment", event.segment))
+    if isinstance(event, Order):
+        rows.append((ALLOCATION_ORDERS, f"{event.campaign_id}{GROUP_SEP}{event.segment}"))
     return rows
+
+
+def partition_key(row: RowId) -> str:
+    """What places a row on a roll-up partition: segment rows and the allocation rows
+    together, every other row by itself."""
+    if row[0] == ALLOCATED_DIMENSION or row[0] in ALLOCATION_DIMENSIONS:
+        return ALLOCATED_DIMENSION
+    return f"{row[0]}{GROUP_SEP}{row[1]}"
+
+
+def allocate_spend(campaign_orders: dict[str, dict[str, int]],
+                   campaign_spend: dict[str, float]) -> dict[str, float]:
+    """Spend per segment: ``sum_c spend(c) * orders(c, s) / orders(c)`` over the campaigns
+    with orders in the window (SPEC §4). ``campaign_orders[c][s]`` are one window's orders of
+    campaign c in segment s; a campaign without orders allocates nothing. Summed in campaign
+    order so every worker gets the same float."""
+    allocated: dict[str, float] = {}
+    for campaign in sorted(campaign_orders):
+        by_segment = campaign_orders[campaign]
+        orders = sum(by_segment.values())
+        spend = campaign_spend.get(campaign, 0.0)
+        if orders <= 0:
+            continue
+        for segment, n in by_segment.items():
+            if n > 0:
+                allocated[segment] = allocated.get(segment, 0.0) + spend * n / orders
+    return allocated
 
 
 def add(a: Sequence[float], b: Sequence[float], sign: int = 1) -> Sums:

@@ -9,7 +9,8 @@ import fastjsonschema
 import pytest
 
 from kpistream.contracts.schemas import INPUT_SCHEMAS, OUTPUT_SCHEMAS, SCHEMA_NAMES, load_schema
-from kpistream.kpi.formulas import KPI_FIELDS, WindowSums, compute_kpis
+from kpistream.kpi.catalogue import KPI_FIELDS, ROW_FIELDS, SPEND_ALLOCATED
+from kpistream.kpi.formulas import WindowSums, compute_kpis
 
 DRAFT_07 = "http://json-schema.org/draft-07/schema#"
 
@@ -173,27 +174,28 @@ def test_id_lengths(name: str, ids: list[str]) -> None:
 # --- the KPI message --------------------------------------------------------------------------
 
 check_kpi = fastjsonschema.compile(load_schema("kpi_update"))
-META_FIELDS = ("window", "dimension", "group", "window_start", "window_end", "updated_at",
-               "currency")
 
 
 def kpi_message(sums: WindowSums, dimension: str = "campaign",
                 group: str = "summer-sale") -> dict[str, Any]:
-    kpis = compute_kpis(sums, with_spend=dimension != "segment")
+    kpis = compute_kpis(sums, allocated_spend=12.5 if dimension == "segment" else None)
     message: dict[str, Any] = {
         "window": "1h", "dimension": dimension, "group": group,
         "window_start": 1763802900000, "window_end": 1763806500000,
         "updated_at": 1763806500123, "currency": "EUR",
     }
     message.update({name: kpis.get(name) for name in KPI_FIELDS})
+    if dimension == "segment":
+        message[SPEND_ALLOCATED] = True
     message["schema_version"] = 1
     return message
 
 
 def test_kpi_schema_lists_every_kpi() -> None:
     schema = load_schema("kpi_update")
-    assert set(schema["properties"]) == {*META_FIELDS, *KPI_FIELDS, "schema_version"}
-    assert set(schema["required"]) == set(schema["properties"])
+    assert set(schema["properties"]) == {*ROW_FIELDS, *KPI_FIELDS, SPEND_ALLOCATED,
+                                         "schema_version"}
+    assert set(schema["required"]) == set(schema["properties"]) - {SPEND_ALLOCATED}
 
 
 def test_kpi_message_with_nulls_for_undefined_kpis() -> None:
@@ -219,7 +221,8 @@ def test_kpi_message_samples(sums: WindowSums, dimension: str) -> None:
         value = message[name]
         assert value is None or (isinstance(value, (int, float)) and math.isfinite(value))
     if dimension == "segment":
-        assert message["spend"] is None and message["cpo"] is None and message["roas"] is None
+        assert (message["spend"], message["cpo"], message[SPEND_ALLOCATED]) == (12.5, 12.5 / 3,
+                                                                               True)
 
 
 @pytest.mark.parametrize("change", [

@@ -41,7 +41,7 @@ def events(spread_min: int) -> st.SearchStrategy[Event]:
     survey = st.sampled_from(["nps", "ces", "csat"]).flatmap(lambda kind: st.builds(
         Survey, st.sampled_from([f"r{i}" for i in range(20)]), ts, st.just(kind),
         st.integers(*{"nps": (0, 10), "ces": (1, 7), "csat": (1, 5)}[kind]), st.none(),
-        channels, campaigns, segments, st.none()))
+        channels, campaigns, segments, st.one_of(st.none(), st.sampled_from(["o1", "o2"]))))
     return st.one_of(placed, placed, cancelled, spend, survey)
 
 
@@ -61,7 +61,9 @@ def assert_rows_match(sim: Sim, outcome: reference.Outcome) -> None:
         assert set(published) == set(expected_rows), spec.name
         for (dimension, group), message in published.items():
             assert (message["window_start"], message["window_end"]) == (start, end)
-            expected = reference.expected_kpis(expected_rows[(dimension, group)], dimension)
+            expected = reference.expected_row_kpis(outcome, dimension=dimension, group=group,
+                                                   window_start=start, window_end=end)
+            assert message.get("spend_allocated") is (True if dimension == "segment" else None)
             for name in KPI_FIELDS:
                 got, want = message.get(name), expected.get(name)
                 if want is None:
