@@ -113,7 +113,8 @@ def judged(ports: list[int]) -> float:
 def kpistream_run(dep: Deployment, workers: int, expected: int,
                   timeout_s: float) -> dict[str, float]:
     settings = dep.settings
-    written_topics = [settings.topic_events, settings.topic_rollup, *changelog_topics(settings)]
+    written_topics = [settings.topic_events, settings.topic_rollup, settings.topic_customers,
+                      *changelog_topics(settings)]
     before = sum(end_offsets(dep.bootstrap, written_topics).values())
     procs = [dep.start_worker() for _ in range(workers)]
     ports = [port for _, port in procs]

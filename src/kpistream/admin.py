@@ -26,7 +26,8 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
     specs = [NewTopic(name, settings.partitions, settings.replication) for name in plain]
     specs += [NewTopic(name, settings.partitions, settings.replication,
                        topic_configs={"max.message.bytes": str(PACKED_MAX_MESSAGE_BYTES)})
-              for name in (settings.topic_events, settings.topic_rollup)]
+              for name in (settings.topic_events, settings.topic_rollup,
+                           settings.topic_customers)]
     # A dead letter quotes the rejected value (JSON-escaped or base64): up to several times
     # the broker's default 1 MB message limit.
     specs.append(NewTopic(settings.topic_dlq, settings.partitions, settings.replication,

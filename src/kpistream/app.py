@@ -20,7 +20,7 @@ from kpistream.observability.metrics import Metrics
 from kpistream.outbox import Outbox
 from kpistream.runtime import Runtime, Topics, wall_clock_ms
 from kpistream.settings import Settings, parse_duration_ms
-from kpistream.stages import aggregate, edge, publish, rollup
+from kpistream.stages import aggregate, customers, edge, publish, rollup
 from kpistream.state.rollup import RollupState
 from kpistream.state.tables import Tables
 
@@ -70,9 +70,10 @@ def create_app(settings: Settings | None = None,
             readers.append(self)
 
     aggregator = aggregate.register(app, runtime)
+    customer_state = customers.register(app, runtime)
     rollup_state = RollupState(settings, runtime.tables.rollup,
                                hold_for_alerts=alerts_enabled(settings))
     rollup.register(app, runtime, rollup_state)
-    publish.register(app, runtime, rollup_state, aggregator, readers)
+    publish.register(app, runtime, rollup_state, aggregator, customer_state, readers)
     app.kpistream = runtime  # type: ignore[attr-defined]
     return app

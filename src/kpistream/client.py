@@ -65,6 +65,10 @@ class KpiRow:
     csat: float | None = None
     csat_transactional_responses: int | None = None
     csat_transactional: float | None = None
+    new_customers: int | None = None
+    cac: float | None = None
+    returning_orders: int | None = None
+    repeat_order_pct: float | None = None
     spend_allocated: bool = False  # segment rows: spend, cpo and roas use allocated spend
     extra: Mapping[str, Any] = field(default_factory=dict)
 

@@ -21,6 +21,11 @@ Rules, in the order :func:`classify` applies them to each event ``e``:
 
 A retracted order counts nowhere: it disappears from the bucket of its own (placed) ``ts``.
 
+A customer's first counted order (SPEC §4, §8) is the earliest of its counted orders by
+``(ts, order_id)`` over the whole run; ``new_customers`` of a row counts the customers whose
+first counted order is in the window and in the row, ``returning_orders`` the row's other
+counted orders.
+
 Segment rows carry allocated spend (SPEC §4): for each campaign with orders in the window,
 its spend in the window times the share of its orders that are in the segment.
 """
@@ -132,9 +137,23 @@ def counted_events(outcome: Outcome) -> list[Order | Spend | Survey]:
     return out
 
 
+def first_orders(outcome: Outcome) -> dict[str, Order]:
+    """Each customer's first counted order: earliest ``ts``, ties the smallest order_id."""
+    first: dict[str, Order] = {}
+    for event in counted_events(outcome):
+        if isinstance(event, Order) and event.customer_id is not None:
+            held = first.get(event.customer_id)
+            if held is None or (event.ts, event.order_id) < (held.ts, held.order_id):
+                first[event.customer_id] = event
+    return first
+
+
 def expected_row(outcome: Outcome, *, dimension: str, group: str, window_start: int,
                  window_end: int) -> WindowSums:
     """Sums of one row over the half-open interval ``[window_start, window_end)``."""
+    new_customers = sum(1 for order in first_orders(outcome).values()
+                        if window_start <= order.ts < window_end
+                        and group_of(order, dimension) == group)
     orders = nps = promoters = passives = detractors = 0
     ces_n = ces_easy = csat_n = csat_ok = csat_tx_n = csat_tx_ok = spend_records = 0
     revenue = spend = ces_sum = 0.0
@@ -176,6 +195,7 @@ def expected_row(outcome: Outcome, *, dimension: str, group: str, window_start: 
         ces_responses=ces_n, ces_sum=ces_sum, ces_easy=ces_easy,
         csat_responses=csat_n, csat_satisfied=csat_ok,
         csat_tx_responses=csat_tx_n, csat_tx_satisfied=csat_tx_ok,
+        new_customers=new_customers,
     )
 
 

@@ -30,6 +30,7 @@ class Topics:
 
     events: faust.TopicT
     rollup: faust.TopicT
+    customers: faust.TopicT
 
     @classmethod
     def declare(cls, app: faust.App, settings: Settings) -> Topics:
@@ -39,7 +40,8 @@ class Topics:
                              internal=True,
                              config={"max.message.bytes": str(PACKED_MAX_MESSAGE_BYTES)})
 
-        return cls(events=topic(settings.topic_events), rollup=topic(settings.topic_rollup))
+        return cls(events=topic(settings.topic_events), rollup=topic(settings.topic_rollup),
+                   customers=topic(settings.topic_customers))
 
 
 @dataclass(frozen=True)

@@ -145,6 +145,10 @@ class Settings(BaseSettings):
     topic_rollup: str = Field(
         "kpistream-rollup", description="Internal: bucket values partitioned by row."
     )
+    topic_customers: str = Field(
+        "kpistream-customers",
+        description="Internal: customers' counted orders and responses, partitioned by customer."
+    )
     partitions: int = Field(6, ge=1, description="Partitions of every topic kpistream creates.")
     replication: int = Field(1, ge=1, description="Replication factor of created topics.")
 
@@ -155,6 +159,8 @@ class Settings(BaseSettings):
     clock: ClockMode = Field("live", description="live: wall clock drives windows; event: only ts.")
     idle_lag: str = Field("30s", description="Live mode: stream time >= wall clock - idle_lag.")
     grace: str = Field("5m", description="Lateness allowed beyond the largest window.")
+    customer_retention: str = Field(
+        "400d", description="A customer inactive for longer than this is deleted (SPEC §8).")
     max_future: str = Field("5m", description="Reject ts later than wall clock + max_future.")
 
     # --- input limits ------------------------------------------------------------------
@@ -231,8 +237,9 @@ class Settings(BaseSettings):
             raise ValueError("window names (their SIZE) must be unique")
         return value
 
-    @field_validator("idle_lag", "grace", "max_future", "publish_interval", "sink_timeout",
-                     "batch_within", "log_interval", "session_timeout")
+    @field_validator("idle_lag", "grace", "customer_retention", "max_future",
+                     "publish_interval", "sink_timeout", "batch_within", "log_interval",
+                     "session_timeout")
     @classmethod
     def _check_duration(cls, value: str) -> str:
         parse_duration_ms(value)
@@ -274,6 +281,10 @@ class Settings(BaseSettings):
     @property
     def grace_ms(self) -> int:
         return parse_duration_ms(self.grace)
+
+    @property
+    def customer_retention_ms(self) -> int:
+        return parse_duration_ms(self.customer_retention)
 
     @property
     def max_future_ms(self) -> int:

@@ -67,6 +67,7 @@ class Deployment:
             "KPISTREAM_TOPIC_ALERTS": f"kpi-alerts-{self.name}",
             "KPISTREAM_TOPIC_EVENTS": f"kpistream-events-{self.name}",
             "KPISTREAM_TOPIC_ROLLUP": f"kpistream-rollup-{self.name}",
+            "KPISTREAM_TOPIC_CUSTOMERS": f"kpistream-customers-{self.name}",
             "KPISTREAM_REDIS_PREFIX": f"kpi-{self.name}",
             "KPISTREAM_REDIS_CHANNEL": f"kpi-updates-{self.name}",
             "KPISTREAM_DATA_DIR": str(ROOT / ".local" / "worker-data" / self.name),
@@ -319,4 +320,4 @@ def committed_offsets(bootstrap: str, group: str,
 
 def changelog_topics(settings: Settings) -> list[str]:
     return [f"{settings.app_id}-{table}-changelog"
-            for table in ("aggregate-packs", "rollup-messages", "alerts")]
+            for table in ("aggregate-packs", "rollup-messages", "customer-packs", "alerts")]

@@ -64,7 +64,8 @@ def assert_alive(dep: Deployment) -> None:
 def written(dep: Deployment) -> int:
     """Records on the internal and changelog topics (end offsets summed)."""
     settings = dep.settings
-    topics = [settings.topic_events, settings.topic_rollup, *changelog_topics(settings)]
+    topics = [settings.topic_events, settings.topic_rollup, settings.topic_customers,
+              *changelog_topics(settings)]
     return sum(end_offsets(dep.bootstrap, topics).values())
 
 
@@ -121,7 +122,7 @@ def test_sigkill_mid_stream_rows_counters_and_progress_exact(deployment) -> None
     processed_at = time.monotonic()
 
     inputs = list(settings.input_topics)
-    internal = [settings.topic_events, settings.topic_rollup]
+    internal = [settings.topic_events, settings.topic_rollup, settings.topic_customers]
     groups = [(settings.edge_group_id, inputs), (settings.app_id, internal)]
     while True:
         behind = {}

@@ -21,7 +21,8 @@ from kpistream.top import fitting_columns, render
 ROOT = Path(__file__).resolve().parents[2]
 SPEC_GAUGES = {  # SPEC.md §5, the gauges kpistream exports today
     "orders", "revenue", "spend", "cpo", "roas", "aov", "nps", "nps_moe", "nps_responses",
-    "ces", "ces_easy_pct", "ces_responses", "csat", "csat_responses", "csat_transactional"}
+    "ces", "ces_easy_pct", "ces_responses", "csat", "csat_responses", "csat_transactional",
+    "new_customers", "cac", "repeat_order_pct"}
 
 
 def test_names_are_unique_and_formulas_cover_the_catalogue() -> None:
@@ -39,7 +40,7 @@ def test_prometheus_collector_exports_every_gauge() -> None:
                                        nps_responses=1, promoters=1, ces_responses=1,
                                        ces_sum=5.0, ces_easy=1, csat_responses=1,
                                        csat_satisfied=1, csat_tx_responses=1,
-                                       csat_tx_satisfied=1), 1, "EUR")
+                                       csat_tx_satisfied=1, new_customers=1), 1, "EUR")
     collector = KpiCollector(lambda: [message], 10, Metrics.create(CollectorRegistry()))
     names = {family.name for family in collector.collect() if family.samples}
     assert names == {f"kpistream_{kpi.name}" for kpi in GAUGES}

@@ -25,6 +25,7 @@ FULL = WindowSums(
     nps_responses=10, promoters=5, passives=3, detractors=2,
     ces_responses=4, ces_sum=22.0, ces_easy=3,
     csat_responses=8, csat_satisfied=6, csat_tx_responses=5, csat_tx_satisfied=3,
+    new_customers=1,
 )
 
 
@@ -49,6 +50,10 @@ FULL = WindowSums(
     ("csat", 75.0),           # 100 * 6 / 8
     ("csat_transactional_responses", 5),
     ("csat_transactional", 60.0),  # 100 * 3 / 5
+    ("new_customers", 1),
+    ("cac", 50.0),            # 50 / 1
+    ("returning_orders", 3),  # 4 - 1
+    ("repeat_order_pct", 75.0),  # 100 * 3 / 4
 ])
 def test_every_kpi_of_a_full_row(name: str, expected: float) -> None:
     kpis = compute_kpis(FULL)
@@ -65,10 +70,11 @@ def test_full_row_has_every_kpi_in_publishing_order() -> None:
 def test_counts_are_ints_and_amounts_floats() -> None:
     kpis = compute_kpis(FULL)
     for name in ("orders", "nps_responses", "promoters", "passives", "detractors",
-                 "ces_responses", "csat_responses", "csat_transactional_responses"):
+                 "ces_responses", "csat_responses", "csat_transactional_responses",
+                 "new_customers", "returning_orders"):
         assert type(kpis[name]) is int, name
     for name in ("revenue", "spend", "cpo", "roas", "aov", "nps", "nps_moe", "ces",
-                 "ces_easy_pct", "csat", "csat_transactional"):
+                 "ces_easy_pct", "csat", "csat_transactional", "cac", "repeat_order_pct"):
         assert type(kpis[name]) is float, name
 
 
@@ -79,10 +85,17 @@ NO_NPS = {"nps_responses": 0, "promoters": 0, "passives": 0, "detractors": 0}
 
 @pytest.mark.parametrize(("changes", "absent", "present"), [
     # FULL with one input zeroed: exactly the KPIs divided by it become undefined
-    pytest.param({"orders": 0, "revenue": 0.0}, {"cpo", "aov"},
-                 {"orders": 0, "revenue": 0.0, "roas": 0.0, "spend": 50.0}, id="no-orders"),
+    pytest.param({"orders": 0, "revenue": 0.0, "new_customers": 0},
+                 {"cpo", "aov", "cac", "repeat_order_pct"},
+                 {"orders": 0, "revenue": 0.0, "roas": 0.0, "spend": 50.0,
+                  "returning_orders": 0}, id="no-orders"),
+    pytest.param({"new_customers": 0}, {"cac"},
+                 {"returning_orders": 4, "repeat_order_pct": 100.0}, id="no-new-customers"),
+    pytest.param({"new_customers": 4}, set(),
+                 {"cac": 12.5, "returning_orders": 0, "repeat_order_pct": 0.0},
+                 id="all-new-customers"),
     pytest.param({"spend": 0.0, "spend_records": 0}, {"roas"},
-                 {"cpo": 0.0, "aov": 50.0, "spend": 0.0}, id="no-spend"),
+                 {"cpo": 0.0, "aov": 50.0, "spend": 0.0, "cac": 0.0}, id="no-spend"),
     pytest.param({"spend": 0.0}, {"roas"}, {"cpo": 0.0, "spend": 0.0},
                  id="zero-amount-spend-records"),
     pytest.param(NO_NPS, {"nps", "nps_moe"}, NO_NPS, id="no-nps"),
@@ -112,7 +125,7 @@ def test_empty_row_defines_only_counts_and_sums() -> None:
     kpis = compute_kpis(WindowSums())
     undefined = {name for name, value in kpis.items() if value is None}
     assert undefined == {"cpo", "roas", "aov", "nps", "nps_moe", "ces", "ces_easy_pct",
-                         "csat", "csat_transactional"}
+                         "csat", "csat_transactional", "cac", "repeat_order_pct"}
     assert all(kpis[name] == 0 for name in set(KPI_FIELDS) - undefined)
 
 
@@ -120,6 +133,7 @@ def test_segment_rows_use_their_allocated_spend() -> None:
     kpis = compute_kpis(FULL, allocated_spend=20.0)  # FULL's own spend (50) is ignored
     assert (kpis["spend"], kpis["cpo"], kpis["roas"]) == (20.0, 5.0, 10.0)
     assert kpis["aov"] == 50.0
+    assert kpis["cac"] == 20.0  # 20 / 1 new customer
     none = compute_kpis(FULL, allocated_spend=0.0)
     assert (none["spend"], none["cpo"], none["roas"]) == (0.0, 0.0, None)
 
@@ -253,13 +267,14 @@ def test_no_kpi_is_nan_or_inf(orders: int, revenue: float, spend: float,
 # --- WindowSums ---------------------------------------------------------------------------
 
 def test_from_tuple_roundtrip_and_types() -> None:
-    values = (3.0, 12.5, 7.25, 2.0, 4.0, 2.0, 1.0, 1.0, 2.0, 9.0, 1.0, 5.0, 4.0, 2.0, 1.0)
+    values = (3.0, 12.5, 7.25, 2.0, 4.0, 2.0, 1.0, 1.0, 2.0, 9.0, 1.0, 5.0, 4.0, 2.0, 1.0, 1.0)
     sums = WindowSums.from_tuple(values)
     assert astuple(sums) == values
     assert SUM_FIELDS == (
         "orders", "revenue", "spend", "spend_records", "nps_responses", "promoters",
         "passives", "detractors", "ces_responses", "ces_sum", "ces_easy",
-        "csat_responses", "csat_satisfied", "csat_tx_responses", "csat_tx_satisfied")
+        "csat_responses", "csat_satisfied", "csat_tx_responses", "csat_tx_satisfied",
+        "new_customers")
     for name in SUM_FIELDS:
         expected_type = float if name in {"revenue", "spend", "ces_sum"} else int
         assert type(getattr(sums, name)) is expected_type, name
@@ -269,7 +284,7 @@ def test_from_tuple_roundtrip_and_types() -> None:
 def test_from_tuple_rounds_float_counts() -> None:
     # counts accumulated as floats (e.g. +1 then -1 then +1) come back as exact ints
     sums = WindowSums.from_tuple((0.9999999999, 10.0, 0.0, 1.0000000001, 0, 0, 0, 0,
-                                  0, 0, 0, 0, 0, 0, 0))
+                                  0, 0, 0, 0, 0, 0, 0, 0))
     assert sums.orders == 1 and sums.spend_records == 1
     assert type(sums.orders) is int
 

@@ -266,15 +266,16 @@ def test_rows_per_dimension_and_segment_rows_with_allocated_spend() -> None:
         ("segment", "vip"), ("segment", "new"),
     }
     assert list(rows) == sorted(rows)
+    # both orders are customer "cust"'s: o1 (search, c1, vip) is its first
     assert rows[("all", "all")] == WindowSums(orders=2, revenue=40.0, spend=28.0,
                                               spend_records=2, csat_responses=1,
-                                              csat_satisfied=1)
+                                              csat_satisfied=1, new_customers=1)
     assert rows[("channel", "search")] == WindowSums(orders=1, revenue=30.0, spend=20.0,
-                                                     spend_records=1)
+                                                     spend_records=1, new_customers=1)
     assert rows[("channel", "social")] == WindowSums(spend=8.0, spend_records=1)
     assert rows[("campaign", "c2")] == WindowSums(orders=1, revenue=10.0, csat_responses=1,
                                                   csat_satisfied=1)
-    assert rows[("segment", "vip")] == WindowSums(orders=2, revenue=40.0)
+    assert rows[("segment", "vip")] == WindowSums(orders=2, revenue=40.0, new_customers=1)
     assert rows[("segment", "new")] == WindowSums(csat_responses=1, csat_satisfied=1)
     # the oracle's own rows equal expected_row for each key
     for (dimension, group), sums in rows.items():
@@ -287,6 +288,8 @@ def test_rows_per_dimension_and_segment_rows_with_allocated_spend() -> None:
                                 window_end=HOUR)
     assert (segment["spend"], segment["cpo"], segment["roas"], segment["aov"]) == (
         20.0, 10.0, 2.0, 20.0)
+    assert (segment["new_customers"], segment["cac"], segment["returning_orders"],
+            segment["repeat_order_pct"]) == (1, 20.0, 1, 50.0)
     new = expected_row_kpis(outcome, dimension="segment", group="new", window_start=0,
                             window_end=HOUR)
     assert (new["spend"], new["cpo"], new["roas"]) == (0.0, None, None)
@@ -333,6 +336,31 @@ def test_transactional_csat_counts_responses_with_an_order_id() -> None:
     kpis = expected_kpis(row)
     assert (kpis["csat"], kpis["csat_transactional"]) == (50.0, 50.0)
     assert expected_kpis(all_row(events[:2]))["csat_transactional"] is None
+
+
+def test_first_counted_order_moves_with_late_and_cancelled_orders() -> None:
+    events: list[Event] = [
+        placed("o2", 20 * MIN, segment="vip"),
+        placed("o1", 10 * MIN, segment="new"),  # earlier, arrives later: the first order
+        placed("o3", 30 * MIN, segment="vip"),
+        replace(placed("o4", 5 * MIN, segment="b2b"), customer_id="other"),
+        cancelled("o4", 6 * MIN),  # the other customer's only order: no customer left
+    ]
+    outcome = classify(events, retention_ms=RETENTION)
+    vip = expected_row(outcome, dimension="segment", group="vip", window_start=0,
+                       window_end=HOUR)
+    new = expected_row(outcome, dimension="segment", group="new", window_start=0,
+                       window_end=HOUR)
+    assert (vip.orders, vip.new_customers, new.orders, new.new_customers) == (2, 0, 1, 1)
+    assert expected_row(outcome, dimension="all", group="all", window_start=0,
+                        window_end=HOUR).new_customers == 1
+    # o1 cancelled: o2 becomes the first order, in the vip row
+    moved = classify([*events, cancelled("o1", 40 * MIN)], retention_ms=RETENTION)
+    assert expected_row(moved, dimension="segment", group="vip", window_start=0,
+                        window_end=HOUR).new_customers == 1
+    # the window holds o3 only: the customer is not new in it
+    assert expected_row(outcome, dimension="all", group="all", window_start=25 * MIN,
+                        window_end=HOUR).new_customers == 0
 
 
 def test_unknown_dimension_is_an_error() -> None:

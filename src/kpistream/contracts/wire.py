@@ -10,8 +10,12 @@
 - :class:`AggregatePack`: the aggregate stage's changelog record, one per applied batch: the
   effects of the batch (bucket contributions, id-table upserts) and the partition's header
   (applied offset, stream time, source high-water marks, outcome counts, raw marks).
+- :class:`CustomerFacts`: aggregate -> customer stage (``kpistream-customers``): the counted
+  orders, retractions and responses of customers, each with the coordinates of its input item.
+- :class:`CustomerPack`: the customer stage's changelog record: the new versions of the
+  customers one batch changed, and the partition's header.
 
-All three are JSON arrays (orjson): compact, and readable with any Kafka tool when debugging.
+All of them are JSON arrays (orjson): compact, and readable with any Kafka tool when debugging.
 """
 
 from __future__ import annotations
@@ -140,7 +144,9 @@ class AggregatePack:
     marks: dict[tuple[str, int], tuple[int | None, bool]]
     raw_partitions: int
     ids: list[tuple[str, list[Any]]] = field(default_factory=list)
-    effects: list[tuple[int, Event]] = field(default_factory=list)
+    # (sign, event, events offset, item index): what the batch added to or retracted from the
+    # buckets, with the coordinates of the input item that caused it
+    effects: list[tuple[int, Event, int, int]] = field(default_factory=list)
     keep_until: int = NO_TIME
 
 
@@ -152,7 +158,7 @@ def encode_aggregate_pack(pack: AggregatePack) -> bytes:
         [[t, p, newest, end] for (t, p), (newest, end) in pack.marks.items()],
         pack.raw_partitions,
         [[key, record] for key, record in pack.ids],
-        [[sign, event_fields(event)] for sign, event in pack.effects],
+        [[sign, event_fields(event), o, i] for sign, event, o, i in pack.effects],
         pack.keep_until,
     ])
 
@@ -167,6 +173,77 @@ def decode_aggregate_pack(data: bytes) -> AggregatePack:
         {(t, p): (newest, end) for t, p, newest, end in marks},
         raw_partitions,
         [(key, record) for key, record in ids],
-        [(sign, event_from_fields(fields)) for sign, fields in effects],
+        [(sign, event_from_fields(fields), o, i) for sign, fields, o, i in effects],
         keep_until,
     )
+
+
+# --- customers -------------------------------------------------------------------------------
+
+# One counted-order or response change of one customer, as the aggregate stage accepted it:
+# (events offset, item index, sign, event). The coordinates identify it whatever the batching,
+# so the customer stage recognises a fact re-sent after a crash.
+CustomerFact = tuple[int, int, int, Event]
+
+
+@dataclass(slots=True)
+class CustomerFacts:
+    """Aggregate -> customer stage (``kpistream-customers``), one record per customer
+    partition per applied batch of one aggregate partition."""
+
+    source: int
+    facts: list[CustomerFact] = field(default_factory=list)
+
+
+def encode_customer_facts(message: CustomerFacts) -> bytes:
+    return orjson.dumps([message.source, [[o, i, sign, event_fields(event)]
+                                          for o, i, sign, event in message.facts]])
+
+
+def decode_customer_facts(data: bytes) -> CustomerFacts:
+    source, facts = orjson.loads(data)
+    return CustomerFacts(source, [(o, i, sign, event_from_fields(fields))
+                                  for o, i, sign, fields in facts])
+
+
+# A profile's state: counted orders (order_id -> [ts, amount, channel, campaign, segment]) and
+# the latest response of each kind (kind -> [ts, response_id, score]).
+OrderEntry = list[Any]
+ResponseEntry = list[Any]
+
+
+@dataclass(slots=True)
+class CustomerRecord:
+    orders: dict[str, OrderEntry] = field(default_factory=dict)
+    responses: dict[str, ResponseEntry] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class CustomerPack:
+    """The customer stage's changelog record, one per applied batch: the new version of every
+    customer the batch changed (None: the profile was deleted) and the partition's header."""
+
+    seq: int
+    stream_time: int
+    high_water: dict[int, tuple[int, int]]
+    customers: list[tuple[str, CustomerRecord | None]] = field(default_factory=list)
+    # orders that became or stopped being a first order in this batch (order entries): the
+    # buckets whose counts a replay of the batch must send again
+    moves: list[OrderEntry] = field(default_factory=list)
+
+
+def encode_customer_pack(pack: CustomerPack) -> bytes:
+    return orjson.dumps([
+        pack.seq, pack.stream_time,
+        [[p, o, i] for p, (o, i) in pack.high_water.items()],
+        [[customer, None if record is None else [record.orders, record.responses]]
+         for customer, record in pack.customers],
+        pack.moves,
+    ])
+
+
+def decode_customer_pack(data: bytes) -> CustomerPack:
+    seq, stream_time, high_water, customers, moves = orjson.loads(data)
+    return CustomerPack(seq, stream_time, {p: (o, i) for p, o, i in high_water},
+                        [(customer, None if body is None else CustomerRecord(*body))
+                         for customer, body in customers], moves)

@@ -59,6 +59,14 @@ KPIS: tuple[Kpi, ...] = (
     Kpi("csat_transactional", "ratio",
         "share of post-purchase CSAT responses scoring 4-5, percent",
         "no post-purchase CSAT responses", gauge=True, column="csat tx"),
+    Kpi("new_customers", "count", "customers whose first counted order falls in the window "
+        "and in this row", gauge=True, column="new"),
+    Kpi("cac", "ratio", "customer acquisition cost: spend / new_customers",
+        "new_customers = 0", gauge=True, column="cac"),
+    Kpi("returning_orders", "count",
+        "counted orders in the window that are not their customer's first"),
+    Kpi("repeat_order_pct", "ratio", "100 * returning_orders / orders", "orders = 0",
+        gauge=True, column="repeat%"),
 )
 
 KPI_FIELDS: tuple[str, ...] = tuple(kpi.name for kpi in KPIS)

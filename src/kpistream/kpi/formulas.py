@@ -19,6 +19,7 @@ SUM_FIELDS: tuple[str, ...] = (
     "ces_responses", "ces_sum", "ces_easy",
     "csat_responses", "csat_satisfied",
     "csat_tx_responses", "csat_tx_satisfied",
+    "new_customers",  # first counted orders of customers, from the customer stage
 )
 INTEGER_SUMS = frozenset(SUM_FIELDS) - {"revenue", "spend", "ces_sum"}
 __all__ = ["KPI_FIELDS", "SUM_FIELDS", "WindowSums", "compute_kpis"]
@@ -50,6 +51,7 @@ class WindowSums:
     csat_satisfied: int = 0
     csat_tx_responses: int = 0
     csat_tx_satisfied: int = 0
+    new_customers: int = 0
 
     @classmethod
     def from_tuple(cls, values: tuple[float, ...] | list[float]) -> WindowSums:
@@ -111,5 +113,12 @@ def compute_kpis(sums: WindowSums, *, allocated_spend: float | None = None
         "spend": spend,
         "cpo": _ratio(spend, sums.orders),
         "roas": _ratio(revenue, spend),
+        "new_customers": sums.new_customers,
+        "cac": _ratio(spend, sums.new_customers),
+        # The first orders come from the customer stage, the orders from the aggregate: while
+        # one is ahead of the other the difference may dip below zero for a moment.
+        "returning_orders": max(0, sums.orders - sums.new_customers),
+        "repeat_order_pct": _ratio(100 * max(0, sums.orders - sums.new_customers),
+                                   sums.orders),
     }
     return {name: kpis[name] for name in KPI_FIELDS}

@@ -15,7 +15,15 @@ from typing import Any
 
 import faust
 
-from kpistream.contracts.wire import BucketValue, RollupMessage, decode_event_pack, encode_rollup
+from kpistream.contracts.records import Order, Survey
+from kpistream.contracts.wire import (
+    BucketValue,
+    CustomerFacts,
+    RollupMessage,
+    decode_event_pack,
+    encode_customer_facts,
+    encode_rollup,
+)
 from kpistream.ingest.dead_letter import DeadLetters
 from kpistream.ingest.packing import partition_for
 from kpistream.ingest.validate import ErrorCode
@@ -57,6 +65,18 @@ def rollup_messages(p: int, result: BatchResult, partitions: int,
     return messages
 
 
+def customer_facts(p: int, result: BatchResult, partitions: int) -> dict[int, CustomerFacts]:
+    """The batch's customer facts, one message per customers partition (by customer id)."""
+    messages: dict[int, CustomerFacts] = {}
+    for fact in result.facts:
+        event = fact[3]
+        customer = event.customer_id if isinstance(event, Order | Survey) else None
+        if customer is not None:
+            r = partition_for(customer, partitions)
+            messages.setdefault(r, CustomerFacts(p)).facts.append(fact)
+    return messages
+
+
 def register(app: faust.App, runtime: Runtime) -> PartitionAggregator:
     settings, topics, metrics, outbox = (runtime.settings, runtime.topics, runtime.metrics,
                                          runtime.outbox)
@@ -84,6 +104,8 @@ def register(app: faust.App, runtime: Runtime) -> PartitionAggregator:
                         dead_letters.send(error, detail, verdict.source, now)
                     elif verdict.outcome == "accepted":
                         metrics.event_delay.observe(max(0, now - verdict.event.ts) / 1000)
+                for r, facts in customer_facts(p, result, settings.partitions).items():
+                    outbox.send(settings.topic_customers, None, encode_customer_facts(facts), r)
                 sent = last_sent.setdefault(p, {})
                 for q, message in rollup_messages(p, result, settings.partitions,
                                                   sent).items():

@@ -29,6 +29,7 @@ from kpistream.sinks.prometheus import KpiCollector, PrometheusSink
 from kpistream.sinks.redis import RedisRowSink
 from kpistream.stages.edge import EdgeReader
 from kpistream.state.aggregate import PartitionAggregator
+from kpistream.state.customers import CustomerState
 from kpistream.state.rollup import RollupState
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,8 @@ SWEEP_EVERY_S = 5.0
 
 
 def register(app: faust.App, runtime: Runtime, state: RollupState,
-             aggregator: PartitionAggregator, edge: list[EdgeReader]) -> None:
+             aggregator: PartitionAggregator, customers: CustomerState,
+             edge: list[EdgeReader]) -> None:
     settings, tables, metrics, outbox = (runtime.settings, runtime.tables, runtime.metrics,
                                          runtime.outbox)
     publisher = RowPublisher(settings, state)
@@ -74,13 +76,19 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
     def state_sizes() -> dict[tuple[str, str], int]:
         sizes = dict.fromkeys((("aggregate", "ids"), ("aggregate", "buckets"),
                                ("aggregate", "packs"), ("rollup", "rows"),
-                               ("rollup", "values"), ("rollup", "messages")), 0)
+                               ("rollup", "values"), ("rollup", "messages"),
+                               ("customers", "customers"), ("customers", "packs")), 0)
         for p in assigned(settings.topic_events):
             held = aggregator.parts.get(p)
             if held is not None:
                 sizes["aggregate", "ids"] += len(held.ids)
                 sizes["aggregate", "buckets"] += len(held.buckets)
                 sizes["aggregate", "packs"] += len(held.packs)
+        for r in assigned(settings.topic_customers):
+            part = customers.parts.get(r)
+            if part is not None:
+                sizes["customers", "customers"] += len(part.customers)
+                sizes["customers", "packs"] += len(part.refs)
         for q in set(owned):
             sizes["rollup", "rows"] += len(state.cache.get(q, ()))
             log = state.logs.get(q)
@@ -97,7 +105,7 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
         out = []
         # Changelog partitions are assigned too, but only read during recovery and never
         # committed: their "lag" is not lag.
-        processed = {settings.topic_events, settings.topic_rollup}
+        processed = {settings.topic_events, settings.topic_rollup, settings.topic_customers}
         for tp in consumer.assignment():
             end = consumer.highwater(tp)
             if end is not None and tp.topic in processed:
@@ -142,6 +150,8 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
                     tables.rollup.delete(q, seq)
             for p in assigned(settings.topic_events):
                 aggregator.sweep(p, now)
+            for r in assigned(settings.topic_customers):
+                customers.sweep(r, now)
         for reader in edge:
             await reader.refresh_committed()  # only partitions it does not know yet
         changes = publisher.tick(set(owned), now)

@@ -17,8 +17,13 @@ Exactness without transactions:
 - a second event with the same id is a genuine duplicate (SPEC §1).
 
 Id records (``kind|id``): spend/survey ``[ts]``; order ``[placed_ts, amount, channel,
-campaign, segment, cancel_ts, matched]`` (``placed_ts`` None while only a cancellation is
-known).
+campaign, segment, cancel_ts, matched, customer_id]`` (``placed_ts`` None while only a
+cancellation is known).
+
+Every effect of a customer's order or response is also a **customer fact** for the customer
+stage, with the coordinates (events offset, item index) of the input item that caused it; a
+replayed batch re-sends the facts of its packs, which the customer stage recognises by those
+coordinates.
 """
 
 from __future__ import annotations
@@ -29,11 +34,12 @@ from dataclasses import dataclass, field
 from sys import intern
 from typing import Any, Literal
 
-from kpistream.contracts.records import Event, Order, Source
+from kpistream.contracts.records import Event, Order, Source, Survey
 from kpistream.contracts.wire import (
     ALL_READ,
     NO_TIME,
     AggregatePack,
+    CustomerFact,
     EventPack,
     decode_aggregate_pack,
     encode_aggregate_pack,
@@ -58,7 +64,8 @@ BucketKey = tuple[str, str, str, int]  # window, dimension, group, bucket
 __all__ = ["NO_TIME", "BatchResult", "BucketUpdate", "PartitionAggregator", "Verdict"]
 
 # order id-record fields
-_P_TS, _AMOUNT, _CH, _CA, _SE, _C_TS, _MATCHED = range(7)
+_P_TS, _AMOUNT, _CH, _CA, _SE, _C_TS, _MATCHED, _CUSTOMER = range(8)
+Effect = tuple[int, Event, int, int]  # sign, event, events offset, item index
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +92,15 @@ class BatchResult:
     stream_time: int = NO_TIME
     low_mark: int = NO_TIME
     applied: int | None = None
+    facts: list[CustomerFact] = field(default_factory=list)
+
+
+def customer_fact(effect: Effect) -> CustomerFact | None:
+    """The customer stage's view of an effect: orders and responses of a known customer."""
+    sign, event, offset, index = effect
+    if isinstance(event, Order | Survey) and event.customer_id is not None:
+        return (offset, index, sign, event)
+    return None
 
 
 @dataclass(slots=True)
@@ -136,7 +152,7 @@ class PartitionAggregator:
             pack = decode_aggregate_pack(data)
             for key, record in pack.ids:
                 state.ids[key] = record
-            for sign, event in pack.effects:
+            for sign, event, _, _ in pack.effects:
                 self._add(state, event, sign, None, NO_TIME)
             state.applied, state.stream_time = pack.offset, pack.stream_time
             state.high_water, state.counts = pack.high_water, pack.counts
@@ -184,7 +200,7 @@ class PartitionAggregator:
         touched: set[BucketKey] = set()
         replayed_from: int | None = None
         ids: dict[str, list[Any]] = {}
-        effects: list[tuple[int, Event]] = []
+        effects: list[Effect] = []
         floor = now_ms - self.idle_lag_ms if self.live else NO_TIME
         last = None
         for offset, pack in items:
@@ -202,7 +218,7 @@ class PartitionAggregator:
                     newest = held[0] if newest is None else max(newest, held[0])
                 state.marks[key] = (newest, mark.at_end)
             low = state.low_mark()
-            for source, body in pack.items:
+            for index, (source, body) in enumerate(pack.items):
                 coords = (source.topic, source.partition)
                 if source.offset <= state.high_water.get(coords, -1):
                     continue  # the edge delivered this record before: already applied
@@ -221,12 +237,13 @@ class PartitionAggregator:
                     state.stream_time = max(state.stream_time, body.ts)
                     t_now = max(state.stream_time, floor)
                     outcome = self._apply(state, body, t_now if low == ALL_READ
-                                          else min(t_now, low), touched, ids, effects)
+                                          else min(t_now, low), touched, ids, effects,
+                                          (offset, index))
                 self._count(state, source.topic, COUNTED_OUTCOME[outcome])
                 result.verdicts.append(Verdict(outcome, body, source))
         if last is not None:
             keep_until = NO_TIME
-            for _, event in effects:
+            for _, event, _, _ in effects:
                 keep_until = max(keep_until, event.ts)
             for record in ids.values():
                 keep_until = max(keep_until, _record_time(record))
@@ -237,8 +254,13 @@ class PartitionAggregator:
             self.log.put(p, last, encode_aggregate_pack(pack_out))
             state.packs[last] = keep_until
             state.applied = last
+        replayed: list[Effect] = []
         if replayed_from is not None:
-            touched.update(self._touched_by_packs_from(p, state, replayed_from))
+            touched.update(self._touched_by_packs_from(p, state, replayed_from, replayed))
+        for effect in [*replayed, *effects]:
+            fact = customer_fact(effect)
+            if fact is not None:
+                result.facts.append(fact)
         result.updates = self._updates(state, touched)
         result.stream_time = state.stream_time
         result.low_mark = state.low_mark()
@@ -250,10 +272,11 @@ class PartitionAggregator:
         key = (topic, outcome)
         state.counts[key] = state.counts.get(key, 0) + 1
 
-    def _touched_by_packs_from(self, p: int, state: PartitionState,
-                               first: int) -> set[BucketKey]:
-        """Buckets the packs of a replayed range touched: their roll-up messages may have been
-        lost with the crash, so their current values are sent again."""
+    def _touched_by_packs_from(self, p: int, state: PartitionState, first: int,
+                               effects: list[Effect]) -> set[BucketKey]:
+        """Buckets the packs of a replayed range touched, and (into ``effects``) their
+        effects: the roll-up messages and customer facts of the first run may have been lost
+        with the crash, so they are sent again."""
         touched: set[BucketKey] = set()
         for seq in sorted(state.packs):
             if seq < first:
@@ -261,7 +284,9 @@ class PartitionAggregator:
             data = self.log.get(p, seq)
             if data is None:
                 continue
-            for _, event in decode_aggregate_pack(data).effects:
+            pack_effects = decode_aggregate_pack(data).effects
+            effects.extend(pack_effects)
+            for _, event, _, _ in pack_effects:
                 for spec in self.windows:
                     bucket = bucket_start(event.ts, spec.step_ms)
                     for dimension, group in rows_of(event):
@@ -284,7 +309,8 @@ class PartitionAggregator:
         return dict(updates)
 
     def _apply(self, state: PartitionState, event: Event, t_eff: int, touched: set[BucketKey],
-               ids: dict[str, list[Any]], effects: list[tuple[int, Event]]) -> Outcome:
+               ids: dict[str, list[Any]], effects: list[Effect],
+               coords: tuple[int, int]) -> Outcome:
         key = f"{event.kind}|{event.id}"
         record = state.ids.get(key)
         if not isinstance(event, Order):
@@ -299,21 +325,22 @@ class PartitionAggregator:
             # Kept for the whole retention period, once per order: the few distinct group
             # names are interned rather than held once per record (~150 bytes an order).
             record = [event.ts, event.amount, intern(event.channel), intern(event.campaign_id),
-                      intern(event.segment), record[_C_TS] if record else None, 0]
+                      intern(event.segment), record[_C_TS] if record else None, 0,
+                      event.customer_id]
         else:
             if record is not None and record[_C_TS] is not None:
                 return "duplicate"
             if record is None or record[_P_TS] is None:
-                record = [None, None, None, None, None, event.ts, 0]
+                record = [None, None, None, None, None, event.ts, 0, None]
                 state.ids[key] = ids[key] = record
                 return "unknown_order"
-            record = [*record[:_C_TS], event.ts, 1]
-            event = Order(event.order_id, record[_P_TS], "placed", None, record[_AMOUNT],
-                          record[_CH], record[_CA], record[_SE])
+            record = [*record[:_C_TS], event.ts, 1, record[_CUSTOMER]]
+            event = Order(event.order_id, record[_P_TS], "placed", record[_CUSTOMER],
+                          record[_AMOUNT], record[_CH], record[_CA], record[_SE])
             sign = -1
         state.ids[key] = ids[key] = record
         if sign:
-            effects.append((sign, event))
+            effects.append((sign, event, *coords))
             self._add(state, event, sign, touched, t_eff)
         return "accepted"
 

@@ -9,6 +9,9 @@ it is not the newest message of its source (which carries that source's marks). 
 are written only after the records superseding them were acknowledged
 (:meth:`RollupState.take_dead` after a flush), so a crash never loses a current value.
 
+Sources are the aggregate partitions (``0 .. partitions-1``) and the customer partitions
+(``partitions + r``), which send the first-order counts of ``new_customers`` and no time.
+
 Stream time of a roll-up partition is the largest event time any source partition reported
 (in live mode never less than wall clock minus idle_lag). The low watermark (SPEC §3) is the
 smallest low mark of the source partitions, each of which is the newest event time of the
@@ -108,10 +111,12 @@ class RollupState:
     def complete_time(self, q: int, now_ms: int) -> int:
         """Low watermark: periods before it are complete (SPEC §3). Until every source
         partition has reported, the slowest raw partition is unknown: NO_TIME."""
-        marks = self.logs[q].marks if q in self.logs else {}
+        held = self.logs[q].marks if q in self.logs else {}
+        # Customer partitions (sources >= partitions) send first-order counts, no marks.
+        marks = [m for source, m in held.items() if source < self.partitions]
         if len(marks) < self.partitions:
             return NO_TIME
-        low = min(m.low_mark for m in marks.values())
+        low = min(m.low_mark for m in marks)
         if low == NO_TIME:
             return NO_TIME
         if low == ALL_READ:  # nothing left to read anywhere

@@ -113,6 +113,7 @@ class TablePackLog:
 class Tables:
     aggregate: TablePackLog
     rollup: TablePackLog
+    customers: TablePackLog
     alerts: TableStore
     aggregate_table: TableT[Any, Any]
     rollup_table: TableT[Any, Any]
@@ -133,9 +134,12 @@ class Tables:
                           "raw")
         rollup = table("rollup-messages", "current roll-up messages of each row partition",
                        "raw")
+        customers = table("customer-packs", "current customer versions of each customers "
+                          "partition", "raw")
         return cls(
             aggregate=TablePackLog(aggregate, outbox),
             rollup=TablePackLog(rollup, outbox),
+            customers=TablePackLog(customers, outbox),
             alerts=TableStore(table("alerts", "CPO spike detector state per row", "json"),
                               outbox),
             aggregate_table=aggregate,

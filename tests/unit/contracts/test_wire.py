@@ -9,13 +9,20 @@ from kpistream.contracts.records import Order, Source, Spend, Survey
 from kpistream.contracts.wire import (
     AggregatePack,
     BucketValue,
+    CustomerFacts,
+    CustomerPack,
+    CustomerRecord,
     EventPack,
     RawMark,
     RollupMessage,
     decode_aggregate_pack,
+    decode_customer_facts,
+    decode_customer_pack,
     decode_event_pack,
     decode_rollup,
     encode_aggregate_pack,
+    encode_customer_facts,
+    encode_customer_pack,
     encode_event_pack,
     encode_rollup,
 )
@@ -32,7 +39,7 @@ events = orders | spends | surveys
 sources = st.builds(Source, text, st.integers(0, 1000), st.integers(0, 2**40),
                     st.none() | text, st.none() | text, st.none() | text)
 marks = st.builds(RawMark, text, st.integers(0, 100), st.none() | times, st.booleans())
-sums = st.tuples(*[st.floats(allow_nan=False, allow_infinity=False)] * 13)
+sums = st.tuples(*[st.floats(allow_nan=False, allow_infinity=False)] * 16)
 
 
 @given(st.integers(0, 1000), st.lists(marks, max_size=4),
@@ -58,9 +65,36 @@ def test_rollup_message_round_trip(source: int, stamp: int, event_time: int, low
        st.dictionaries(st.tuples(text, st.integers(0, 99)),
                        st.tuples(st.none() | times, st.booleans()), max_size=4),
        st.lists(st.tuples(text, st.lists(st.none() | times | text, max_size=7)), max_size=4),
-       st.lists(st.tuples(st.sampled_from([1, -1]), events), max_size=5), times)
+       st.lists(st.tuples(st.sampled_from([1, -1]), events, st.integers(0, 2**40),
+                          st.integers(0, 10_000)), max_size=5), times)
 def test_aggregate_pack_round_trip(offset, stream_time, high_water, counts, pack_marks, ids,
                                    effects, keep_until) -> None:
     pack = AggregatePack(offset, stream_time, high_water, counts, pack_marks, 18, ids,
                          effects, keep_until)
     assert decode_aggregate_pack(encode_aggregate_pack(pack)) == pack
+
+
+@given(st.integers(0, 100),
+       st.lists(st.tuples(st.integers(0, 2**40), st.integers(0, 10_000),
+                          st.sampled_from([1, -1]), orders | surveys), max_size=6))
+def test_customer_facts_round_trip(source: int, facts: list) -> None:
+    message = CustomerFacts(source, facts)
+    assert decode_customer_facts(encode_customer_facts(message)) == message
+
+
+records = st.builds(
+    CustomerRecord,
+    st.dictionaries(text, st.tuples(times, amounts, text, text, text).map(list), max_size=3),
+    st.dictionaries(st.sampled_from(["nps", "ces", "csat"]),
+                    st.tuples(times, text, st.integers(0, 10)).map(list), max_size=3))
+
+
+@given(times, times,
+       st.dictionaries(st.integers(0, 99), st.tuples(st.integers(0, 2**40),
+                                                     st.integers(0, 10_000)), max_size=4),
+       st.lists(st.tuples(text, st.none() | records), max_size=4),
+       st.lists(st.tuples(times, amounts, text, text, text).map(list), max_size=3))
+def test_customer_pack_round_trip(seq: int, stream_time: int, high_water: dict,
+                                  customers: list, moves: list) -> None:
+    pack = CustomerPack(seq, stream_time, high_water, customers, moves)
+    assert decode_customer_pack(encode_customer_pack(pack)) == pack

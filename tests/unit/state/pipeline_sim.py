@@ -1,5 +1,5 @@
 """The engine's pure stages wired together without Kafka: the edge packing raw records, the
-aggregate and roll-up stages on their internal topics, with batches, re-deliveries and
+aggregate, customer and roll-up stages on their internal topics, with batches, re-deliveries and
 crashes that lose part of the changelog and of the messages in flight, under the test's
 control."""
 
@@ -12,15 +12,19 @@ from kpistream.contracts.records import Event, Source, event_key
 from kpistream.contracts.wire import (
     EventPack,
     RawMark,
+    decode_customer_facts,
     decode_event_pack,
+    encode_customer_facts,
     encode_event_pack,
     encode_rollup,
 )
 from kpistream.ingest.packing import partition_for
 from kpistream.kpi.rows import RowPublisher
 from kpistream.settings import Settings
-from kpistream.stages.aggregate import rollup_messages
+from kpistream.stages.aggregate import customer_facts, rollup_messages
+from kpistream.stages.customers import customer_rollup_messages
 from kpistream.state.aggregate import PartitionAggregator
+from kpistream.state.customers import CustomerState
 from kpistream.state.rollup import RollupState
 from kpistream.state.store import DictPackLog
 
@@ -34,6 +38,7 @@ class Sim:
     now_ms: int = 0
     aggregate_log: DictPackLog = field(default_factory=DictPackLog)
     rollup_log: DictPackLog = field(default_factory=DictPackLog)
+    customer_log: DictPackLog = field(default_factory=DictPackLog)
 
     def __post_init__(self) -> None:
         self.raw: list[Event] = []
@@ -43,6 +48,9 @@ class Sim:
         self.events_done = [0] * self.partitions
         self.rollup_topic: list[list[bytes]] = [[] for _ in range(self.partitions)]
         self.rollup_done = [0] * self.partitions
+        self.customers_topic: list[list[bytes]] = [[] for _ in range(self.partitions)]
+        self.customers_done = [0] * self.partitions
+        self.customers = CustomerState(self.settings, self.customer_log)
         self.aggregator = PartitionAggregator(self.settings, self.aggregate_log)
         self.state = RollupState(self.settings, self.rollup_log)
         self.publisher = RowPublisher(self.settings, self.state)
@@ -74,7 +82,7 @@ class Sim:
             self.edge_committed = end
 
     # -- aggregate -----------------------------------------------------------------------
-    def _aggregate(self, p: int, n: int) -> tuple[list[tuple[int, bytes]], int,
+    def _aggregate(self, p: int, n: int) -> tuple[list[tuple[str, int, bytes]], int,
                                                    list[tuple[str, Event]]]:
         start = self.events_done[p]
         raw = list(enumerate(self.events_topic[p][start:start + n], start=start))
@@ -82,14 +90,20 @@ class Sim:
         result = self.aggregator.process(p, items, self.now_ms)
         verdicts = [(v.outcome, v.event) for v in result.verdicts]
         messages = rollup_messages(p, result, self.partitions, self.last_sent.setdefault(p, {}))
-        return ([(q, encode_rollup(m)) for q, m in messages.items()], start + len(items),
-                verdicts)
+        facts = customer_facts(p, result, self.partitions)
+        return ([("rollup", q, encode_rollup(m)) for q, m in messages.items()]
+                + [("customers", r, encode_customer_facts(m)) for r, m in facts.items()],
+                start + len(items), verdicts)
+
+    def _deliver(self, sent: list[tuple[str, int, bytes]]) -> None:
+        for topic, partition, data in sent:
+            target = self.rollup_topic if topic == "rollup" else self.customers_topic
+            target[partition].append(data)
 
     def aggregate_step(self, p: int, n: int) -> None:
         sent, done, verdicts = self._aggregate(p, n)
         self.verdicts.extend(verdicts)
-        for q, data in sent:
-            self.rollup_topic[q].append(data)
+        self._deliver(sent)
         self.events_done[p] = done
 
     def aggregate_crash(self, p: int, n: int, rng: random.Random) -> None:
@@ -100,12 +114,33 @@ class Sim:
         _lose(self.aggregate_log, before, rng)
         if (p, done - 1) in self.aggregate_log.data:
             self.verdicts.extend(verdicts)  # its pack survived: the retry applies nothing
-        for q, data in sent:
-            if rng.random() < 0.5:
-                self.rollup_topic[q].append(data)
+        self._deliver([message for message in sent if rng.random() < 0.5])
         self.aggregator.drop({p})
         self.last_sent.pop(p, None)
         self.aggregate_step(p, n)
+
+    # -- customers -----------------------------------------------------------------------
+    def _customers(self, r: int, n: int) -> tuple[list[tuple[str, int, bytes]], int]:
+        start = self.customers_done[r]
+        raw = list(enumerate(self.customers_topic[r][start:start + n], start=start))
+        items = [(offset, decode_customer_facts(value)) for offset, value in raw]
+        result = self.customers.process(r, items, self.now_ms)
+        messages = customer_rollup_messages(r, result, self.partitions)
+        return [("rollup", q, encode_rollup(m)) for q, m in messages.items()], start + len(items)
+
+    def customers_step(self, r: int, n: int, *, crash: bool = False,
+                       rng: random.Random | None = None) -> None:
+        before = dict(self.customer_log.data)
+        sent, done = self._customers(r, n)
+        if crash and rng is not None:  # lose part of it, restart from the last commit
+            _lose(self.customer_log, before, rng)
+            self._deliver([message for message in sent if rng.random() < 0.5])
+            self.customers.drop([r])
+            return
+        self._deliver(sent)
+        for seq in self.customers.take_dead(r):
+            self.customer_log.delete(r, seq)
+        self.customers_done[r] = done
 
     # -- roll-up -------------------------------------------------------------------------
     def rollup_step(self, q: int, n: int, *, crash: bool = False,
@@ -134,6 +169,8 @@ class Sim:
                  if self.events_done[p] < len(self.events_topic[p])]
         work += [("rollup", q) for q in range(self.partitions)
                  if self.rollup_done[q] < len(self.rollup_topic[q])]
+        work += [("customers", r) for r in range(self.partitions)
+                 if self.customers_done[r] < len(self.customers_topic[r])]
         return work
 
     def run_all(self, rng: random.Random, crash_rate: float = 0.0) -> None:
@@ -148,6 +185,8 @@ class Sim:
                     self.aggregate_crash(p, n, rng)
                 else:
                     self.aggregate_step(p, n)
+            elif stage == "customers":
+                self.customers_step(p, n, crash=crash, rng=rng)
             else:
                 self.rollup_step(p, n, crash=crash, rng=rng)
 

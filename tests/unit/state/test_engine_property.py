@@ -22,6 +22,7 @@ SETTINGS = Settings(windows=("5m/10s", "1h/1m", "2h/15m"), clock="event", grace=
 channels = st.sampled_from(["search", "social", "email"])
 campaigns = st.sampled_from(["c1", "c2", "c3", "unattributed"])
 segments = st.sampled_from(["new", "vip", "unknown"])
+customers = st.sampled_from(["cu1", "cu2", "cu3", "cu4"])
 amounts = st.floats(min_value=0, max_value=500, allow_nan=False).map(lambda a: round(a, 2))
 
 
@@ -32,7 +33,7 @@ def times(spread_min: int) -> st.SearchStrategy[int]:
 def events(spread_min: int) -> st.SearchStrategy[Event]:
     ts = times(spread_min)
     order_ids = st.sampled_from([f"o{i}" for i in range(25)])
-    placed = st.builds(Order, order_ids, ts, st.just("placed"), st.just("cu"), amounts,
+    placed = st.builds(Order, order_ids, ts, st.just("placed"), customers, amounts,
                        channels, campaigns, segments)
     cancelled = st.builds(Order, order_ids, ts, st.just("cancelled"), st.none(), st.none(),
                           st.just("unknown"), st.just("unattributed"), st.just("unknown"))
@@ -40,7 +41,8 @@ def events(spread_min: int) -> st.SearchStrategy[Event]:
                       channels, amounts)
     survey = st.sampled_from(["nps", "ces", "csat"]).flatmap(lambda kind: st.builds(
         Survey, st.sampled_from([f"r{i}" for i in range(20)]), ts, st.just(kind),
-        st.integers(*{"nps": (0, 10), "ces": (1, 7), "csat": (1, 5)}[kind]), st.none(),
+        st.integers(*{"nps": (0, 10), "ces": (1, 7), "csat": (1, 5)}[kind]),
+        st.none() | customers,
         channels, campaigns, segments, st.one_of(st.none(), st.sampled_from(["o1", "o2"]))))
     return st.one_of(placed, placed, cancelled, spend, survey)
 

@@ -1,0 +1,76 @@
+"""Stage 2b on faust: the customer agent on the customers topic, keyed by customer.
+
+Applies each batch of customer facts through the pure
+:class:`~kpistream.state.customers.CustomerState` (one changelog record per batch), sends each
+roll-up partition the absolute first-order counts that changed (as source ``partitions + r``)
+and, once everything is acknowledged, tombstones the changelog records no longer current.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Any
+
+import faust
+
+from kpistream.contracts.wire import (
+    ALL_READ,
+    NO_TIME,
+    BucketValue,
+    RollupMessage,
+    decode_customer_facts,
+    encode_rollup,
+)
+from kpistream.observability.logs import RateLimitedLog
+from kpistream.runtime import Runtime
+from kpistream.stages.aggregate import row_partition
+from kpistream.stages.offsets import GapGuard
+from kpistream.state.customers import CustomerResult, CustomerState
+
+logger = logging.getLogger(__name__)
+
+
+def customer_rollup_messages(r: int, result: CustomerResult,
+                             partitions: int) -> dict[int, RollupMessage]:
+    """One message per roll-up partition whose rows' first-order counts changed."""
+    stamp = result.applied if result.applied is not None else -1
+    messages: dict[int, RollupMessage] = {}
+    for row, updates in result.updates.items():
+        q = row_partition(row, partitions)
+        message = messages.setdefault(q, RollupMessage(partitions + r, stamp, NO_TIME,
+                                                       ALL_READ))
+        message.values.extend(BucketValue(u.window, row[0], row[1], u.bucket, u.sums)
+                              for u in updates)
+    return messages
+
+
+def register(app: faust.App, runtime: Runtime) -> CustomerState:
+    settings, outbox = runtime.settings, runtime.outbox
+    state = CustomerState(settings, runtime.tables.customers)
+    log = RateLimitedLog(logger, settings.log_interval_s)
+    guard = GapGuard(app, settings.topic_customers, log)
+
+    @app.agent(runtime.topics.customers, name="kpistream.customers")
+    async def customers(stream: Any) -> None:
+        async for batch in stream.take_events(settings.stage_batch_size * settings.partitions,
+                                              settings.batch_within_s):
+            now = runtime.now_ms()
+            parts = await guard.split(batch, partial(state.expected, now_ms=now))
+            for r, raw in parts.items():
+                items = [(offset, decode_customer_facts(value)) for offset, value in raw]
+                result = state.process(r, items, now)
+                for q, message in customer_rollup_messages(r, result,
+                                                           settings.partitions).items():
+                    outbox.send(settings.topic_rollup, None, encode_rollup(message), q)
+            await outbox.flush()
+            for r in parts:
+                for seq in state.take_dead(r):
+                    runtime.tables.customers.delete(r, seq)
+            await guard.seek_back()
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def on_revoked(sender: faust.App, revoked: set[Any], **_: Any) -> None:
+        state.drop({tp.partition for tp in revoked if tp.topic == settings.topic_customers})
+
+    return state

@@ -1,0 +1,327 @@
+"""Stage 2b, pure: customers (SPEC §8) and the first-order counts of the rows (SPEC §4).
+
+Runs per partition of the internal customers topic (facts are routed there by customer id,
+so all of a customer's orders and responses meet in one partition). A customer holds its
+counted orders and its latest response of each kind; its **first counted order** is the
+earliest by ``(ts, order_id)``. When an earlier order arrives late or the first one is
+cancelled, the first order moves: the partition takes 1 from the first-order count of the old
+order's buckets (in every row the old order counted in) and adds 1 to the new one's. Those
+counts are ``new_customers``; ``returning_orders`` is a row's orders minus them.
+
+Exactness without transactions, as in the aggregate stage:
+- a fact is identified by its input item's coordinates (events offset, item index) per
+  aggregate partition; a fact at or below the high-water mark of its source was applied
+  before (a replay after a crash) and is skipped;
+- state is event-sourced: each applied batch writes ONE changelog record holding the new
+  version of every customer it changed and the partition's header; on load the newest version
+  of each customer wins, and the first-order counts are derived from the profiles. A record is
+  tombstoned once it holds no current version and is not the newest (the header).
+- a replayed batch re-sends the counts of the buckets its records moved (each record lists
+  the orders that became or stopped being a first order), zeros included. A record already
+  tombstoned needs none: it is tombstoned only after a later batch was acknowledged, and its
+  own roll-up messages went out before that.
+- the counts go to the roll-up as absolute bucket values stamped with the applied offset,
+  under their own source number (``partitions + r``), like an aggregate partition's.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from kpistream.contracts.records import Order, Survey
+from kpistream.contracts.wire import (
+    NO_TIME,
+    CustomerFacts,
+    CustomerPack,
+    CustomerRecord,
+    OrderEntry,
+    decode_customer_pack,
+    encode_customer_pack,
+)
+from kpistream.kpi.formulas import SUM_FIELDS
+from kpistream.settings import Settings
+from kpistream.state.buckets import DIMENSIONS, RowId, Sums, bucket_expired
+from kpistream.state.store import PackLog
+
+BucketKey = tuple[str, str, str, int]  # window, dimension, group, bucket
+_NEW = SUM_FIELDS.index("new_customers")
+# order entry fields
+_TS, _AMOUNT, _CH, _CA, _SE = range(5)
+
+
+def first_order(record: CustomerRecord) -> tuple[str, OrderEntry] | None:
+    """The customer's first counted order: earliest ``ts``, ties the smallest order_id."""
+    if not record.orders:
+        return None
+    order_id = min(record.orders, key=lambda o: (record.orders[o][_TS], o))
+    return order_id, record.orders[order_id]
+
+
+def order_rows(entry: OrderEntry) -> list[RowId]:
+    """The published rows an order counts in (SPEC §4)."""
+    return [("all", "all"), ("channel", entry[_CH]), ("campaign", entry[_CA]),
+            ("segment", entry[_SE])]
+
+
+assert len(order_rows([0, 0.0, "c", "k", "s"])) == len(DIMENSIONS)
+
+
+def last_activity(record: CustomerRecord) -> int:
+    times = [entry[_TS] for entry in record.orders.values()]
+    times += [entry[0] for entry in record.responses.values()]
+    return max(times, default=NO_TIME)
+
+
+@dataclass(slots=True)
+class CustomerUpdate:
+    """Absolute first-order count of one bucket, as the roll-up receives it."""
+
+    window: str
+    bucket: int
+    sums: Sums
+
+
+@dataclass(slots=True)
+class CustomerResult:
+    updates: dict[RowId, list[CustomerUpdate]] = field(default_factory=dict)
+    applied: int | None = None
+
+
+@dataclass(slots=True)
+class CustomerPartition:
+    applied: int | None = None
+    stream_time: int = NO_TIME
+    high_water: dict[int, tuple[int, int]] = field(default_factory=dict)
+    customers: dict[str, CustomerRecord] = field(default_factory=dict)
+    first_counts: dict[BucketKey, int] = field(default_factory=dict)
+    holders: dict[str, int] = field(default_factory=dict)  # customer -> seq of its version
+    refs: dict[int, int] = field(default_factory=dict)  # seq -> versions it holds
+    dead: set[int] = field(default_factory=set)
+    changed: set[str] = field(default_factory=set)  # since the last publication
+    expired: set[str] = field(default_factory=set)  # deleted, not yet in the changelog
+
+
+class CustomerState:
+    """Applies batches of customer facts of each customers partition."""
+
+    def __init__(self, settings: Settings, log: PackLog) -> None:
+        self.windows = settings.window_specs
+        self.grace_ms = settings.grace_ms
+        self.live = settings.clock == "live"
+        self.idle_lag_ms = settings.idle_lag_ms
+        self.retention_ms = settings.customer_retention_ms
+        self.partitions = settings.partitions
+        self.log = log
+        self.parts: dict[int, CustomerPartition] = {}
+
+    # -- ownership ---------------------------------------------------------------------
+    def load(self, r: int, now_ms: int) -> CustomerPartition:
+        """Rebuild partition r from its changelog (after an assignment)."""
+        state = CustomerPartition()
+        for seq, data in self.log.load(r):
+            pack = decode_customer_pack(data)
+            state.refs.setdefault(seq, 0)
+            for customer, record in pack.customers:
+                self._hold(state, customer, seq)
+                if record is None:
+                    state.customers.pop(customer, None)
+                else:
+                    state.customers[customer] = record
+            state.applied, state.stream_time = pack.seq, pack.stream_time
+            state.high_water = pack.high_water
+        t = self.time(state, now_ms)
+        for record in state.customers.values():
+            first = first_order(record)
+            if first is not None:
+                self._count(state, first[1], 1, t, None)
+        state.changed = set(state.customers)
+        self.parts[r] = state
+        return state
+
+    def drop(self, partitions: Iterable[int]) -> None:
+        for r in partitions:
+            self.parts.pop(r, None)
+
+    def state(self, r: int, now_ms: int) -> CustomerPartition:
+        held = self.parts.get(r)
+        return held if held is not None else self.load(r, now_ms)
+
+    def expected(self, r: int, now_ms: int) -> int | None:
+        applied = self.state(r, now_ms).applied
+        return None if applied is None else applied + 1
+
+    def time(self, state: CustomerPartition, now_ms: int) -> int:
+        """T for bucket expiry: the newest fact's time, in live mode never less than wall
+        clock minus idle_lag."""
+        t = state.stream_time
+        return max(t, now_ms - self.idle_lag_ms) if self.live else t
+
+    # -- processing --------------------------------------------------------------------
+    def process(self, r: int, items: Sequence[tuple[int, CustomerFacts]],
+                now_ms: int) -> CustomerResult:
+        """Apply ``(offset, facts)`` items of partition r in offset order; one changelog
+        record for the batch."""
+        state = self.state(r, now_ms)
+        result = CustomerResult()
+        touched: set[BucketKey] = set()
+        changed: set[str] = set()
+        moves: list[OrderEntry] = []
+        replayed_from: int | None = None
+        last = None
+        changed |= state.expired
+        for offset, message in items:
+            if state.applied is not None and offset <= state.applied:
+                replayed_from = offset if replayed_from is None else min(replayed_from, offset)
+                continue
+            last = offset
+            held = state.high_water.get(message.source, (-1, -1))
+            for o, i, sign, event in message.facts:
+                if (o, i) <= held:
+                    continue  # applied before this partition's last crash or rebalance
+                held = (o, i)
+                customer = event.customer_id if isinstance(event, Order | Survey) else None
+                if customer is None:
+                    continue
+                state.stream_time = max(state.stream_time, event.ts)
+                record = state.customers.get(customer)
+                before = None if record is None else first_order(record)
+                if record is None:
+                    record = state.customers[customer] = CustomerRecord()
+                if isinstance(event, Order):
+                    if sign > 0:
+                        record.orders[event.order_id] = [event.ts, event.amount, event.channel,
+                                                         event.campaign_id, event.segment]
+                    else:
+                        record.orders.pop(event.order_id, None)
+                elif isinstance(event, Survey):
+                    latest = record.responses.get(event.survey_kind)
+                    if latest is None or (event.ts, event.response_id) > (latest[0],
+                                                                           latest[1]):
+                        record.responses[event.survey_kind] = [event.ts, event.response_id,
+                                                               event.score]
+                after = first_order(record)
+                if before != after:
+                    t = self.time(state, now_ms)
+                    if before is not None:
+                        self._count(state, before[1], -1, t, touched)
+                        moves.append(before[1])
+                    if after is not None:
+                        self._count(state, after[1], 1, t, touched)
+                        moves.append(after[1])
+                if not record.orders and not record.responses:
+                    del state.customers[customer]
+                changed.add(customer)
+            state.high_water[message.source] = held
+        if last is not None:
+            pack = CustomerPack(last, state.stream_time, dict(state.high_water),
+                                [(c, state.customers.get(c)) for c in sorted(changed)], moves)
+            self.log.put(r, last, encode_customer_pack(pack))
+            state.refs.setdefault(last, 0)
+            for customer in changed:
+                self._hold(state, customer, last)
+            if state.applied is not None and state.refs.get(state.applied, 0) <= 0:
+                state.dead.add(state.applied)  # it held the header, now superseded
+            state.applied = last
+            state.changed |= changed
+            state.expired.clear()
+        if replayed_from is not None:  # the first run's roll-up messages may be lost
+            touched |= self._moved_since(r, state, replayed_from)
+        result.updates = self._updates(state, touched)
+        result.applied = state.applied
+        return result
+
+    def _moved_since(self, r: int, state: CustomerPartition, first: int) -> set[BucketKey]:
+        keys: set[BucketKey] = set()
+        for seq in sorted(state.refs):
+            if seq < first:
+                continue
+            data = self.log.get(r, seq)
+            if data is not None:
+                for entry in decode_customer_pack(data).moves:
+                    keys |= self._keys(entry)
+        return keys
+
+    def _keys(self, entry: OrderEntry) -> set[BucketKey]:
+        ts = int(entry[_TS])
+        return {(spec.name, dimension, group, ts - ts % spec.step_ms)
+                for spec in self.windows for dimension, group in order_rows(entry)}
+
+    def _hold(self, state: CustomerPartition, customer: str, seq: int) -> None:
+        previous = state.holders.get(customer)
+        if previous == seq:
+            return
+        if previous is not None:
+            state.refs[previous] -= 1
+            if state.refs[previous] <= 0:
+                state.dead.add(previous)
+        state.holders[customer] = seq
+        state.refs[seq] = state.refs.get(seq, 0) + 1
+
+    def _count(self, state: CustomerPartition, entry: OrderEntry, sign: int, t: int,
+               touched: set[BucketKey] | None) -> None:
+        ts = int(entry[_TS])
+        for spec in self.windows:
+            bucket = ts - ts % spec.step_ms
+            if t != NO_TIME and bucket_expired(bucket, spec, t, self.grace_ms):
+                continue
+            for dimension, group in order_rows(entry):
+                key = (spec.name, dimension, group, bucket)
+                value = state.first_counts.get(key, 0) + sign
+                if value:
+                    state.first_counts[key] = value
+                else:
+                    state.first_counts.pop(key, None)
+                if touched is not None:
+                    touched.add(key)
+
+    @staticmethod
+    def _updates(state: CustomerPartition,
+                 touched: set[BucketKey]) -> dict[RowId, list[CustomerUpdate]]:
+        updates: dict[RowId, list[CustomerUpdate]] = defaultdict(list)
+        for key in sorted(touched):
+            window, dimension, group, bucket = key
+            sums = [0] * len(SUM_FIELDS)
+            sums[_NEW] = state.first_counts.get(key, 0)
+            updates[(dimension, group)].append(CustomerUpdate(window, bucket, tuple(sums)))
+        return dict(updates)
+
+    def take_dead(self, r: int) -> list[int]:
+        """Changelog records no longer needed; call after the records superseding them were
+        acknowledged, then tombstone them (oldest first)."""
+        state = self.parts.get(r)
+        if state is None:
+            return []
+        dead = sorted(s for s in state.dead
+                      if state.refs.get(s, 0) <= 0 and s != state.applied)
+        state.dead.clear()
+        for seq in dead:
+            state.refs.pop(seq, None)
+        return dead
+
+    # -- expiry ------------------------------------------------------------------------
+    def sweep(self, r: int, now_ms: int) -> int:
+        """Forget first-order counts of buckets no window can reach, and customers inactive
+        for longer than the customer retention (their deletion goes into the next batch's
+        changelog record; until then a restart brings them back and they expire again).
+        Returns how many entries went."""
+        state = self.parts.get(r)
+        if state is None:
+            return 0
+        t = self.time(state, now_ms)
+        if t == NO_TIME:
+            return 0
+        specs = {spec.name: spec for spec in self.windows}
+        old_buckets = [k for k in state.first_counts
+                       if bucket_expired(k[3], specs[k[0]], t, self.grace_ms)]
+        for key in old_buckets:
+            del state.first_counts[key]
+        horizon = state.stream_time - self.retention_ms
+        gone = [customer for customer, record in state.customers.items()
+                if last_activity(record) < horizon]
+        for customer in gone:
+            del state.customers[customer]
+        state.expired.update(gone)
+        state.changed.update(gone)
+        return len(old_buckets) + len(gone)

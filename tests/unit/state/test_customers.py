@@ -1,0 +1,95 @@
+"""The customer stage's first-order counts on the cases SPEC §8 names: an earlier order that
+arrives later, the first order cancelled, a replay after a crash, a restart."""
+
+from __future__ import annotations
+
+from kpistream.contracts.records import Order, Survey
+from kpistream.contracts.wire import CustomerFacts
+from kpistream.kpi.formulas import SUM_FIELDS
+from kpistream.settings import Settings
+from kpistream.state.customers import CustomerState, first_order
+from kpistream.state.store import DictPackLog
+
+SETTINGS = Settings(windows=("1h/1m",), clock="event")
+MIN = 60_000
+NEW = SUM_FIELDS.index("new_customers")
+
+
+def order(order_id: str, ts: int, customer: str = "c1", segment: str = "vip") -> Order:
+    return Order(order_id, ts, "placed", customer, 10.0, "search", "cmp", segment)
+
+
+def counts(state: CustomerState, r: int = 0) -> dict[tuple[str, str, int], int]:
+    """(dimension, group, bucket) -> first orders, for the 1h window."""
+    return {(d, g, b): n for (w, d, g, b), n in state.parts[r].first_counts.items()}
+
+
+def sent(result: object) -> dict[tuple[str, str, int], int]:
+    return {(row[0], row[1], u.bucket): int(u.sums[NEW])
+            for row, updates in result.updates.items() for u in updates}  # type: ignore[attr-defined]
+
+
+def test_an_earlier_order_arriving_later_becomes_the_first() -> None:
+    state = CustomerState(SETTINGS, DictPackLog())
+    state.process(0, [(0, CustomerFacts(0, [(10, 0, 1, order("o2", 5 * MIN))]))], 0)
+    assert counts(state)[("all", "all", 5 * MIN)] == 1
+    result = state.process(0, [(1, CustomerFacts(0, [(11, 0, 1, order("o1", 2 * MIN))]))], 0)
+    assert counts(state) == {(d, g, 2 * MIN): 1 for d, g in
+                             (("all", "all"), ("channel", "search"), ("campaign", "cmp"),
+                              ("segment", "vip"))}
+    assert sent(result)[("all", "all", 5 * MIN)] == 0  # the old first order's bucket: zero
+    assert sent(result)[("all", "all", 2 * MIN)] == 1
+
+
+def test_cancelling_the_first_order_moves_it_to_the_next() -> None:
+    state = CustomerState(SETTINGS, DictPackLog())
+    state.process(0, [(0, CustomerFacts(0, [(1, 0, 1, order("o1", MIN)),
+                                            (1, 1, 1, order("o2", 3 * MIN, segment="new"))]))],
+                  0)
+    state.process(0, [(1, CustomerFacts(0, [(2, 0, -1, order("o1", MIN))]))], 0)
+    assert counts(state) == {(d, g, 3 * MIN): 1 for d, g in
+                             (("all", "all"), ("channel", "search"), ("campaign", "cmp"),
+                              ("segment", "new"))}
+    first = first_order(state.parts[0].customers["c1"])
+    assert first is not None and first[0] == "o2"
+
+
+def test_ties_go_to_the_smallest_order_id_and_responses_keep_the_latest() -> None:
+    state = CustomerState(SETTINGS, DictPackLog())
+    survey = Survey("r1", 4 * MIN, "nps", 9, "c1", "search", "cmp", "vip", None)
+    older = Survey("r0", 2 * MIN, "nps", 3, "c1", "search", "cmp", "vip", None)
+    state.process(0, [(0, CustomerFacts(0, [(1, 0, 1, order("ob", MIN)),
+                                            (1, 1, 1, order("oa", MIN)),
+                                            (1, 2, 1, survey), (1, 3, 1, older)]))], 0)
+    record = state.parts[0].customers["c1"]
+    assert first_order(record) == ("oa", record.orders["oa"])
+    assert record.responses["nps"] == [4 * MIN, "r1", 9]
+
+
+def test_a_fact_sent_again_is_applied_once_and_a_restart_restores_the_counts() -> None:
+    log = DictPackLog()
+    state = CustomerState(SETTINGS, log)
+    facts = CustomerFacts(3, [(7, 0, 1, order("o1", MIN)), (7, 1, 1, order("o9", MIN, "c2"))])
+    state.process(0, [(0, facts)], 0)
+    state.process(0, [(1, facts)], 0)  # the aggregate re-sent its batch after a crash
+    assert counts(state)[("all", "all", MIN)] == 2
+    state.drop([0])
+    restarted = CustomerState(SETTINGS, log)
+    result = restarted.process(0, [(0, facts), (1, facts)], 0)  # replayed from offset 0
+    assert counts(restarted)[("all", "all", MIN)] == 2
+    assert sent(result)[("all", "all", MIN)] == 2  # a replay sends its buckets again
+
+
+def test_records_no_longer_current_are_tombstoned_but_never_the_newest() -> None:
+    log = DictPackLog()
+    state = CustomerState(SETTINGS, log)
+    for offset in range(3):
+        state.process(0, [(offset, CustomerFacts(0, [(offset, 0, 1,
+                                                      order(f"o{offset}", MIN))]))], 0)
+    dead = state.take_dead(0)
+    assert dead == [0, 1]
+    for seq in dead:
+        log.delete(0, seq)
+    restored = CustomerState(SETTINGS, log).load(0, 0)
+    assert set(restored.customers["c1"].orders) == {"o0", "o1", "o2"}
+    assert restored.applied == 2
