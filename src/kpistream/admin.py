@@ -32,8 +32,9 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
     # the broker's default 1 MB message limit.
     specs.append(NewTopic(settings.topic_dlq, settings.partitions, settings.replication,
                           topic_configs={"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)}))
-    specs.append(NewTopic(settings.topic_kpi_updates, settings.partitions, settings.replication,
-                          topic_configs={"cleanup.policy": "compact"}))
+    specs += [NewTopic(name, settings.partitions, settings.replication,
+                       topic_configs={"cleanup.policy": "compact"})
+              for name in (settings.topic_kpi_updates, settings.topic_customer_profiles)]
     return specs
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``kpistream settings|topics|worker|generate|replay|top|health``."""
+"""Command line: ``kpistream settings|topics|worker|generate|replay|top|customers|health``."""
 
 from __future__ import annotations
 
@@ -76,6 +76,29 @@ def _top_cmd(settings: Settings, args: argparse.Namespace) -> int:
     return run_top(settings, args.window, args.dimension, args.limit, args.interval, args.once)
 
 
+def _customers_cmd(settings: Settings, args: argparse.Namespace) -> int:
+    """One customer's profile, or the top customers by revenue or value ratio."""
+    from kpistream.client import get_customer, top_customers
+
+    if args.customer_id:
+        profile = asyncio.run(get_customer(settings, args.customer_id))
+        if profile is None:
+            print(f"kpistream customers: no profile for {args.customer_id!r}", file=sys.stderr)
+            return 1
+        width = max(len(name) for name in profile)
+        for name, value in profile.items():
+            print(f"{name:<{width}}  {value}")
+        return 0
+    profiles = asyncio.run(top_customers(settings, args.top, by=args.by, segment=args.segment))
+    print(f"{'customer':<24} {'segment':<12} {'orders':>6} {'revenue':>10} {args.by:>11}")
+    for profile in profiles:
+        score = profile.get(args.by)
+        print(f"{profile['customer_id']:<24.24} {profile.get('segment') or '—':<12.12} "
+              f"{profile.get('orders', 0):>6} {profile.get('revenue', 0.0):>10.2f} "
+              f"{'—' if score is None else format(score, '.2f'):>11}")
+    return 0
+
+
 def _replay_cmd(settings: Settings, args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -147,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("--limit", type=int, default=40, help="rows shown")
     top.add_argument("--interval", type=float, default=1.0, help="refresh, seconds")
     top.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    customers = sub.add_parser("customers", help="a customer's value profile, or the top "
+                               "customers (SPEC §8)")
+    customers.add_argument("customer_id", nargs="?", default=None)
+    customers.add_argument("--top", type=int, default=10, help="how many customers")
+    customers.add_argument("--by", choices=["revenue", "value_ratio"], default="revenue")
+    customers.add_argument("--segment", default=None, help="only customers of this segment")
     health = sub.add_parser("health", help="exit 0 when this host's worker answers /metrics")
     health.add_argument("--timeout", type=float, default=4.0, help="seconds")
     return parser
@@ -154,10 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"settings": _settings_cmd, "topics": _topics_cmd, "worker": _worker_cmd,
             "generate": _generate_cmd, "top": _top_cmd, "replay": _replay_cmd,
-            "health": _health_cmd}
+            "health": _health_cmd, "customers": _customers_cmd}
 # Commands that talk to Kafka or Redis check the connection first (a named cause at once).
 NEEDS = {"topics": (True, False), "generate": (True, False), "replay": (True, False),
-         "top": (False, True)}
+         "top": (False, True), "customers": (False, True)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

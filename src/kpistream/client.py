@@ -138,6 +138,51 @@ async def get_row(redis: str | Settings, window: str, dimension: str, group: str
     return KpiRow.from_hash({str(k): str(v) for k, v in fields_.items()}) if fields_ else None
 
 
+def _profile_from_hash(fields_: Mapping[str, str]) -> dict[str, Any]:
+    """Profile fields with their JSON types (the hash holds decimal strings)."""
+    integers = {"orders", "first_order_at", "last_order_at", "nps_last", "ces_last",
+                "csat_last", "last_activity_at", "updated_at"}
+    floats = {"revenue", "aov"}
+    return {name: int(value) if name in integers else float(value) if name in floats
+            else value for name, value in fields_.items()}
+
+
+async def get_customer(redis: str | Settings, customer_id: str, *,
+                       prefix: str = "kpi") -> dict[str, Any] | None:
+    """A customer's value profile (SPEC §8) from Redis, or None when there is none; undefined
+    fields are absent."""
+    if isinstance(redis, Settings) and prefix == "kpi":
+        prefix = redis.redis_prefix
+    client = _redis(redis, decode_responses=True)
+    try:
+        fields_ = await client.hgetall(f"{prefix}:customer:{customer_id}")
+    finally:
+        await client.aclose()
+    return _profile_from_hash({str(k): str(v) for k, v in fields_.items()}) if fields_ else None
+
+
+async def top_customers(redis: str | Settings, n: int = 10, *, by: str = "revenue",
+                        segment: str | None = None, prefix: str = "kpi",
+                        ) -> list[dict[str, Any]]:
+    """The ``n`` customers with the highest ``by`` (``revenue`` or ``value_ratio``), overall
+    or in one segment, best first, as profiles."""
+    if by not in ("revenue", "value_ratio"):
+        raise ValueError(f"by must be revenue or value_ratio, not {by!r}")
+    if isinstance(redis, Settings) and prefix == "kpi":
+        prefix = redis.redis_prefix
+    key = f"{prefix}:customers:by_{by}" + (f":{segment}" if segment else "")
+    client = _redis(redis, decode_responses=True)
+    try:
+        ids = await client.zrevrange(key, 0, max(0, n - 1))
+        pipe = client.pipeline(transaction=False)
+        for customer in ids:
+            pipe.hgetall(f"{prefix}:customer:{customer!s}")
+        hashes = await pipe.execute()
+    finally:
+        await client.aclose()
+    return [_profile_from_hash({str(k): str(v) for k, v in h.items()}) for h in hashes if h]
+
+
 async def kafka_updates(kafka: str | Settings, *, topic: str = "kpi-updates",
                         from_beginning: bool = True, group_id: str | None = None,
                         idle_timeout_s: float | None = None,

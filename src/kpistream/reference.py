@@ -329,3 +329,47 @@ def expected_alerts(outcome: Outcome, params: Any, *, baseline_ms: int, baseline
                 edges.append(AlertEpisodeEdge(transition.state, message["kind"], dimension,
                                               group, message["started_at"]))
     return edges
+
+
+# --- customer profiles (SPEC §8) ------------------------------------------------------------
+
+PROFILE_NPS_PROMOTER, PROFILE_NPS_PASSIVE = 9, 7
+
+
+def expected_profiles(outcome: Outcome) -> dict[str, dict[str, Any]]:
+    """Every customer with a counted order or a response, and its profile's fields (without
+    ``updated_at`` and without the attribution fields, which kpistream does not compute yet).
+    Undefined fields are absent."""
+    orders: dict[str, list[Order]] = {}
+    responses: dict[str, list[Survey]] = {}
+    for event in counted_events(outcome):
+        if isinstance(event, Order) and event.customer_id is not None:
+            orders.setdefault(event.customer_id, []).append(event)
+        elif isinstance(event, Survey) and event.customer_id is not None:
+            responses.setdefault(event.customer_id, []).append(event)
+    profiles: dict[str, dict[str, Any]] = {}
+    for customer in sorted(set(orders) | set(responses)):
+        mine = orders.get(customer, [])
+        answers = responses.get(customer, [])
+        profile: dict[str, Any] = {"customer_id": customer, "orders": len(mine),
+                                   "revenue": sum(o.amount or 0.0 for o in mine)}
+        if mine:
+            first = min(mine, key=lambda o: (o.ts, o.order_id))
+            latest = max(mine, key=lambda o: (o.ts, o.order_id))
+            profile.update(aov=profile["revenue"] / len(mine), first_order_at=first.ts,
+                           last_order_at=latest.ts, segment=latest.segment,
+                           acquisition_channel=first.channel,
+                           acquisition_campaign=first.campaign_id)
+        for kind in ("nps", "ces", "csat"):
+            of_kind = [r for r in answers if r.survey_kind == kind]
+            if of_kind:
+                last = max(of_kind, key=lambda r: (r.ts, r.response_id))
+                profile[f"{kind}_last"] = last.score
+        if "nps_last" in profile:
+            score = profile["nps_last"]
+            profile["nps_category"] = ("promoter" if score >= PROFILE_NPS_PROMOTER else
+                                       "passive" if score >= PROFILE_NPS_PASSIVE else
+                                       "detractor")
+        profile["last_activity_at"] = max([o.ts for o in mine] + [r.ts for r in answers])
+        profiles[customer] = profile
+    return profiles

@@ -139,6 +139,8 @@ class Settings(BaseSettings):
     topic_dlq: str = Field("kpistream-dlq", description="Dead-letter topic.")
     topic_kpi_updates: str = Field("kpi-updates", description="Compacted KPI row topic.")
     topic_alerts: str = Field("kpi-alerts", description="Alert topic.")
+    topic_customer_profiles: str = Field(
+        "customer-profiles", description="Compacted customer profile topic, for CRMs (SPEC §8).")
     topic_events: str = Field(
         "kpistream-events", description="Internal: packed validated events, partitioned by id."
     )

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 import redis
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from kpistream import reference
 from kpistream.connections import redis_sync_client
@@ -28,6 +30,7 @@ from kpistream.generator.producer import produce
 from kpistream.generator.traffic import Record
 from kpistream.ingest.validate import Validator
 from kpistream.kpi.catalogue import KPI_FIELDS, SPEND_ALLOCATED
+from kpistream.kpi.rows import hash_fields
 from kpistream.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,6 +71,7 @@ class Deployment:
             "KPISTREAM_TOPIC_EVENTS": f"kpistream-events-{self.name}",
             "KPISTREAM_TOPIC_ROLLUP": f"kpistream-rollup-{self.name}",
             "KPISTREAM_TOPIC_CUSTOMERS": f"kpistream-customers-{self.name}",
+            "KPISTREAM_TOPIC_CUSTOMER_PROFILES": f"customer-profiles-{self.name}",
             "KPISTREAM_REDIS_PREFIX": f"kpi-{self.name}",
             "KPISTREAM_REDIS_CHANNEL": f"kpi-updates-{self.name}",
             "KPISTREAM_DATA_DIR": str(ROOT / ".local" / "worker-data" / self.name),
@@ -178,8 +182,8 @@ def read_rows(redis_url: str | Settings,
               else redis.Redis.from_url(redis_url, decode_responses=True))
     rows = {}
     for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-        if key.startswith(f"{prefix}:index:") or key.startswith(f"{prefix}:alert"):
-            continue
+        if key.startswith((f"{prefix}:index:", f"{prefix}:alert", f"{prefix}:customer")):
+            continue  # index sets, alerts, customer profiles and their rankings
         fields = client.hgetall(key)
         if fields:
             rows[(fields["window"], fields["dimension"], fields["group"])] = fields
@@ -286,7 +290,6 @@ def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
 
 async def _offsets(bootstrap: str, topics: list[str],
                    group: str | None) -> dict[tuple[str, int], int]:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
@@ -321,3 +324,95 @@ def committed_offsets(bootstrap: str, group: str,
 def changelog_topics(settings: Settings) -> list[str]:
     return [f"{settings.app_id}-{table}-changelog"
             for table in ("aggregate-packs", "rollup-messages", "customer-packs", "alerts")]
+
+
+# --- customer profiles ------------------------------------------------------------------------
+
+def read_profiles(settings: Settings) -> dict[str, dict[str, str]]:
+    """Every profile hash under the deployment's prefix."""
+    client = redis.Redis.from_url(settings.redis_url.get_secret_value(), decode_responses=True)
+    try:
+        keys = sorted(client.scan_iter(match=f"{settings.redis_prefix}:customer:*", count=1000))
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        return {str(h["customer_id"]): h for h in pipe.execute() if h}
+    finally:
+        client.close()
+
+
+def profile_mismatches(profiles: dict[str, dict[str, str]],
+                       expected: dict[str, dict[str, Any]]) -> list[str]:
+    problems = [f"{c}: missing" for c in sorted(set(expected) - set(profiles))]
+    problems += [f"{c}: not expected" for c in sorted(set(profiles) - set(expected))]
+    for customer in sorted(set(expected) & set(profiles)):
+        got, want = profiles[customer], expected[customer]
+        for name in set(got) - set(want) - {"updated_at"}:
+            problems.append(f"{customer}: {name}={got[name]}, want absent")
+        for name, value in want.items():
+            text = got.get(name)
+            if text is None:
+                problems.append(f"{customer}: {name} missing, want {value}")
+            elif not (math.isclose(float(text), value, rel_tol=1e-9, abs_tol=1e-9)
+                      if isinstance(value, float) else text == str(value)):
+                problems.append(f"{customer}: {name}={text}, want {value}")
+    return problems
+
+
+def assert_profiles_exact(settings: Settings, outcome: reference.Outcome,
+                          timeout_s: float = 90) -> dict[str, dict[str, str]]:
+    """Redis profiles equal the reference's (polled until they do or the timeout passes),
+    the sorted sets rank exactly those customers, and the last message of every key on the
+    compacted customer-profiles topic equals its hash."""
+    expected = reference.expected_profiles(outcome)
+    deadline = time.monotonic() + timeout_s
+    profiles = read_profiles(settings)
+    while profile_mismatches(profiles, expected) and time.monotonic() < deadline:
+        time.sleep(1)
+        profiles = read_profiles(settings)
+    problems = profile_mismatches(profiles, expected)
+    assert not problems, f"{len(problems)} profile mismatches, e.g. {problems[:10]}"
+    client = redis.Redis.from_url(settings.redis_url.get_secret_value(), decode_responses=True)
+    try:
+        ranked = client.zrange(f"{settings.redis_prefix}:customers:by_revenue", 0, -1,
+                               withscores=True)
+    finally:
+        client.close()
+    assert {c: s for c, s in ranked} == pytest.approx(
+        {c: float(p["revenue"]) for c, p in profiles.items()})
+    last = last_messages(settings.kafka_bootstrap, settings.topic_customer_profiles)
+    live = {key: value for key, value in last.items() if value is not None}
+    assert set(live) == set(profiles)
+    for customer, message in live.items():  # the same publication went to both
+        assert hash_fields(message) == profiles[customer], customer
+    return profiles
+
+
+def last_messages(bootstrap: str, topic: str) -> dict[str, dict[str, Any] | None]:
+    """Key -> JSON of the last record (None for a tombstone) of every key of a topic."""
+    async def read() -> dict[str, dict[str, Any] | None]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                    auto_offset_reset="earliest")
+        await consumer.start()
+        out: dict[str, dict[str, Any] | None] = {}
+        try:
+            cluster = await consumer._client.fetch_all_metadata()
+            partitions = [TopicPartition(topic, p)
+                          for p in sorted(cluster.partitions_for_topic(topic) or [])]
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            ends = await consumer.end_offsets(partitions)
+            async def behind() -> bool:
+                return any([await consumer.position(tp) < end for tp, end in ends.items()])
+
+            while await behind():
+                batch = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+                for messages in batch.values():
+                    for message in messages:
+                        key = (message.key or b"").decode()
+                        out[key] = None if message.value is None else orjson.loads(
+                            message.value)
+        finally:
+            await consumer.stop()
+        return out
+    return asyncio.run(read())

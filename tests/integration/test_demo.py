@@ -42,6 +42,7 @@ def test_make_demo_shows_rows_and_stops_cleanly(stack) -> None:
            "KPISTREAM_TOPIC_SURVEYS": f"survey-responses-{name}",
            "KPISTREAM_TOPIC_EVENTS": f"events-{name}", "KPISTREAM_TOPIC_ROLLUP": f"rollup-{name}",
            "KPISTREAM_TOPIC_CUSTOMERS": f"customers-{name}",
+           "KPISTREAM_TOPIC_CUSTOMER_PROFILES": f"profiles-{name}",
            "KPISTREAM_TOPIC_KPI_UPDATES": f"kpi-updates-{name}",
            "KPISTREAM_TOPIC_DLQ": f"dlq-{name}", "KPISTREAM_TOPIC_ALERTS": f"alerts-{name}",
            "KPISTREAM_DATA_DIR": str(ROOT / ".local" / "worker-data" / name),

@@ -12,6 +12,7 @@ import time
 import pytest
 from harness import (
     Deployment,
+    assert_profiles_exact,
     changelog_topics,
     committed_offsets,
     end_offsets,
@@ -53,6 +54,7 @@ def run(dep: Deployment, recs: list, workers: int, now_ms: int) -> dict:
                          outcome, SETTLE_S, alive=lambda: assert_alive(dep))
     problems = row_mismatches(rows, outcome)
     assert not problems, f"{len(problems)} mismatches, e.g. {problems[:10]}"
+    assert_profiles_exact(dep.settings, outcome)
     return rows
 
 
@@ -154,6 +156,7 @@ def test_sigkill_mid_stream_rows_counters_and_progress_exact(deployment) -> None
     expected = {"accepted": len(outcome.accepted), "duplicate": len(outcome.duplicates),
                 "invalid": len(outcome.unknown_orders) + len(bad), "late": len(outcome.late)}
     assert {k: v for k, v in counts.items() if v} == {k: v for k, v in expected.items() if v}
+    assert_profiles_exact(settings, outcome)
 
 
 def test_replay_mode_on_old_data_gives_the_live_rows(deployment) -> None:

@@ -20,7 +20,7 @@ INPUT_SCHEMAS: dict[EventKind, str] = {
     "spend": "ad_spend",
     "survey": "survey_response",
 }
-OUTPUT_SCHEMAS: tuple[str, ...] = ("kpi_update", "alert", "dlq")
+OUTPUT_SCHEMAS: tuple[str, ...] = ("kpi_update", "alert", "dlq", "customer_profile")
 SCHEMA_NAMES: tuple[str, ...] = (*INPUT_SCHEMAS.values(), *OUTPUT_SCHEMAS)
 
 
@@ -31,7 +31,7 @@ def _schema_bytes(name: str) -> bytes:
 
 def load_schema(name: str) -> dict[str, Any]:
     """The schema ``name`` (``orders``, ``ad_spend``, ``survey_response``, ``kpi_update``,
-    ``alert``, ``dlq``; a trailing ``.json`` is accepted) as a new dict."""
+    ``alert``, ``dlq``, ``customer_profile``; a trailing ``.json`` is accepted) as a new dict."""
     if name.endswith(".json"):
         name = name[: -len(".json")]
     if name not in SCHEMA_NAMES:

@@ -1,16 +1,16 @@
 """One lifecycle for every sink: start (connect and check), write a batch, flush, close.
 
 Each publish tick hands every sink the same :class:`Publication` (row changes, alert
-transitions, the alerts firing now); a sink takes what it publishes. ``write`` only queues
-(it never blocks the tick); ``flush`` delivers what is queued and raises
-:class:`SinkUnavailable` with ``retry_after`` when it cannot, keeping the batch for the next
-attempt. :class:`SinkSet` runs them in order, honours ``retry_after`` per sink, counts the
-failures in ``kpistream_sink_errors_total{sink}`` and logs them rate-limited.
+transitions, the alerts firing now, customer profile changes); a sink takes what it
+publishes. ``write`` only queues (it never blocks the tick); ``flush`` delivers what is
+queued and raises :class:`SinkUnavailable` with ``retry_after`` when it cannot, keeping the
+batch for the next attempt. :class:`SinkSet` runs them in order, honours ``retry_after`` per
+sink, counts the failures in ``kpistream_sink_errors_total{sink}`` and logs them
+rate-limited.
 
-The dead-letter topic is not one of these sinks: a dead letter is part of the edge's
-commit unit (delivered with the packed records before the raw offsets are committed), not a
-best-effort publication.
-"""
+The dead-letter topic is not one of these sinks: a dead letter is part of the edge's commit
+unit (delivered with the packed records before the raw offsets are committed), not a
+best-effort publication."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from kpistream.exceptions import KpistreamError
+from kpistream.kpi.profiles import ProfileChange
 from kpistream.kpi.rows import RowChange
 from kpistream.observability.logs import RateLimitedLog
 from kpistream.observability.metrics import Metrics
@@ -37,6 +38,7 @@ class Publication:
     rows: Sequence[RowChange] = ()
     alerts: Sequence[AlertMessage] = ()  # firing/resolved transitions, in order
     firing: frozenset[AlertKey] = frozenset()
+    profiles: Sequence[ProfileChange] = ()
 
 
 class SinkUnavailable(KpistreamError):

@@ -1,8 +1,9 @@
-"""Kafka sink: row changes to the compacted ``kpi-updates`` (a deletion is a tombstone) and
-alert transitions to ``kpi-alerts`` (SPEC.md §5, §6), through the worker's outbox: a flush
-returns once the brokers acknowledged every record. A failed flush keeps its records and
-sends them again (at-least-once: a row update is idempotent by its key on the compacted
-topic; an alert message may repeat and carries its episode's identity)."""
+"""Kafka sink: row changes to the compacted ``kpi-updates`` (a deletion is a tombstone), alert
+transitions to ``kpi-alerts`` and customer profiles to the compacted ``customer-profiles``
+(key customer_id, a deleted profile is a tombstone) (SPEC.md §5, §6, §8), through the
+worker's outbox: a flush returns once the brokers acknowledged every record. A failed flush
+keeps its records and sends them again (at-least-once: a row update is idempotent by its key
+on the compacted topic; an alert message may repeat and carries its episode's identity)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class KafkaOutputSink:
     def __init__(self, settings: Settings, outbox: Outbox) -> None:
         self.rows_topic = settings.topic_kpi_updates
         self.alerts_topic = settings.topic_alerts
+        self.profiles_topic = settings.topic_customer_profiles
         self.outbox = outbox
         self.pending: list[tuple[str, bytes, bytes | None]] = []
         self.backoff = Backoff(BACKOFF_INITIAL_S, BACKOFF_MAX_S)
@@ -38,6 +40,9 @@ class KafkaOutputSink:
         for message in publication.alerts:
             key = f"{message['dimension']}|{message['group']}".encode()
             self.pending.append((self.alerts_topic, key, orjson.dumps(message)))
+        for profile in publication.profiles:
+            value = None if profile.message is None else orjson.dumps(profile.message)
+            self.pending.append((self.profiles_topic, profile.customer_id.encode(), value))
 
     async def flush(self) -> None:
         batch = list(self.pending)

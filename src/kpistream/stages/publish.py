@@ -15,6 +15,7 @@ import faust
 from kpistream.alerts.engine import AlertEngine
 from kpistream.connections import redis_client
 from kpistream.contracts.wire import NO_TIME
+from kpistream.kpi.profiles import ProfileChange, build_profile
 from kpistream.kpi.rows import RowPublisher
 from kpistream.observability.metrics import (
     EventCountCollector,
@@ -25,6 +26,7 @@ from kpistream.runtime import Runtime
 from kpistream.sinks.alerts import RedisAlertSink
 from kpistream.sinks.base import Publication, SinkSet
 from kpistream.sinks.kafka import KafkaOutputSink
+from kpistream.sinks.profiles import RedisProfileSink
 from kpistream.sinks.prometheus import KpiCollector, PrometheusSink
 from kpistream.sinks.redis import RedisRowSink
 from kpistream.stages.edge import EdgeReader
@@ -49,6 +51,7 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
         KafkaOutputSink(settings, outbox),
         RedisRowSink(settings, redis, lambda: publisher.snapshot(set(owned))),
         RedisAlertSink(settings, redis),
+        RedisProfileSink(settings, redis),
     ], metrics, settings.log_interval_s)
     alert_engine = AlertEngine(settings, state, tables.alerts)
     if not alert_engine.enabled:
@@ -127,6 +130,21 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
 
     last_sweep = [0.0]
 
+    def profile_changes(now: int) -> list[ProfileChange]:
+        """Profiles of the customers partitions this worker owns that changed since the last
+        tick (a partition publishes once its state is loaded, all of it at first)."""
+        out = []
+        for r in sorted(assigned(settings.topic_customers)):
+            part = customers.parts.get(r)
+            if part is None or not part.changed:
+                continue
+            for customer in sorted(part.changed):
+                record = part.customers.get(customer)
+                out.append(ProfileChange(customer, None if record is None else
+                                         build_profile(customer, record, now)))
+            part.changed = set()
+        return out
+
     @app.timer(settings.publish_interval_ms / 1000)  # type: ignore[untyped-decorator]
     async def publish() -> None:
         recovery = cast(Any, app.tables).recovery
@@ -162,7 +180,8 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
         sinks.write(Publication(
             changes, [t.transition.message for t in transitions],
             frozenset(("cpo_spike", dimension, group)
-                      for (dimension, group), _ in alert_engine.firing(owned))))
+                      for (dimension, group), _ in alert_engine.firing(owned)),
+            profile_changes(now)))
         await sinks.flush()
 
     @app.service

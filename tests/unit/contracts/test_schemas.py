@@ -9,8 +9,10 @@ import fastjsonschema
 import pytest
 
 from kpistream.contracts.schemas import INPUT_SCHEMAS, OUTPUT_SCHEMAS, SCHEMA_NAMES, load_schema
+from kpistream.contracts.wire import CustomerRecord
 from kpistream.kpi.catalogue import KPI_FIELDS, ROW_FIELDS, SPEND_ALLOCATED
 from kpistream.kpi.formulas import WindowSums, compute_kpis
+from kpistream.kpi.profiles import PROFILE_FIELDS, build_profile
 
 DRAFT_07 = "http://json-schema.org/draft-07/schema#"
 
@@ -120,8 +122,8 @@ def subschemas(schema: Any) -> list[dict[str, Any]]:
 
 def test_names() -> None:
     assert set(SCHEMA_NAMES) == {
-        "orders", "ad_spend", "survey_response", "kpi_update", "alert", "dlq"
-    }
+        "orders", "ad_spend", "survey_response", "kpi_update", "alert", "dlq",
+        "customer_profile"}
     assert set(INPUT_SCHEMAS) == {"order", "spend", "survey"}
     assert set(OUTPUT_SCHEMAS) <= set(SCHEMA_NAMES)
 
@@ -277,3 +279,40 @@ def test_alert_samples(change: dict[str, Any]) -> None:
 def test_alert_schema_rejects(change: dict[str, Any]) -> None:
     with pytest.raises(fastjsonschema.JsonSchemaValueException):
         check_alert({**ALERT, **change})
+
+
+# --- the customer profile --------------------------------------------------------------------
+
+check_profile = fastjsonschema.compile(load_schema("customer_profile"))
+
+
+def test_profile_schema_lists_every_field() -> None:
+    schema = load_schema("customer_profile")
+    assert set(schema["properties"]) == {*PROFILE_FIELDS, "schema_version"}
+    assert set(schema["required"]) == set(schema["properties"])
+
+
+@pytest.mark.parametrize("record", [
+    CustomerRecord({"o1": [1_000, 25.5, "search", "c1", "vip"],
+                    "o2": [2_000, 10.0, "email", "unattributed", "new"]},
+                   {"nps": [3_000, "r1", 6], "csat": [2_500, "r2", 5]}),
+    CustomerRecord({}, {"ces": [4_000, "r3", 7]}),  # responses only
+])
+def test_profile_messages_match_the_schema(record: CustomerRecord) -> None:
+    message = build_profile("cust-1", record, 5_000)
+    check_profile(message)
+    assert tuple(message) == (*PROFILE_FIELDS, "schema_version")
+
+
+def test_profile_fields() -> None:
+    record = CustomerRecord({"o2": [2_000, 10.0, "email", "c2", "new"],
+                             "o1": [1_000, 30.0, "search", "c1", "vip"],
+                             "o0": [2_000, 20.0, "social", "c3", "b2b"]},
+                            {"nps": [3_000, "r1", 6]})
+    message = build_profile("cust-1", record, 9)
+    assert message["revenue"] == 60.0 and message["aov"] == 20.0
+    assert (message["first_order_at"], message["acquisition_channel"],
+            message["acquisition_campaign"]) == (1_000, "search", "c1")
+    assert (message["last_order_at"], message["segment"]) == (2_000, "new")  # ties: greatest id
+    assert (message["nps_last"], message["nps_category"]) == (6, "detractor")
+    assert message["ces_last"] is None and message["last_activity_at"] == 3_000

@@ -19,6 +19,7 @@ from kpistream.contracts.wire import (
     encode_rollup,
 )
 from kpistream.ingest.packing import partition_for
+from kpistream.kpi.profiles import build_profile
 from kpistream.kpi.rows import RowPublisher
 from kpistream.settings import Settings
 from kpistream.stages.aggregate import customer_facts, rollup_messages
@@ -201,6 +202,16 @@ class Sim:
             for (row, window), pub in self.publisher.published.get(q, {}).items():
                 if pub.message is not None:
                     out[(window, row[0], row[1])] = pub.message
+        return out
+
+    def profiles(self) -> dict[str, dict[str, object]]:
+        """customer_id -> published profile fields (undefined and updated_at left out)."""
+        out = {}
+        for r in range(self.partitions):
+            for customer, record in self.customers.state(r, self.now_ms).customers.items():
+                message = build_profile(customer, record, self.now_ms)
+                out[customer] = {k: v for k, v in message.items() if v is not None
+                                 and k not in ("updated_at", "schema_version")}
         return out
 
     def counts(self) -> dict[str, int]:

@@ -76,6 +76,20 @@ def assert_rows_match(sim: Sim, outcome: reference.Outcome) -> None:
                         spec.name, dimension, group, name, got, want)
 
 
+def assert_profiles_match(sim: Sim, outcome: reference.Outcome) -> None:
+    published = sim.profiles()
+    expected = reference.expected_profiles(outcome)
+    assert set(published) == set(expected)
+    for customer, want in expected.items():
+        got = published[customer]
+        assert set(got) == set(want), (customer, got, want)
+        for name, value in want.items():
+            if isinstance(value, float):
+                assert math.isclose(got[name], value, rel_tol=1e-9, abs_tol=1e-9), name
+            else:
+                assert got[name] == value, (customer, name, got[name], value)
+
+
 def expected_counts(outcome: reference.Outcome) -> dict[str, int]:
     counts = {"accepted": len(outcome.accepted), "duplicate": len(outcome.duplicates),
               "invalid": len(outcome.unknown_orders), "late": len(outcome.late)}
@@ -92,6 +106,7 @@ def test_rows_equal_reference_under_partitions_and_batches(
     sim.run_all(rng)
     outcome = reference.classify(evs, retention_ms=SETTINGS.retention_ms)
     assert_rows_match(sim, outcome)
+    assert_profiles_match(sim, outcome)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -107,6 +122,7 @@ def test_duplicated_stream_and_crashes_give_the_same_rows(
     sim.run_all(rng, crash_rate=0.3)
     outcome = reference.classify(evs, retention_ms=SETTINGS.retention_ms)
     assert_rows_match(sim, outcome)
+    assert_profiles_match(sim, outcome)
     assert sim.counts() == expected_counts(
         reference.classify(doubled, retention_ms=SETTINGS.retention_ms))
 

@@ -1,0 +1,76 @@
+"""Pure: a customer's value profile for the CRM (SPEC §8), from what the customer stage holds.
+
+Fields and when each is undefined follow SPEC §8. The attribution fields (``marketing_cost``,
+``costed_orders``, ``costed_revenue``, ``cpo``, ``acquisition_cost``, ``value_ratio``) are not
+built yet: they need each campaign's CPO per final attribution day, which no stage computes
+today (issue 10), so profiles leave them out rather than publish a cost of zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kpistream.contracts.wire import CustomerRecord
+from kpistream.kpi.formulas import NPS_PASSIVE_MIN, NPS_PROMOTER_MIN
+
+SCHEMA_VERSION = 1
+ProfileMessage = dict[str, Any]
+
+# Every field a profile message carries, in publishing order (undefined ones as None).
+PROFILE_FIELDS: tuple[str, ...] = (
+    "customer_id", "segment", "orders", "revenue", "aov", "first_order_at", "last_order_at",
+    "acquisition_channel", "acquisition_campaign", "nps_last", "nps_category", "ces_last",
+    "csat_last", "last_activity_at", "updated_at",
+)
+# Scores of the sorted sets a CRM reads "top customers" from (SPEC §8).
+RANKINGS: tuple[str, ...] = ("revenue", "value_ratio")
+
+_TS, _AMOUNT, _CH, _CA, _SE = range(5)
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileChange:
+    """One profile to write; ``message`` None deletes it."""
+
+    customer_id: str
+    message: ProfileMessage | None
+
+
+def nps_category(score: int) -> str:
+    if score >= NPS_PROMOTER_MIN:
+        return "promoter"
+    return "passive" if score >= NPS_PASSIVE_MIN else "detractor"
+
+
+def build_profile(customer_id: str, record: CustomerRecord, now_ms: int) -> ProfileMessage:
+    """The Kafka form: every field present, undefined ones None."""
+    orders = record.orders
+    profile: ProfileMessage = dict.fromkeys(PROFILE_FIELDS)
+    profile["customer_id"] = customer_id
+    profile["orders"] = len(orders)
+    revenue = 0.0
+    for order_id in sorted(orders):  # a fixed order: every worker sums to the same float
+        revenue += float(orders[order_id][_AMOUNT] or 0.0)
+    profile["revenue"] = revenue
+    if orders:
+        first = min(orders, key=lambda o: (orders[o][_TS], o))
+        latest = max(orders, key=lambda o: (orders[o][_TS], o))
+        profile["aov"] = revenue / len(orders)
+        profile["first_order_at"] = orders[first][_TS]
+        profile["last_order_at"] = orders[latest][_TS]
+        profile["segment"] = orders[latest][_SE]
+        profile["acquisition_channel"] = orders[first][_CH]
+        profile["acquisition_campaign"] = orders[first][_CA]
+    for kind in ("nps", "ces", "csat"):
+        latest_response = record.responses.get(kind)
+        if latest_response is not None:
+            profile[f"{kind}_last"] = latest_response[2]
+    if profile["nps_last"] is not None:
+        profile["nps_category"] = nps_category(profile["nps_last"])
+    times = [entry[_TS] for entry in orders.values()]
+    times += [entry[0] for entry in record.responses.values()]
+    profile["last_activity_at"] = max(times) if times else None
+    profile["updated_at"] = now_ms
+    profile["schema_version"] = SCHEMA_VERSION
+    return profile
