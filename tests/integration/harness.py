@@ -360,11 +360,12 @@ def profile_mismatches(profiles: dict[str, dict[str, str]],
 
 
 def assert_profiles_exact(settings: Settings, outcome: reference.Outcome,
+                          expected: dict[str, dict[str, Any]] | None = None,
                           timeout_s: float = 90) -> dict[str, dict[str, str]]:
-    """Redis profiles equal the reference's (polled until they do or the timeout passes),
-    the sorted sets rank exactly those customers, and the last message of every key on the
-    compacted customer-profiles topic equals its hash."""
-    expected = reference.expected_profiles(outcome)
+    """Redis profiles equal the reference's (or ``expected``; polled until they do or the
+    timeout passes), the sorted sets rank exactly those customers, and the last message of
+    every key on the compacted customer-profiles topic equals its hash."""
+    expected = reference.expected_profiles(outcome) if expected is None else expected
     deadline = time.monotonic() + timeout_s
     profiles = read_profiles(settings)
     while profile_mismatches(profiles, expected) and time.monotonic() < deadline:

@@ -16,6 +16,7 @@ from harness import (
     changelog_topics,
     committed_offsets,
     end_offsets,
+    last_messages,
     normalise,
     row_mismatches,
     samples,
@@ -25,7 +26,13 @@ from harness import (
 from test_ingest import produce_raw
 
 from kpistream import reference
-from kpistream.generator.traffic import HOUR_MS, TrafficConfig, TrafficGenerator
+from kpistream.generator.traffic import (
+    HOUR_MS,
+    Record,
+    TrafficConfig,
+    TrafficGenerator,
+    event_time_ms,
+)
 
 pytestmark = pytest.mark.integration
 SETTLE_S = 150.0
@@ -190,3 +197,37 @@ def shifted(value: dict, shift: int) -> dict:
 
     ts = event_time_ms(value) - shift
     return {**value, "ts": ts if isinstance(value["ts"], int) else iso(ts)}
+
+
+def test_profiles_past_retention_are_deleted_and_tombstoned(deployment) -> None:
+    """customer_retention 30m on a 2-hour stream: customers active only in its first 30
+    minutes are deleted from Redis (hash and rankings) and tombstoned on customer-profiles;
+    the others equal the reference."""
+    dep = deployment()
+    settings = dep.settings
+    start = live_start()
+    early_end = start + 30 * 60_000
+    recs = []
+    for record in records(start, seed=11):
+        value = dict(record.value)
+        if "customer_id" in value:  # early customers, and a small pool active to the end
+            n = int(str(value["customer_id"]).split("-")[1])
+            early = event_time_ms(value) < early_end
+            value["customer_id"] = f"early-{n}" if early else f"late-{n % 150}"
+        recs.append(Record(record.kind, value))
+    now = int(time.time() * 1000)
+    outcome = reference.classify(normalise(settings, recs, now),
+                                 retention_ms=settings.retention_ms)
+    dep.start_worker(KPISTREAM_CUSTOMER_RETENTION="30m")
+    dep.start_worker(KPISTREAM_CUSTOMER_RETENTION="30m")
+    dep.produce(recs)
+    everyone = reference.expected_profiles(outcome)
+    assert any(c.startswith("early-") for c in everyone)
+    kept = {c: p for c, p in everyone.items() if c.startswith("late-")}
+    assert min(p["last_activity_at"] for p in kept.values()) > start + 105 * 60_000
+    profiles = assert_profiles_exact(settings, outcome, kept, timeout_s=SETTLE_S)
+    assert not any(c.startswith("early-") for c in profiles)
+    last = last_messages(settings.kafka_bootstrap, settings.topic_customer_profiles)
+    early = {c for c in everyone if c.startswith("early-")}
+    assert early <= set(last)
+    assert all(last[c] is None for c in early)  # tombstoned
