@@ -231,7 +231,8 @@ def traffic(seed: int, events: int, campaigns: int, channels: int, now: int) -> 
     config = TrafficConfig(seed=seed, start_ms=now - SPREAD_MIN * MINUTE_MS,
                            duration_ms=SPREAD_MIN * MINUTE_MS,
                            orders_per_hour=orders * 60 / SPREAD_MIN, campaigns=campaigns,
-                           channels=channels, survey_ratio=0.3, spend_every_min=10)
+                           channels=channels, survey_ratio=0.3, spend_every_min=10,
+                           delayed_ratio=0.02)
     return list(TrafficGenerator(config).records())
 
 

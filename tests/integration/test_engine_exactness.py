@@ -42,7 +42,7 @@ DAY_MS = 24 * HOUR_MS
 def records(start_ms: int, seed: int = 7) -> list:
     config = TrafficConfig(seed=seed, start_ms=start_ms, duration_ms=2 * HOUR_MS,
                            orders_per_hour=15_000, campaigns=40, survey_ratio=0.4,
-                           cancel_ratio=0.03)
+                           cancel_ratio=0.03, delayed_ratio=0.02)
     return list(TrafficGenerator(config).records())
 
 

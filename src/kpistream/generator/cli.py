@@ -30,6 +30,9 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=None,
                         help="records per second to produce (default: as fast as possible)")
     parser.add_argument("--duplicates", type=float, default=0.0, help="share sent twice")
+    parser.add_argument("--delayed", type=float, default=0.0,
+                        help="share of orders delivered up to 10 minutes after their ts "
+                             "(out-of-order first orders)")
     parser.add_argument("--anomaly", action="append", default=[],
                         help="CAMPAIGN:KIND:AFTER[:FACTOR], KIND stop|cpo, AFTER a duration "
                              "from the start, e.g. cmp-003:stop:20m or cmp-001:cpo:30m:3")
@@ -67,7 +70,8 @@ def run_generate(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     config = TrafficConfig(seed=args.seed, start_ms=start, duration_ms=duration,
                            orders_per_hour=args.orders_per_hour, campaigns=args.campaigns,
-                           duplicate_ratio=args.duplicates, anomalies=anomalies,
+                           duplicate_ratio=args.duplicates, delayed_ratio=args.delayed,
+                           anomalies=anomalies,
                            daily_rhythm=args.live)
     records = list(TrafficGenerator(config).records())
     if args.live:

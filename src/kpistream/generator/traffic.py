@@ -21,6 +21,9 @@ CURRENCIES = ("EUR", "EUR", "EUR", "USD", "GBP")
 NPS_WEIGHTS = (2, 1, 1, 2, 2, 4, 5, 10, 15, 25, 33)
 CES_WEIGHTS = (3, 5, 8, 14, 25, 27, 18)
 CSAT_WEIGHTS = (4, 5, 11, 38, 42)
+# Share of a segment's orders placed by a customer who ordered before.
+REPEAT_SHARE = {"new": 0.1, "returning": 0.6, "vip": 0.75, "churn-risk": 0.3, "b2b": 0.5}
+DELAY_MAX_MS = 10 * 60_000
 POST_PURCHASE_SHARE = 0.6  # of CSAT responses: about an order (order_id), the rest general
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
@@ -59,6 +62,7 @@ class TrafficConfig:
     cpo_eur: float = 8.0
     survey_ratio: float = 0.3  # survey responses per order
     cancel_ratio: float = 0.03
+    delayed_ratio: float = 0.0  # share of orders delivered up to 10 minutes after their ts
     duplicate_ratio: float = 0.0  # share of records sent twice
     rfc3339_ratio: float = 0.5  # share of ts written as RFC 3339 strings (rest epoch ms)
     daily_rhythm: bool = False
@@ -84,6 +88,8 @@ class TrafficGenerator:
         weight = sum(w for _, _, w in self.campaigns)
         self.rate_share = {name: w / weight for name, _, w in self.campaigns}
         self.seq = 0
+        self.customers: dict[str, list[str]] = {segment: [] for segment in SEGMENTS}
+        self.known_customers = 0
 
     def _ts_value(self, ts: int) -> object:
         return iso(ts) if self.rng.random() < self.config.rfc3339_ratio else ts
@@ -141,16 +147,29 @@ class TrafficGenerator:
                placed: list[dict[str, object]]) -> Record:
         rng = self.rng
         ts = minute_start + rng.randrange(MINUTE_MS)
+        if rng.random() < self.config.delayed_ratio:  # arrives out of order
+            ts -= rng.randrange(DELAY_MAX_MS)
         currency = rng.choice(CURRENCIES)
+        segment = rng.choice(SEGMENTS)
         value: dict[str, object] = {
             "order_id": self._id("o"), "ts": self._ts_value(ts),
-            "customer_id": f"c-{rng.randrange(5000)}",
+            "customer_id": self._customer(segment),
             "amount": round(rng.lognormvariate(3.6, 0.6), 2), "currency": currency,
-            "channel": channel, "campaign_id": campaign, "segment": rng.choice(SEGMENTS)}
+            "channel": channel, "campaign_id": campaign, "segment": segment}
         if rng.random() < 0.05:
             value["campaign_id"] = None
         placed.append(value)
         return Record("order", value)
+
+    def _customer(self, segment: str) -> str:
+        """A returning customer of the segment (how often differs by segment) or a new one."""
+        known = self.customers[segment]
+        if known and self.rng.random() < REPEAT_SHARE[segment]:
+            return known[self.rng.randrange(len(known))]
+        self.known_customers += 1
+        customer = f"c-{self.known_customers}"
+        known.append(customer)
+        return customer
 
     def _survey(self, minute_start: int, placed: list[dict[str, object]]) -> Record:
         rng = self.rng

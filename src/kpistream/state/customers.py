@@ -95,6 +95,7 @@ class CustomerPartition:
     stream_time: int = NO_TIME
     high_water: dict[int, tuple[int, int]] = field(default_factory=dict)
     customers: dict[str, CustomerRecord] = field(default_factory=dict)
+    firsts: dict[str, str] = field(default_factory=dict)  # customer -> first order's id
     first_counts: dict[BucketKey, int] = field(default_factory=dict)
     holders: dict[str, int] = field(default_factory=dict)  # customer -> seq of its version
     refs: dict[int, int] = field(default_factory=dict)  # seq -> versions it holds
@@ -132,9 +133,10 @@ class CustomerState:
             state.applied, state.stream_time = pack.seq, pack.stream_time
             state.high_water = pack.high_water
         t = self.time(state, now_ms)
-        for record in state.customers.values():
+        for customer, record in state.customers.items():
             first = first_order(record)
             if first is not None:
+                state.firsts[customer] = first[0]
                 self._count(state, first[1], 1, t, None)
         state.changed = set(state.customers)
         self.parts[r] = state
@@ -186,32 +188,20 @@ class CustomerState:
                     continue
                 state.stream_time = max(state.stream_time, event.ts)
                 record = state.customers.get(customer)
-                before = None if record is None else first_order(record)
                 if record is None:
                     record = state.customers[customer] = CustomerRecord()
                 if isinstance(event, Order):
-                    if sign > 0:
-                        record.orders[event.order_id] = [event.ts, event.amount, event.channel,
-                                                         event.campaign_id, event.segment]
-                    else:
-                        record.orders.pop(event.order_id, None)
+                    self._apply_order(state, customer, record, event, sign, touched, moves,
+                                      now_ms)
                 elif isinstance(event, Survey):
                     latest = record.responses.get(event.survey_kind)
                     if latest is None or (event.ts, event.response_id) > (latest[0],
                                                                            latest[1]):
                         record.responses[event.survey_kind] = [event.ts, event.response_id,
                                                                event.score]
-                after = first_order(record)
-                if before != after:
-                    t = self.time(state, now_ms)
-                    if before is not None:
-                        self._count(state, before[1], -1, t, touched)
-                        moves.append(before[1])
-                    if after is not None:
-                        self._count(state, after[1], 1, t, touched)
-                        moves.append(after[1])
                 if not record.orders and not record.responses:
                     del state.customers[customer]
+                    state.firsts.pop(customer, None)
                 changed.add(customer)
             state.high_water[message.source] = held
         if last is not None:
@@ -231,6 +221,40 @@ class CustomerState:
         result.updates = self._updates(state, touched)
         result.applied = state.applied
         return result
+
+    def _apply_order(self, state: CustomerPartition, customer: str, record: CustomerRecord,
+                     order: Order, sign: int, touched: set[BucketKey],
+                     moves: list[OrderEntry], now_ms: int) -> None:
+        """Add or retract a counted order; when the first order moves, move its count. The
+        first order is cached per customer: only retracting it costs a scan."""
+        orders = record.orders
+        first = state.firsts.get(customer)
+        before = None if first is None else orders[first]
+        if sign > 0:
+            entry = [order.ts, order.amount, order.channel, order.campaign_id, order.segment]
+            orders[order.order_id] = entry
+            if first is None or (order.ts, order.order_id) < (before[_TS], first):  # type: ignore[index]
+                state.firsts[customer] = order.order_id
+                self._move(state, before, entry, touched, moves, now_ms)
+            return
+        if orders.pop(order.order_id, None) is None or order.order_id != first:
+            return
+        after = first_order(record)
+        if after is None:
+            state.firsts.pop(customer, None)
+        else:
+            state.firsts[customer] = after[0]
+        self._move(state, before, None if after is None else after[1], touched, moves, now_ms)
+
+    def _move(self, state: CustomerPartition, old: OrderEntry | None, new: OrderEntry | None,
+              touched: set[BucketKey], moves: list[OrderEntry], now_ms: int) -> None:
+        t = self.time(state, now_ms)
+        if old is not None:
+            self._count(state, old, -1, t, touched)
+            moves.append(old)
+        if new is not None:
+            self._count(state, new, 1, t, touched)
+            moves.append(new)
 
     def _moved_since(self, r: int, state: CustomerPartition, first: int) -> set[BucketKey]:
         keys: set[BucketKey] = set()
@@ -322,6 +346,7 @@ class CustomerState:
                 if last_activity(record) < horizon]
         for customer in gone:
             del state.customers[customer]
+            state.firsts.pop(customer, None)
         state.expired.update(gone)
         state.changed.update(gone)
         return len(old_buckets) + len(gone)
