@@ -352,7 +352,7 @@ def expected_profiles(outcome: Outcome) -> dict[str, dict[str, Any]]:
         mine = orders.get(customer, [])
         answers = responses.get(customer, [])
         profile: dict[str, Any] = {"customer_id": customer, "orders": len(mine),
-                                   "revenue": sum(o.amount or 0.0 for o in mine)}
+                                   "revenue": sum((o.amount or 0.0 for o in mine), 0.0)}
         if mine:
             first = min(mine, key=lambda o: (o.ts, o.order_id))
             latest = max(mine, key=lambda o: (o.ts, o.order_id))

@@ -189,21 +189,24 @@ CustomerFact = tuple[int, int, int, Event]
 @dataclass(slots=True)
 class CustomerFacts:
     """Aggregate -> customer stage (``kpistream-customers``), one record per customer
-    partition per applied batch of one aggregate partition."""
+    partition per applied batch of one aggregate partition that has facts for it or a new
+    low mark (the customer stage judges retention behind the low watermark, SPEC §3)."""
 
     source: int
     facts: list[CustomerFact] = field(default_factory=list)
+    low_mark: int = NO_TIME
 
 
 def encode_customer_facts(message: CustomerFacts) -> bytes:
     return orjson.dumps([message.source, [[o, i, sign, event_fields(event)]
-                                          for o, i, sign, event in message.facts]])
+                                          for o, i, sign, event in message.facts],
+                         message.low_mark])
 
 
 def decode_customer_facts(data: bytes) -> CustomerFacts:
-    source, facts = orjson.loads(data)
+    source, facts, low_mark = orjson.loads(data)
     return CustomerFacts(source, [(o, i, sign, event_from_fields(fields))
-                                  for o, i, sign, fields in facts])
+                                  for o, i, sign, fields in facts], low_mark)
 
 
 # A profile's state: counted orders (order_id -> [ts, amount, channel, campaign, segment]) and

@@ -65,15 +65,23 @@ def rollup_messages(p: int, result: BatchResult, partitions: int,
     return messages
 
 
-def customer_facts(p: int, result: BatchResult, partitions: int) -> dict[int, CustomerFacts]:
-    """The batch's customer facts, one message per customers partition (by customer id)."""
+def customer_facts(p: int, result: BatchResult, partitions: int,
+                   last_marks: dict[int, int]) -> dict[int, CustomerFacts]:
+    """The batch's customer facts, one message per customers partition (by customer id),
+    plus a message with only the low mark to every partition that has not had it yet."""
     messages: dict[int, CustomerFacts] = {}
     for fact in result.facts:
         event = fact[3]
         customer = event.customer_id if isinstance(event, Order | Survey) else None
         if customer is not None:
             r = partition_for(customer, partitions)
-            messages.setdefault(r, CustomerFacts(p)).facts.append(fact)
+            messages.setdefault(r, CustomerFacts(p, low_mark=result.low_mark)).facts.append(
+                fact)
+    for r in range(partitions):
+        if r not in messages and last_marks.get(r) != result.low_mark:
+            messages[r] = CustomerFacts(p, low_mark=result.low_mark)
+    for r in messages:
+        last_marks[r] = result.low_mark
     return messages
 
 
@@ -85,6 +93,7 @@ def register(app: faust.App, runtime: Runtime) -> PartitionAggregator:
     dead_letters = DeadLetters(settings.topic_dlq, outbox, log)
     guard = GapGuard(app, settings.topic_events, log)
     last_sent: dict[int, dict[int, tuple[int, int]]] = {}
+    last_marks: dict[int, dict[int, int]] = {}  # low mark last sent to each customers partition
 
     def expected(p: int, now: int) -> int | None:
         return aggregator.expected(p, now)
@@ -104,7 +113,9 @@ def register(app: faust.App, runtime: Runtime) -> PartitionAggregator:
                         dead_letters.send(error, detail, verdict.source, now)
                     elif verdict.outcome == "accepted":
                         metrics.event_delay.observe(max(0, now - verdict.event.ts) / 1000)
-                for r, facts in customer_facts(p, result, settings.partitions).items():
+                marks_sent = last_marks.setdefault(p, {})
+                for r, facts in customer_facts(p, result, settings.partitions,
+                                               marks_sent).items():
                     outbox.send(settings.topic_customers, None, encode_customer_facts(facts), r)
                 sent = last_sent.setdefault(p, {})
                 for q, message in rollup_messages(p, result, settings.partitions,
@@ -119,5 +130,6 @@ def register(app: faust.App, runtime: Runtime) -> PartitionAggregator:
         aggregator.drop(lost)
         for p in lost:
             last_sent.pop(p, None)
+            last_marks.pop(p, None)
 
     return aggregator

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 from kpistream.contracts.records import Order, Survey
 from kpistream.contracts.wire import (
+    ALL_READ,
     NO_TIME,
     CustomerFacts,
     CustomerPack,
@@ -91,7 +92,8 @@ class CustomerResult:
 
 @dataclass(slots=True)
 class CustomerPartition:
-    applied: int | None = None
+    applied: int | None = None  # customers-topic offset processed up to
+    header: int | None = None  # seq of the newest changelog record (it holds the header)
     stream_time: int = NO_TIME
     high_water: dict[int, tuple[int, int]] = field(default_factory=dict)
     customers: dict[str, CustomerRecord] = field(default_factory=dict)
@@ -102,6 +104,7 @@ class CustomerPartition:
     dead: set[int] = field(default_factory=set)
     changed: set[str] = field(default_factory=set)  # since the last publication
     expired: set[str] = field(default_factory=set)  # deleted, not yet in the changelog
+    low_marks: dict[int, int] = field(default_factory=dict)  # per aggregate partition
 
 
 class CustomerState:
@@ -131,6 +134,7 @@ class CustomerState:
                 else:
                     state.customers[customer] = record
             state.applied, state.stream_time = pack.seq, pack.stream_time
+            state.header = pack.seq
             state.high_water = pack.high_water
         t = self.time(state, now_ms)
         for customer, record in state.customers.items():
@@ -178,6 +182,7 @@ class CustomerState:
                 replayed_from = offset if replayed_from is None else min(replayed_from, offset)
                 continue
             last = offset
+            state.low_marks[message.source] = message.low_mark
             held = state.high_water.get(message.source, (-1, -1))
             for o, i, sign, event in message.facts:
                 if (o, i) <= held:
@@ -204,18 +209,21 @@ class CustomerState:
                     state.firsts.pop(customer, None)
                 changed.add(customer)
             state.high_water[message.source] = held
-        if last is not None:
+        if last is not None and (changed or moves):
             pack = CustomerPack(last, state.stream_time, dict(state.high_water),
                                 [(c, state.customers.get(c)) for c in sorted(changed)], moves)
             self.log.put(r, last, encode_customer_pack(pack))
             state.refs.setdefault(last, 0)
             for customer in changed:
                 self._hold(state, customer, last)
-            if state.applied is not None and state.refs.get(state.applied, 0) <= 0:
-                state.dead.add(state.applied)  # it held the header, now superseded
-            state.applied = last
+            if state.header is not None and state.refs.get(state.header, 0) <= 0:
+                state.dead.add(state.header)  # it held the header, now superseded
+            state.header = last
             state.changed |= changed
             state.expired.clear()
+        if last is not None:
+            # A batch of low marks only writes nothing: after a restart it is read again.
+            state.applied = last
         if replayed_from is not None:  # the first run's roll-up messages may be lost
             touched |= self._moved_since(r, state, replayed_from)
         result.updates = self._updates(state, touched)
@@ -318,18 +326,33 @@ class CustomerState:
         if state is None:
             return []
         dead = sorted(s for s in state.dead
-                      if state.refs.get(s, 0) <= 0 and s != state.applied)
+                      if state.refs.get(s, 0) <= 0 and s != state.header)
         state.dead.clear()
         for seq in dead:
             state.refs.pop(seq, None)
         return dead
 
     # -- expiry ------------------------------------------------------------------------
+    def watermark(self, state: CustomerPartition, now_ms: int) -> int:
+        """The low watermark (SPEC §3) as this partition last heard it from every aggregate
+        partition: NO_TIME until all have reported (after a restart, until they report
+        again)."""
+        if len(state.low_marks) < self.partitions:
+            return NO_TIME
+        low = min(state.low_marks.values())
+        if low == NO_TIME:
+            return NO_TIME
+        if low == ALL_READ:
+            low = now_ms - self.idle_lag_ms if self.live else state.stream_time
+        return min(low, now_ms - self.idle_lag_ms) if self.live else low
+
     def sweep(self, r: int, now_ms: int) -> int:
         """Forget first-order counts of buckets no window can reach, and customers inactive
-        for longer than the customer retention (their deletion goes into the next batch's
-        changelog record; until then a restart brings them back and they expire again).
-        Returns how many entries went."""
+        for longer than the customer retention, judged behind the low watermark: a customer
+        whose orders a slower input partition still holds is not deleted because a faster
+        one moved stream time on. Their deletion goes into the next batch's changelog
+        record (until then a restart brings them back and they expire again). Returns how
+        many entries went."""
         state = self.parts.get(r)
         if state is None:
             return 0
@@ -341,7 +364,8 @@ class CustomerState:
                        if bucket_expired(k[3], specs[k[0]], t, self.grace_ms)]
         for key in old_buckets:
             del state.first_counts[key]
-        horizon = state.stream_time - self.retention_ms
+        watermark = self.watermark(state, now_ms)
+        horizon = NO_TIME if watermark == NO_TIME else watermark - self.retention_ms
         gone = [customer for customer, record in state.customers.items()
                 if last_activity(record) < horizon]
         for customer in gone:

@@ -76,9 +76,9 @@ def test_aggregate_pack_round_trip(offset, stream_time, high_water, counts, pack
 
 @given(st.integers(0, 100),
        st.lists(st.tuples(st.integers(0, 2**40), st.integers(0, 10_000),
-                          st.sampled_from([1, -1]), orders | surveys), max_size=6))
-def test_customer_facts_round_trip(source: int, facts: list) -> None:
-    message = CustomerFacts(source, facts)
+                          st.sampled_from([1, -1]), orders | surveys), max_size=6), times)
+def test_customer_facts_round_trip(source: int, facts: list, low_mark: int) -> None:
+    message = CustomerFacts(source, facts, low_mark)
     assert decode_customer_facts(encode_customer_facts(message)) == message
 
 

@@ -56,6 +56,7 @@ class Sim:
         self.state = RollupState(self.settings, self.rollup_log)
         self.publisher = RowPublisher(self.settings, self.state)
         self.last_sent: dict[int, dict[int, tuple[int, int]]] = {}
+        self.marks_sent: dict[int, dict[int, int]] = {}
         self.verdicts: list[tuple[str, Event]] = []
 
     def append(self, event: Event) -> None:
@@ -91,7 +92,7 @@ class Sim:
         result = self.aggregator.process(p, items, self.now_ms)
         verdicts = [(v.outcome, v.event) for v in result.verdicts]
         messages = rollup_messages(p, result, self.partitions, self.last_sent.setdefault(p, {}))
-        facts = customer_facts(p, result, self.partitions)
+        facts = customer_facts(p, result, self.partitions, self.marks_sent.setdefault(p, {}))
         return ([("rollup", q, encode_rollup(m)) for q, m in messages.items()]
                 + [("customers", r, encode_customer_facts(m)) for r, m in facts.items()],
                 start + len(items), verdicts)
@@ -118,6 +119,7 @@ class Sim:
         self._deliver([message for message in sent if rng.random() < 0.5])
         self.aggregator.drop({p})
         self.last_sent.pop(p, None)
+        self.marks_sent.pop(p, None)
         self.aggregate_step(p, n)
 
     # -- customers -----------------------------------------------------------------------

@@ -93,3 +93,25 @@ def test_records_no_longer_current_are_tombstoned_but_never_the_newest() -> None
     restored = CustomerState(SETTINGS, log).load(0, 0)
     assert set(restored.customers["c1"].orders) == {"o0", "o1", "o2"}
     assert restored.applied == 2
+
+
+def test_retention_waits_for_the_low_watermark_of_every_aggregate_partition() -> None:
+    settings = Settings(windows=("1h/1m",), clock="event", customer_retention="1h",
+                        partitions=2)
+    state = CustomerState(settings, DictPackLog())
+    old = order("o1", 0, customer="quiet")
+    new = order("o2", 5 * 60 * MIN, customer="busy")
+    # partition 0 of the aggregate read far ahead; partition 1 is still at minute 30
+    state.process(0, [(0, CustomerFacts(0, [(1, 0, 1, old), (2, 0, 1, new)],
+                                        low_mark=5 * 60 * MIN)),
+                      (1, CustomerFacts(1, [], low_mark=30 * MIN))], 0)
+    state.sweep(0, 0)  # (expired first-order buckets go: they are judged on stream time)
+    assert "quiet" in state.parts[0].customers
+    state.process(0, [(2, CustomerFacts(1, [], low_mark=3 * 60 * MIN))], 0)
+    state.sweep(0, 0)
+    assert set(state.parts[0].customers) == {"busy"}
+    assert "quiet" in state.parts[0].changed  # published as a deletion
+    result = state.process(0, [(3, CustomerFacts(0, [(3, 0, 1, order("o3", 5 * 60 * MIN,
+                                                                        "busy"))]))], 0)
+    assert result.applied == 3
+    assert CustomerState(settings, state.log).load(0, 0).customers.keys() == {"busy"}
