@@ -16,12 +16,14 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from kpistream.connections import redis_sync_client
 from kpistream.kpi.catalogue import COLUMNS, Kpi
 from kpistream.settings import Settings
 from kpistream.state.buckets import DIMENSIONS
 
+HEADING = "kpistream — live KPI rows"
 DIMENSION_ORDER = {dimension: i for i, dimension in enumerate(DIMENSIONS)}
 LABEL_MIN, LABEL_MAX = 12, 28  # width of the row label column
 CELL = 8  # width of a KPI column: "123.4k", "-12.34", "99.99"
@@ -107,7 +109,8 @@ def render(rows: list[dict[str, str]], alerts: list[dict[str, str]], limit: int,
                                 int(alert.get("started_at", "0")) / 1000)))
     title = f"active alerts ({len(alerts)})" if alerts else "no active alerts"
     footer = f"{len(rows)} rows (limit {limit})"
-    return Group(*tables, Panel(alert_table, title=title), footer)
+    heading = Text(HEADING, style="bold")
+    return Group(heading, *tables, Panel(alert_table, title=title), footer)
 
 
 def run_top(settings: Settings, window: str | None, dimension: str | None, limit: int,

@@ -16,7 +16,7 @@ from kpistream.kpi.formulas import WindowSums, compute_kpis
 from kpistream.kpi.rows import build_message, hash_fields
 from kpistream.observability.metrics import Metrics
 from kpistream.sinks.prometheus import KpiCollector
-from kpistream.top import fitting_columns, render
+from kpistream.top import HEADING, fitting_columns, render
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC_GAUGES = {  # SPEC.md §5, the gauges kpistream exports today
@@ -85,4 +85,5 @@ def test_top_fits_an_80_column_terminal() -> None:
     for value in ("12.3k", "1.23M", "98.8k", "8.00", "12.50"):
         assert value in text
     assert "campaign cmp-0001" in text
+    assert HEADING in text
     assert {kpi.name for kpi in COLUMNS} <= set(KPI_FIELDS)
