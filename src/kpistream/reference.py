@@ -1,9 +1,9 @@
 """The batch oracle used by the tests: events in, expected rows out, written for clarity.
 
 Independent of the streaming engine (nothing from ``kpistream.state`` or the engine's
-agents): it re-reads SPEC.md §1, §3 and §4 one event at a time, slowly and obviously. The KPI
-formulas are shared (``kpistream.kpi.formulas``, tested on their own) because they are a pure
-definition.
+agents): it re-reads SPEC.md §1, §3, §4 and §8 one event at a time, slowly and obviously.
+The KPI formulas are shared (``kpistream.kpi.formulas``, tested on their own) because they are
+a pure definition.
 
 Rules, in the order :func:`classify` applies them to each event ``e``:
 
@@ -14,10 +14,21 @@ Rules, in the order :func:`classify` applies them to each event ``e``:
 2. De-duplication. Ids are remembered for the whole run (the oracle never expires them): a
    second spend with the same ``spend_id``, survey with the same ``response_id``, or order with
    the same ``order_id`` *and* ``status`` is a *duplicate*, whatever its content.
-3. Cancellations. A cancellation of a placed order already accepted is accepted and retracts
-   it. A cancellation that arrives first is an *unknown order* (it changes nothing when it
-   arrives) but is remembered: when the placed order arrives later it is accepted and at once
-   retracted. Either way the rows end up the same.
+3. Cancellations (SPEC §1), decided here event by event (``Outcome.retractions``):
+
+   - of a placed order already accepted, with ``order.ts >= cancellation.ts - retention_ms``:
+     accepted, and it retracts the order;
+   - of a placed order already accepted, with ``order.ts < cancellation.ts - retention_ms``:
+     the order has *expired* ("never seen, or already expired"). The cancellation is an
+     *unknown order* and retracts nothing: the order stays counted in rows and profiles.
+     Expiry is judged by the cancellation's own ``ts``, not by ``T_e``, like the engine, so
+     the verdict does not depend on arrival speed, partitioning or sweep timing;
+   - of an order never accepted (not seen yet, or seen only late): an *unknown order* that
+     changes nothing when it arrives but is remembered: when the placed order arrives later
+     it is accepted and at once retracted (the rows end up as if the cancellation came
+     second).
+
+   A second cancellation of an order is a duplicate (rule 2), whatever happened to the first.
 
 A retracted order counts nowhere: it disappears from the bucket of its own (placed) ``ts``.
 
@@ -28,6 +39,24 @@ counted orders.
 
 Segment rows carry allocated spend (SPEC §4): for each campaign with orders in the window,
 its spend in the window times the share of its orders that are in the segment.
+
+Customer attribution (SPEC §8), given the low watermark ``W``, ``retention_ms`` (the largest
+window plus grace) and ``period_ms`` (``attribution_period``); without ``W`` no attribution
+field is computed:
+
+- an order's attribution day is ``[D, D + period_ms)`` with ``D = ts - ts % period_ms``
+  (epoch-aligned; Python's ``%`` floors, also for negative ``ts``); the day is *final* iff
+  ``D + period_ms + retention_ms <= W``;
+- a campaign's CPO on a day is the amount of its counted spend with ``ts`` in the day over the
+  number of its counted orders (of any customer, or none) with ``ts`` in the day; 0.0 when it
+  has no spend that day;
+- a customer's *costed* orders are its counted orders whose campaign is not ``unattributed``
+  and whose day is final. ``marketing_cost`` sums their campaigns' CPO on their days (in
+  ``(ts, order_id)`` order), ``costed_orders`` counts them, ``costed_revenue`` sums their
+  amounts (these three are always present, also for customers with responses only);
+  ``cpo = marketing_cost / costed_orders`` (absent when 0 orders); ``acquisition_cost`` is the
+  CPO of the first counted order when that order is costed (absent otherwise);
+  ``value_ratio = costed_revenue / marketing_cost`` (absent when the cost is 0).
 """
 
 from __future__ import annotations
@@ -36,7 +65,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kpistream.contracts.records import Event, Order, Spend, Survey
+from kpistream.contracts.records import UNATTRIBUTED, Event, Order, Spend, Survey
 from kpistream.kpi.formulas import WindowSums, compute_kpis
 
 DIMENSIONS: tuple[str, ...] = ("all", "channel", "campaign", "segment")
@@ -50,15 +79,16 @@ class Outcome:
     duplicates: list[Event] = field(default_factory=list)
     late: list[Event] = field(default_factory=list)
     unknown_orders: list[Event] = field(default_factory=list)
+    #: ids of the orders :func:`classify` decided to retract (rule 3)
+    retractions: set[str] = field(default_factory=set)
 
     @property
     def retracted(self) -> frozenset[str]:
-        """Order ids whose accepted placed order is cancelled (before or after it arrived)."""
+        """Ids of accepted placed orders that a cancellation retracts (one accepted after
+        them, or an unknown one before them); a cancellation after expiry retracts nothing."""
         placed = {e.order_id for e in self.accepted
                   if isinstance(e, Order) and e.status == "placed"}
-        cancelled = {e.order_id for e in [*self.accepted, *self.unknown_orders]
-                     if isinstance(e, Order) and e.status == "cancelled"}
-        return frozenset(placed & cancelled)
+        return frozenset(placed & self.retractions)
 
 
 def _identity(event: Event) -> tuple[str, str]:
@@ -78,7 +108,8 @@ def classify(events: Iterable[Event], *, retention_ms: int,
     outcome = Outcome()
     stream_time: int | None = None  # None = -inf
     seen: set[tuple[str, str]] = set()
-    placed_ids: set[str] = set()
+    placed_at: dict[str, int] = {}  # accepted placed order -> its ts
+    cancelled_first: set[str] = set()  # cancellations of orders not seen yet
 
     for index, event in enumerate(events):
         # 1. late?
@@ -98,15 +129,22 @@ def classify(events: Iterable[Event], *, retention_ms: int,
             continue
         seen.add(identity)
 
-        # 3. a cancellation of an order not (yet) seen?
+        # 3. a cancellation: of an order not (yet) seen, of an expired one, or one to retract?
         if isinstance(event, Order) and event.status == "cancelled":
-            if event.order_id in placed_ids:
-                outcome.accepted.append(event)
-            else:
+            placed = placed_at.get(event.order_id)
+            if placed is None:
+                cancelled_first.add(event.order_id)
                 outcome.unknown_orders.append(event)
+            elif placed < event.ts - retention_ms:  # expired: stays counted
+                outcome.unknown_orders.append(event)
+            else:
+                outcome.retractions.add(event.order_id)
+                outcome.accepted.append(event)
             continue
         if isinstance(event, Order):
-            placed_ids.add(event.order_id)
+            placed_at[event.order_id] = event.ts
+            if event.order_id in cancelled_first:
+                outcome.retractions.add(event.order_id)
         outcome.accepted.append(event)
     return outcome
 
@@ -336,10 +374,42 @@ def expected_alerts(outcome: Outcome, params: Any, *, baseline_ms: int, baseline
 PROFILE_NPS_PROMOTER, PROFILE_NPS_PASSIVE = 9, 7
 
 
-def expected_profiles(outcome: Outcome) -> dict[str, dict[str, Any]]:
+def attribution_day(ts: int, period_ms: int) -> int:
+    """Start of the epoch-aligned period holding ``ts`` (floor, also for negative ``ts``)."""
+    return ts - ts % period_ms
+
+
+def campaign_day_cpo(outcome: Outcome, *, period_ms: int) -> dict[tuple[str, int], float]:
+    """(campaign, day start) -> the campaign's counted spend in the day over its counted
+    orders (of any customer, or none) in the day; 0.0 without spend; absent when the campaign
+    has no counted order that day (``unattributed`` is a campaign like the others here)."""
+    spend: dict[tuple[str, int], float] = {}
+    orders: dict[tuple[str, int], int] = {}
+    for event in counted_events(outcome):
+        key = (event.campaign_id, attribution_day(event.ts, period_ms))
+        if isinstance(event, Spend):
+            spend[key] = spend.get(key, 0.0) + event.amount
+        elif isinstance(event, Order):
+            orders[key] = orders.get(key, 0) + 1
+    return {key: spend.get(key, 0.0) / n for key, n in orders.items()}
+
+
+def expected_profiles(outcome: Outcome, *, watermark_ms: int | None = None,
+                      retention_ms: int = 0, period_ms: int = 86_400_000
+                      ) -> dict[str, dict[str, Any]]:
     """Every customer with a counted order or a response, and its profile's fields (without
-    ``updated_at`` and without the attribution fields, which kpistream does not compute yet).
-    Undefined fields are absent."""
+    ``updated_at``). Undefined fields are absent. With ``watermark_ms`` (the low watermark
+    the deployment ended at) also the attribution fields, costing the orders of the days
+    final at it; without, none of them."""
+    costs = campaign_day_cpo(outcome, period_ms=period_ms)
+
+    def cost(order: Order) -> float | None:
+        day = attribution_day(order.ts, period_ms)
+        if (watermark_ms is None or order.campaign_id == UNATTRIBUTED
+                or day + period_ms + retention_ms > watermark_ms):
+            return None
+        return costs[(order.campaign_id, day)]
+
     orders: dict[str, list[Order]] = {}
     responses: dict[str, list[Survey]] = {}
     for event in counted_events(outcome):
@@ -360,6 +430,22 @@ def expected_profiles(outcome: Outcome) -> dict[str, dict[str, Any]]:
                            last_order_at=latest.ts, segment=latest.segment,
                            acquisition_channel=first.channel,
                            acquisition_campaign=first.campaign_id)
+            if cost(first) is not None:
+                profile["acquisition_cost"] = cost(first)
+        if watermark_ms is not None:
+            costed: list[tuple[Order, float]] = []
+            for o in sorted(mine, key=lambda o: (o.ts, o.order_id)):
+                c = cost(o)
+                if c is not None:
+                    costed.append((o, c))
+            marketing = sum((c for _, c in costed), 0.0)
+            revenue = sum((o.amount or 0.0 for o, _ in costed), 0.0)
+            profile.update(marketing_cost=marketing, costed_orders=len(costed),
+                           costed_revenue=revenue)
+            if costed:
+                profile["cpo"] = marketing / len(costed)
+            if marketing:
+                profile["value_ratio"] = revenue / marketing
         for kind in ("nps", "ces", "csat"):
             of_kind = [r for r in answers if r.survey_kind == kind]
             if of_kind:

@@ -163,6 +163,9 @@ class Settings(BaseSettings):
     grace: str = Field("5m", description="Lateness allowed beyond the largest window.")
     customer_retention: str = Field(
         "400d", description="A customer inactive for longer than this is deleted (SPEC §8).")
+    attribution_period: str = Field(
+        "1d", description="Attribution day of customer costs, aligned to the epoch (SPEC §8); "
+        "a multiple of the largest window's STEP.")
     max_future: str = Field("5m", description="Reject ts later than wall clock + max_future.")
 
     # --- input limits ------------------------------------------------------------------
@@ -239,13 +242,23 @@ class Settings(BaseSettings):
             raise ValueError("window names (their SIZE) must be unique")
         return value
 
-    @field_validator("idle_lag", "grace", "customer_retention", "max_future",
+    @field_validator("idle_lag", "grace", "customer_retention", "attribution_period",
+                     "max_future",
                      "publish_interval", "sink_timeout", "batch_within", "log_interval",
                      "session_timeout")
     @classmethod
     def _check_duration(cls, value: str) -> str:
         parse_duration_ms(value)
         return value
+
+    @model_validator(mode="after")
+    def _check_attribution(self) -> Settings:
+        step = self.attribution_window.step_ms
+        if self.attribution_period_ms % step:
+            raise ValueError(f"attribution_period={self.attribution_period} must be a multiple "
+                             f"of the largest window's STEP ({step} ms): a day's campaign "
+                             "sums are folded from that window's buckets")
+        return self
 
     @model_validator(mode="after")
     def _check_security(self) -> Settings:
@@ -287,6 +300,16 @@ class Settings(BaseSettings):
     @property
     def customer_retention_ms(self) -> int:
         return parse_duration_ms(self.customer_retention)
+
+    @property
+    def attribution_period_ms(self) -> int:
+        return parse_duration_ms(self.attribution_period)
+
+    @property
+    def attribution_window(self) -> WindowSpec:
+        """The largest window: its buckets expire exactly when no event of their time can be
+        accepted any more, which is when an attribution day becomes final (SPEC §8)."""
+        return max(self.window_specs, key=lambda spec: spec.size_ms)
 
     @property
     def max_future_ms(self) -> int:

@@ -359,13 +359,26 @@ def profile_mismatches(profiles: dict[str, dict[str, str]],
     return problems
 
 
+def expected_profiles(settings: Settings, outcome: reference.Outcome,
+                      watermark_ms: int | None = None) -> dict[str, dict[str, Any]]:
+    """The reference's profiles with attribution costs of the days final at
+    ``watermark_ms`` (default: the stream time, where an event-clock deployment's low
+    watermark ends once everything is read)."""
+    if watermark_ms is None:
+        judged = outcome.accepted + outcome.duplicates + outcome.unknown_orders
+        watermark_ms = max((e.ts for e in judged), default=0)
+    return reference.expected_profiles(outcome, watermark_ms=watermark_ms,
+                                       retention_ms=settings.retention_ms,
+                                       period_ms=settings.attribution_period_ms)
+
+
 def assert_profiles_exact(settings: Settings, outcome: reference.Outcome,
                           expected: dict[str, dict[str, Any]] | None = None,
                           timeout_s: float = 90) -> dict[str, dict[str, str]]:
     """Redis profiles equal the reference's (or ``expected``; polled until they do or the
     timeout passes), the sorted sets rank exactly those customers, and the last message of
     every key on the compacted customer-profiles topic equals its hash."""
-    expected = reference.expected_profiles(outcome) if expected is None else expected
+    expected = expected_profiles(settings, outcome) if expected is None else expected
     deadline = time.monotonic() + timeout_s
     profiles = read_profiles(settings)
     while profile_mismatches(profiles, expected) and time.monotonic() < deadline:
@@ -377,10 +390,14 @@ def assert_profiles_exact(settings: Settings, outcome: reference.Outcome,
     try:
         ranked = client.zrange(f"{settings.redis_prefix}:customers:by_revenue", 0, -1,
                                withscores=True)
+        by_ratio = client.zrange(f"{settings.redis_prefix}:customers:by_value_ratio", 0, -1,
+                                 withscores=True)
     finally:
         client.close()
     assert {c: s for c, s in ranked} == pytest.approx(
         {c: float(p["revenue"]) for c, p in profiles.items()})
+    assert {c: s for c, s in by_ratio} == pytest.approx(
+        {c: float(p["value_ratio"]) for c, p in profiles.items() if "value_ratio" in p})
     last = last_messages(settings.kafka_bootstrap, settings.topic_customer_profiles)
     live = {key: value for key, value in last.items() if value is not None}
     assert set(live) == set(profiles)

@@ -16,6 +16,7 @@ from harness import (
     changelog_topics,
     committed_offsets,
     end_offsets,
+    expected_profiles,
     last_messages,
     normalise,
     row_mismatches,
@@ -221,7 +222,7 @@ def test_profiles_past_retention_are_deleted_and_tombstoned(deployment) -> None:
     dep.start_worker(KPISTREAM_CUSTOMER_RETENTION="30m")
     dep.start_worker(KPISTREAM_CUSTOMER_RETENTION="30m")
     dep.produce(recs)
-    everyone = reference.expected_profiles(outcome)
+    everyone = expected_profiles(settings, outcome)
     assert any(c.startswith("early-") for c in everyone)
     kept = {c: p for c, p in everyone.items() if c.startswith("late-")}
     assert min(p["last_activity_at"] for p in kept.values()) > start + 105 * 60_000

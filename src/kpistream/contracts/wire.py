@@ -186,27 +186,44 @@ def decode_aggregate_pack(data: bytes) -> AggregatePack:
 CustomerFact = tuple[int, int, int, Event]
 
 
+@dataclass(frozen=True, slots=True)
+class CampaignDayCost:
+    """A campaign's final CPO on one attribution day (SPEC §8), with the sums it comes from."""
+
+    campaign: str
+    day: int
+    cpo: float
+    spend: float
+    orders: int
+
+
 @dataclass(slots=True)
 class CustomerFacts:
-    """Aggregate -> customer stage (``kpistream-customers``), one record per customer
-    partition per applied batch of one aggregate partition that has facts for it or a new
-    low mark (the customer stage judges retention behind the low watermark, SPEC §3)."""
+    """To the customer stage (``kpistream-customers``). From an aggregate partition
+    (``source`` < partitions): one record per customer partition per applied batch that has
+    facts for it or a new low mark (the customer stage judges retention behind the low
+    watermark, SPEC §3). From a roll-up partition q (``source`` = partitions + q): the final
+    campaign day costs, to every customer partition."""
 
     source: int
     facts: list[CustomerFact] = field(default_factory=list)
     low_mark: int = NO_TIME
+    costs: list[CampaignDayCost] = field(default_factory=list)
 
 
 def encode_customer_facts(message: CustomerFacts) -> bytes:
     return orjson.dumps([message.source, [[o, i, sign, event_fields(event)]
                                           for o, i, sign, event in message.facts],
-                         message.low_mark])
+                         message.low_mark,
+                         [[c.campaign, c.day, c.cpo, c.spend, c.orders]
+                          for c in message.costs]])
 
 
 def decode_customer_facts(data: bytes) -> CustomerFacts:
-    source, facts, low_mark = orjson.loads(data)
+    source, facts, low_mark, costs = orjson.loads(data)
     return CustomerFacts(source, [(o, i, sign, event_from_fields(fields))
-                                  for o, i, sign, fields in facts], low_mark)
+                                  for o, i, sign, fields in facts], low_mark,
+                         [CampaignDayCost(*cost) for cost in costs])
 
 
 # A profile's state: counted orders (order_id -> [ts, amount, channel, campaign, segment]) and
@@ -233,6 +250,8 @@ class CustomerPack:
     # orders that became or stopped being a first order in this batch (order entries): the
     # buckets whose counts a replay of the batch must send again
     moves: list[OrderEntry] = field(default_factory=list)
+    # final campaign day costs that arrived in this batch: (campaign, day) -> cpo
+    costs: list[tuple[str, int, float]] = field(default_factory=list)
 
 
 def encode_customer_pack(pack: CustomerPack) -> bytes:
@@ -242,11 +261,13 @@ def encode_customer_pack(pack: CustomerPack) -> bytes:
         [[customer, None if record is None else [record.orders, record.responses]]
          for customer, record in pack.customers],
         pack.moves,
+        [list(cost) for cost in pack.costs],
     ])
 
 
 def decode_customer_pack(data: bytes) -> CustomerPack:
-    seq, stream_time, high_water, customers, moves = orjson.loads(data)
+    seq, stream_time, high_water, customers, moves, costs = orjson.loads(data)
     return CustomerPack(seq, stream_time, {p: (o, i) for p, o, i in high_water},
                         [(customer, None if body is None else CustomerRecord(*body))
-                         for customer, body in customers], moves)
+                         for customer, body in customers], moves,
+                        [(c, d, cpo) for c, d, cpo in costs])

@@ -1,17 +1,19 @@
 """Pure: a customer's value profile for the CRM (SPEC §8), from what the customer stage holds.
 
 Fields and when each is undefined follow SPEC §8. The attribution fields (``marketing_cost``,
-``costed_orders``, ``costed_revenue``, ``cpo``, ``acquisition_cost``, ``value_ratio``) are not
-built yet: they need each campaign's CPO per final attribution day, which no stage computes
-today (issue 10), so profiles leave them out rather than publish a cost of zero.
+``costed_orders``, ``costed_revenue``, ``cpo``, ``acquisition_cost``, ``value_ratio``) cost
+each counted order of an attributed campaign at its campaign's CPO on the order's day, once
+that day is final (``cost_of`` returns None before): a published cost never changes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kpistream.contracts.wire import CustomerRecord
+from kpistream.contracts.records import UNATTRIBUTED
+from kpistream.contracts.wire import CustomerRecord, OrderEntry
 from kpistream.kpi.formulas import NPS_PASSIVE_MIN, NPS_PROMOTER_MIN
 
 SCHEMA_VERSION = 1
@@ -20,8 +22,9 @@ ProfileMessage = dict[str, Any]
 # Every field a profile message carries, in publishing order (undefined ones as None).
 PROFILE_FIELDS: tuple[str, ...] = (
     "customer_id", "segment", "orders", "revenue", "aov", "first_order_at", "last_order_at",
-    "acquisition_channel", "acquisition_campaign", "nps_last", "nps_category", "ces_last",
-    "csat_last", "last_activity_at", "updated_at",
+    "acquisition_channel", "acquisition_campaign", "marketing_cost", "costed_orders",
+    "costed_revenue", "cpo", "acquisition_cost", "value_ratio", "nps_last", "nps_category",
+    "ces_last", "csat_last", "last_activity_at", "updated_at",
 )
 # Scores of the sorted sets a CRM reads "top customers" from (SPEC §8).
 RANKINGS: tuple[str, ...] = ("revenue", "value_ratio")
@@ -43,8 +46,13 @@ def nps_category(score: int) -> str:
     return "passive" if score >= NPS_PASSIVE_MIN else "detractor"
 
 
-def build_profile(customer_id: str, record: CustomerRecord, now_ms: int) -> ProfileMessage:
-    """The Kafka form: every field present, undefined ones None."""
+CostOf = Callable[[OrderEntry], float | None]
+
+
+def build_profile(customer_id: str, record: CustomerRecord, now_ms: int,
+                  cost_of: CostOf) -> ProfileMessage:
+    """The Kafka form: every field present, undefined ones None. ``cost_of(entry)`` is an
+    order's attribution cost once its day is final, else None."""
     orders = record.orders
     profile: ProfileMessage = dict.fromkeys(PROFILE_FIELDS)
     profile["customer_id"] = customer_id
@@ -62,6 +70,23 @@ def build_profile(customer_id: str, record: CustomerRecord, now_ms: int) -> Prof
         profile["segment"] = orders[latest][_SE]
         profile["acquisition_channel"] = orders[first][_CH]
         profile["acquisition_campaign"] = orders[first][_CA]
+        if orders[first][_CA] != UNATTRIBUTED:
+            profile["acquisition_cost"] = cost_of(orders[first])
+    marketing_cost = costed_revenue = 0.0
+    costed = 0
+    for order_id in sorted(orders, key=lambda o: (orders[o][_TS], o)):
+        entry = orders[order_id]
+        cost = None if entry[_CA] == UNATTRIBUTED else cost_of(entry)
+        if cost is not None:
+            marketing_cost += cost
+            costed_revenue += float(entry[_AMOUNT] or 0.0)
+            costed += 1
+    profile.update(marketing_cost=marketing_cost, costed_orders=costed,
+                   costed_revenue=costed_revenue)
+    if costed:
+        profile["cpo"] = marketing_cost / costed
+    if marketing_cost:
+        profile["value_ratio"] = costed_revenue / marketing_cost
     for kind in ("nps", "ces", "csat"):
         latest_response = record.responses.get(kind)
         if latest_response is not None:

@@ -8,13 +8,19 @@ forgotten at once when revoked, so each row is exported by exactly one worker.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any, cast
 
 import faust
 
 from kpistream.alerts.engine import AlertEngine
 from kpistream.connections import redis_client
-from kpistream.contracts.wire import NO_TIME
+from kpistream.contracts.wire import (
+    NO_TIME,
+    CampaignDayCost,
+    CustomerFacts,
+    encode_customer_facts,
+)
 from kpistream.kpi.profiles import ProfileChange, build_profile
 from kpistream.kpi.rows import RowPublisher
 from kpistream.observability.metrics import (
@@ -141,7 +147,8 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
             for customer in sorted(part.changed):
                 record = part.customers.get(customer)
                 out.append(ProfileChange(customer, None if record is None else
-                                         build_profile(customer, record, now)))
+                                         build_profile(customer, record, now,
+                                                       partial(customers.cost_of, part))))
             part.changed = set()
         return out
 
@@ -162,10 +169,21 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
         owned.update(current)
         if now / 1000 - last_sweep[0] >= SWEEP_EVERY_S:
             last_sweep[0] = now / 1000
+            sent: dict[int, list[CampaignDayCost]] = {}
             for q in owned:
                 state.sweep(q, now)
                 for seq in state.take_dead(q):
                     tables.rollup.delete(q, seq)
+                costs = sent[q] = state.final_costs(q)
+                if costs:  # every customer partition may hold orders of these days
+                    data = encode_customer_facts(CustomerFacts(settings.partitions + q,
+                                                               costs=costs))
+                    for r in range(settings.partitions):
+                        outbox.send(settings.topic_customers, None, data, r)
+            if any(sent.values()):
+                await outbox.flush()
+                for q, costs in sent.items():
+                    state.costs_sent(q, costs)
             for p in assigned(settings.topic_events):
                 aggregator.sweep(p, now)
             for r in assigned(settings.topic_customers):

@@ -136,6 +136,7 @@ class PartitionAggregator:
 
     def __init__(self, settings: Settings, log: PackLog) -> None:
         self.windows = settings.window_specs
+        self.attribution_window = settings.attribution_window.name
         self.grace_ms = settings.grace_ms
         self.retention_ms = settings.retention_ms
         self.max_step_ms = max(spec.step_ms for spec in self.windows)
@@ -160,8 +161,10 @@ class PartitionAggregator:
             state.packs[seq] = pack.keep_until
         self.parts[p] = state
         # Buckets the live run never filled (expired when their events came) go at once; ids
-        # and packs wait for the next sweep, as they would have without the restart.
-        self._expire_buckets(state, self.expiry_time(state, now_ms))
+        # and packs wait for the next sweep, as they would have without the restart. Campaign
+        # buckets of the largest window wait too: a replayed batch re-sends them, and the
+        # roll-up folds them into attribution days (SPEC §8) unless it already did.
+        self._expire_buckets(state, self.expiry_time(state, now_ms), keep_attribution=True)
         return state
 
     def drop(self, partitions: set[int]) -> None:
@@ -210,13 +213,10 @@ class PartitionAggregator:
             last = offset
             if pack.raw_partitions:
                 state.raw_partitions = pack.raw_partitions
-            for mark in pack.marks:
-                key = (mark.topic, mark.partition)
-                held = state.marks.get(key)
-                newest = mark.newest_ts
-                if held is not None and held[0] is not None:
-                    newest = held[0] if newest is None else max(newest, held[0])
-                state.marks[key] = (newest, mark.at_end)
+            # The pack's marks describe the raw partitions after the edge read the whole
+            # batch (a batch of a sparse partition may span days): its events are judged
+            # against the marks before it, advanced by each event as it is read, and the
+            # pack's marks apply after them.
             low = state.low_mark()
             for index, (source, body) in enumerate(pack.items):
                 coords = (source.topic, source.partition)
@@ -226,6 +226,12 @@ class PartitionAggregator:
                 if isinstance(body, str):
                     self._count(state, source.topic, body)
                     continue
+                held = state.marks.get(coords)
+                if held is None or held[0] is None or held[1] or body.ts > held[0]:
+                    state.marks[coords] = (body.ts if held is None or held[0] is None
+                                           else max(body.ts, held[0]), False)
+                    if held is None or held[0] is None or held[1] or held[0] <= low:
+                        low = state.low_mark()  # this partition may have held it back
                 # Lateness is judged against stream time held back to the low mark, so an
                 # event of a raw partition read behind the others (a backlog) is judged as
                 # it would have been live.
@@ -241,6 +247,13 @@ class PartitionAggregator:
                                           (offset, index))
                 self._count(state, source.topic, COUNTED_OUTCOME[outcome])
                 result.verdicts.append(Verdict(outcome, body, source))
+            for mark in pack.marks:
+                key = (mark.topic, mark.partition)
+                held = state.marks.get(key)
+                newest = mark.newest_ts
+                if held is not None and held[0] is not None:
+                    newest = held[0] if newest is None else max(newest, held[0])
+                state.marks[key] = (newest, mark.at_end)
         if last is not None:
             keep_until = NO_TIME
             for _, event, _, _ in effects:
@@ -311,6 +324,10 @@ class PartitionAggregator:
     def _apply(self, state: PartitionState, event: Event, t_eff: int, touched: set[BucketKey],
                ids: dict[str, list[Any]], effects: list[Effect],
                coords: tuple[int, int]) -> Outcome:
+        """Judge one event that is not late. A cancellation of an order placed more than the
+        retention before it (by the cancellation's own ts) finds the order expired (SPEC §1),
+        whether or not a sweep forgot its id yet: the same verdict whatever the arrival speed
+        or the timing of sweeps (ids are swept behind the low mark, so never earlier)."""
         key = f"{event.kind}|{event.id}"
         record = state.ids.get(key)
         if not isinstance(event, Order):
@@ -330,7 +347,8 @@ class PartitionAggregator:
         else:
             if record is not None and record[_C_TS] is not None:
                 return "duplicate"
-            if record is None or record[_P_TS] is None:
+            if (record is None or record[_P_TS] is None
+                    or record[_P_TS] < event.ts - self.retention_ms):
                 record = [None, None, None, None, None, event.ts, 0, None]
                 state.ids[key] = ids[key] = record
                 return "unknown_order"
@@ -373,8 +391,11 @@ class PartitionAggregator:
         t_eff = self.effective_time(state, now_ms)
         if t_eff == NO_TIME:
             return 0
-        expired = self._expire_buckets(state, self.expiry_time(state, now_ms))
-        horizon = t_eff - self.retention_ms
+        t_expiry = self.expiry_time(state, now_ms)
+        expired = self._expire_buckets(state, t_expiry)
+        # Behind the low mark, like buckets: a raw partition read behind the others may
+        # still cancel an order a faster one's stream time has passed (SPEC §3).
+        horizon = t_expiry - self.retention_ms
         old_ids = [id_key for id_key, record in state.ids.items()
                    if _record_time(record) < horizon]
         for id_key in old_ids:
@@ -389,12 +410,15 @@ class PartitionAggregator:
             self.log.delete(p, seq)
         return expired + len(old_ids) + len(old_packs)
 
-    def _expire_buckets(self, state: PartitionState, t_eff: int) -> int:
+    def _expire_buckets(self, state: PartitionState, t_eff: int, *,
+                        keep_attribution: bool = False) -> int:
         if t_eff == NO_TIME:
             return 0
         specs = {spec.name: spec for spec in self.windows}
         expired = [key for key in state.buckets
-                   if bucket_expired(key[3], specs[key[0]], t_eff, self.grace_ms)]
+                   if bucket_expired(key[3], specs[key[0]], t_eff, self.grace_ms)
+                   and not (keep_attribution and key[0] == self.attribution_window
+                            and key[1] == "campaign")]
         for key in expired:
             del state.buckets[key]
         return len(expired)

@@ -22,6 +22,14 @@ Exactness without transactions, as in the aggregate stage:
   own roll-up messages went out before that.
 - the counts go to the roll-up as absolute bucket values stamped with the applied offset,
   under their own source number (``partitions + r``), like an aggregate partition's.
+
+Attribution costs (SPEC §8): each roll-up partition sends every customer partition the final
+CPO of its campaigns' days. They are kept in the changelog record of the batch they came in
+(pinned until they expire) and copied into an order's entry (its sixth field) whenever the
+customer's record is written, so a customer's profile keeps an order's cost for as long as it
+keeps the order, and a cost is forgotten once no profile can still hold an uncosted order of
+its day (``customer_retention`` after the day became final). A cost already held is ignored:
+after a crash the roll-up sends it again.
 """
 
 from __future__ import annotations
@@ -49,7 +57,7 @@ from kpistream.state.store import PackLog
 BucketKey = tuple[str, str, str, int]  # window, dimension, group, bucket
 _NEW = SUM_FIELDS.index("new_customers")
 # order entry fields
-_TS, _AMOUNT, _CH, _CA, _SE = range(5)
+_TS, _AMOUNT, _CH, _CA, _SE, _COST = range(6)
 
 
 def first_order(record: CustomerRecord) -> tuple[str, OrderEntry] | None:
@@ -105,6 +113,8 @@ class CustomerPartition:
     changed: set[str] = field(default_factory=set)  # since the last publication
     expired: set[str] = field(default_factory=set)  # deleted, not yet in the changelog
     low_marks: dict[int, int] = field(default_factory=dict)  # per aggregate partition
+    costs: dict[tuple[str, int], float] = field(default_factory=dict)  # (campaign, day) -> cpo
+    cost_packs: dict[int, int] = field(default_factory=dict)  # seq -> newest day it holds
 
 
 class CustomerState:
@@ -117,6 +127,9 @@ class CustomerState:
         self.idle_lag_ms = settings.idle_lag_ms
         self.retention_ms = settings.customer_retention_ms
         self.partitions = settings.partitions
+        self.period_ms = settings.attribution_period_ms
+        # A day's cost is final at the day's end plus this (SPEC §8).
+        self.final_after_ms = settings.retention_ms
         self.log = log
         self.parts: dict[int, CustomerPartition] = {}
 
@@ -133,6 +146,8 @@ class CustomerState:
                     state.customers.pop(customer, None)
                 else:
                     state.customers[customer] = record
+            if pack.costs:
+                self._hold_costs(state, seq, pack.costs)
             state.applied, state.stream_time = pack.seq, pack.stream_time
             state.header = pack.seq
             state.high_water = pack.high_water
@@ -177,11 +192,18 @@ class CustomerState:
         replayed_from: int | None = None
         last = None
         changed |= state.expired
+        new_costs: list[tuple[str, int, float]] = []
         for offset, message in items:
             if state.applied is not None and offset <= state.applied:
                 replayed_from = offset if replayed_from is None else min(replayed_from, offset)
                 continue
             last = offset
+            if message.source >= self.partitions:  # a roll-up partition's final costs
+                for cost in message.costs:
+                    if (cost.campaign, cost.day) not in state.costs:
+                        state.costs[cost.campaign, cost.day] = cost.cpo
+                        new_costs.append((cost.campaign, cost.day, cost.cpo))
+                continue
             state.low_marks[message.source] = message.low_mark
             held = state.high_water.get(message.source, (-1, -1))
             for o, i, sign, event in message.facts:
@@ -209,11 +231,20 @@ class CustomerState:
                     state.firsts.pop(customer, None)
                 changed.add(customer)
             state.high_water[message.source] = held
-        if last is not None and (changed or moves):
+        if new_costs:
+            state.changed |= self._costed_customers(state, new_costs)
+        if last is not None and (changed or moves or new_costs):
+            for customer in changed:
+                record = state.customers.get(customer)
+                if record is not None:
+                    self._stamp(state, record)
             pack = CustomerPack(last, state.stream_time, dict(state.high_water),
-                                [(c, state.customers.get(c)) for c in sorted(changed)], moves)
+                                [(c, state.customers.get(c)) for c in sorted(changed)], moves,
+                                new_costs)
             self.log.put(r, last, encode_customer_pack(pack))
             state.refs.setdefault(last, 0)
+            if new_costs:
+                self._hold_costs(state, last, new_costs)
             for customer in changed:
                 self._hold(state, customer, last)
             if state.header is not None and state.refs.get(state.header, 0) <= 0:
@@ -229,6 +260,40 @@ class CustomerState:
         result.updates = self._updates(state, touched)
         result.applied = state.applied
         return result
+
+    def day_of(self, ts: int) -> int:
+        return ts - ts % self.period_ms
+
+    def _costed_customers(self, state: CustomerPartition,
+                          costs: list[tuple[str, int, float]]) -> set[str]:
+        """Customers holding an order of a newly final campaign day: their profiles change."""
+        keys = {(campaign, day) for campaign, day, _ in costs}
+        return {customer for customer, record in state.customers.items()
+                if any((entry[_CA], self.day_of(int(entry[_TS]))) in keys
+                       for entry in record.orders.values())}
+
+    def _stamp(self, state: CustomerPartition, record: CustomerRecord) -> None:
+        """Copy known costs into the record's order entries before it is written."""
+        for entry in record.orders.values():
+            if len(entry) == _COST:
+                cost = state.costs.get((entry[_CA], self.day_of(int(entry[_TS]))))
+                if cost is not None:
+                    entry.append(cost)
+
+    def _hold_costs(self, state: CustomerPartition, seq: int,
+                    costs: list[tuple[str, int, float]]) -> None:
+        for campaign, day, cpo in costs:
+            state.costs[campaign, day] = cpo
+        newest = max(day for _, day, _ in costs)
+        if seq not in state.cost_packs:
+            state.refs[seq] = state.refs.get(seq, 0) + 1  # pinned while its costs are kept
+        state.cost_packs[seq] = max(newest, state.cost_packs.get(seq, newest))
+
+    def cost_of(self, state: CustomerPartition, entry: OrderEntry) -> float | None:
+        """The order's attribution cost once its day is final; None before."""
+        if len(entry) > _COST:
+            return float(entry[_COST])
+        return state.costs.get((entry[_CA], self.day_of(int(entry[_TS]))))
 
     def _apply_order(self, state: CustomerPartition, customer: str, record: CustomerRecord,
                      order: Order, sign: int, touched: set[BucketKey],
@@ -373,4 +438,17 @@ class CustomerState:
             state.firsts.pop(customer, None)
         state.expired.update(gone)
         state.changed.update(gone)
-        return len(old_buckets) + len(gone)
+        # A cost is copied into every order entry written after it came; an entry written
+        # before belongs to a customer last active before the day became final, deleted by
+        # now: the cost is no longer needed.
+        old_costs = [cost for cost in state.costs
+                     if cost[1] + self.period_ms + self.final_after_ms < horizon]
+        for cost in old_costs:
+            del state.costs[cost]
+        for seq in [seq for seq, newest in state.cost_packs.items()
+                    if newest + self.period_ms + self.final_after_ms < horizon]:
+            del state.cost_packs[seq]
+            state.refs[seq] -= 1
+            if state.refs[seq] <= 0:
+                state.dead.add(seq)
+        return len(old_buckets) + len(gone) + len(old_costs)

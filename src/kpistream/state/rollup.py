@@ -16,6 +16,19 @@ Stream time of a roll-up partition is the largest event time any source partitio
 (in live mode never less than wall clock minus idle_lag). The low watermark (SPEC §3) is the
 smallest low mark of the source partitions, each of which is the newest event time of the
 slowest raw input partition not yet read to its end.
+
+Attribution days (SPEC §8): a campaign's CPO on a day is its spend over its counted orders in
+that day, final once the low watermark has passed the day's end plus the largest window plus
+grace. That is exactly when the last bucket of the day expires from the largest window (its
+STEP divides the day), and a bucket's total when it expires is final: no event of its time can
+be accepted any more, and no cancellation can reach its orders (their ids expired first). So
+the partition folds each expiring bucket of a campaign row's largest window into that
+campaign's day sums, and once a day's last bucket has expired the day's CPO is final and goes
+to the customer stage. The day sums and how far buckets were folded are kept in one changelog
+record per partition (``ATTRIBUTION_SEQ``, written with each fold), so a restart neither loses
+nor folds twice what the tombstoned messages carried; a final day is forgotten only after its
+costs were acknowledged (:meth:`RollupState.costs_sent`), so a crash re-sends rather than
+loses it (the customer stage ignores a cost it holds).
 """
 
 from __future__ import annotations
@@ -23,12 +36,25 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from kpistream.contracts.wire import ALL_READ, NO_TIME, RollupMessage, decode_rollup
+import orjson
+
+from kpistream.contracts.wire import (
+    ALL_READ,
+    NO_TIME,
+    CampaignDayCost,
+    RollupMessage,
+    decode_rollup,
+)
+from kpistream.kpi.formulas import SUM_FIELDS
 from kpistream.settings import Settings, WindowSpec
 from kpistream.state.buckets import RowId, Sums, bucket_expired, total, window_end
 from kpistream.state.store import PackLog
 
 EntryKey = tuple[str, str, str, int, int]  # window, dimension, group, bucket, source
+# The changelog key of a partition's attribution record: below every roll-up offset.
+ATTRIBUTION_SEQ = -1
+_ORDERS = SUM_FIELDS.index("orders")
+_SPEND = SUM_FIELDS.index("spend")
 
 
 @dataclass(slots=True)
@@ -80,6 +106,24 @@ class PartitionLog:
             self.dead.add(seq)
 
 
+@dataclass(slots=True)
+class AttributionDays:
+    """One partition's campaign day sums not yet final, and how far buckets were folded."""
+
+    folded_through: int = NO_TIME  # every bucket starting at or before it is folded
+    days: dict[tuple[str, int], list[float]] = field(default_factory=dict)  # -> spend, orders
+    final: list[CampaignDayCost] = field(default_factory=list)  # to send, not yet acked
+
+    def encode(self) -> bytes:
+        return orjson.dumps([self.folded_through,
+                             [[c, d, *sums] for (c, d), sums in self.days.items()]])
+
+    @classmethod
+    def decode(cls, data: bytes) -> AttributionDays:
+        folded_through, days = orjson.loads(data)
+        return cls(folded_through, {(c, d): [spend, orders] for c, d, spend, orders in days})
+
+
 class RollupState:
     """Roll-up values, source marks and the derived per-partition cache of rows."""
 
@@ -98,6 +142,9 @@ class RollupState:
         # read them (it sets ``evaluated``), however far ahead a backlog moved the watermark.
         self.hold_for_alerts = hold_for_alerts
         self.evaluated: dict[int, int] = {}
+        self.attribution_spec = settings.attribution_window
+        self.period_ms = settings.attribution_period_ms
+        self.attribution: dict[int, AttributionDays] = {}
 
     # -- stream time -------------------------------------------------------------------
     def event_time(self, q: int) -> int:
@@ -197,7 +244,11 @@ class RollupState:
         self.drop([q])
         self.logs[q] = PartitionLog()
         self.cache[q] = {}
+        self.attribution[q] = AttributionDays()
         for seq, data in self.log.load(q):
+            if seq == ATTRIBUTION_SEQ:
+                self.attribution[q] = AttributionDays.decode(data)
+                continue
             self._apply(q, seq, decode_rollup(data), NO_TIME)
         self.sweep(q, now_ms)
         self.dirty[q] = {(row, w) for row, windows in self.cache[q].items() for w in windows}
@@ -208,6 +259,7 @@ class RollupState:
             self.dirty.pop(q, None)
             self.logs.pop(q, None)
             self.evaluated.pop(q, None)
+            self.attribution.pop(q, None)
 
     # -- expiry ------------------------------------------------------------------------
     def sweep(self, q: int, now_ms: int) -> None:
@@ -218,6 +270,7 @@ class RollupState:
         plog = self.logs.get(q)
         if t == NO_TIME or plog is None:
             return
+        self._fold(q, t)
         for key in [k for k in plog.entries
                     if bucket_expired(k[3], self.specs[k[0]], t, self.grace_ms)]:
             plog.release(plog.entries.pop(key)[1])
@@ -227,6 +280,58 @@ class RollupState:
                 for bucket in [b for b in buckets.totals
                                if bucket_expired(b, spec, t, self.grace_ms)]:
                     buckets.drop(bucket)
+
+    # -- attribution days (SPEC §8) ------------------------------------------------------
+    def _fold(self, q: int, t: int) -> None:
+        """Fold the campaign buckets of the largest window that expire at ``t`` into their
+        day sums; the days whose last bucket expired become final."""
+        spec = self.attribution_spec
+        days = self.attribution.setdefault(q, AttributionDays())
+        # Buckets expire in time order: the newest bucket expired at t bounds them all.
+        through = t - self.retention_of(spec) - spec.step_ms
+        through -= through % spec.step_ms
+        if through > days.folded_through:
+            for (dimension, campaign), windows in self.cache.get(q, {}).items():
+                buckets = windows.get(spec.name) if dimension == "campaign" else None
+                if buckets is None:
+                    continue
+                for bucket, sums in buckets.totals.items():
+                    if days.folded_through < bucket <= through:
+                        day = bucket - bucket % self.period_ms
+                        held = days.days.setdefault((campaign, day), [0.0, 0.0])
+                        held[0] += sums[_SPEND]
+                        held[1] += sums[_ORDERS]
+            days.folded_through = through
+            self.log.put(q, ATTRIBUTION_SEQ, days.encode())
+        # Also after a restart: final days not yet acknowledged are still in ``days``.
+        pending = {(cost.campaign, cost.day) for cost in days.final}
+        for (campaign, day), (spend, orders) in sorted(days.days.items()):
+            if day + self.period_ms - spec.step_ms > through or (campaign, day) in pending:
+                continue
+            count = round(orders)
+            days.final.append(CampaignDayCost(campaign, day, spend / count if count else 0.0,
+                                              spend, count))
+
+    def retention_of(self, spec: WindowSpec) -> int:
+        return spec.size_ms + self.grace_ms
+
+    def final_costs(self, q: int) -> list[CampaignDayCost]:
+        """Final campaign day costs of partition q not yet acknowledged by the customer
+        stage (sent again after a restart until they are)."""
+        held = self.attribution.get(q)
+        return list(held.final) if held is not None else []
+
+    def costs_sent(self, q: int, costs: list[CampaignDayCost]) -> None:
+        """The customer stage has these costs (their records were acknowledged): forget the
+        days, and record it."""
+        held = self.attribution.get(q)
+        if held is None or not costs:
+            return
+        done = {(cost.campaign, cost.day) for cost in costs}
+        held.final = [cost for cost in held.final if (cost.campaign, cost.day) not in done]
+        for key in done:
+            held.days.pop(key, None)
+        self.log.put(q, ATTRIBUTION_SEQ, held.encode())
 
     def window_of(self, spec: WindowSpec, t: int) -> tuple[int, int]:
         end = window_end(t, spec.step_ms)

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from functools import partial
 
 from kpistream.contracts.records import Event, Source, event_key
 from kpistream.contracts.wire import (
+    CustomerFacts,
     EventPack,
     RawMark,
     decode_customer_facts,
@@ -26,7 +28,7 @@ from kpistream.stages.aggregate import customer_facts, rollup_messages
 from kpistream.stages.customers import customer_rollup_messages
 from kpistream.state.aggregate import PartitionAggregator
 from kpistream.state.customers import CustomerState
-from kpistream.state.rollup import RollupState
+from kpistream.state.rollup import ATTRIBUTION_SEQ, RollupState
 from kpistream.state.store import DictPackLog
 
 TOPIC = "in"
@@ -42,6 +44,8 @@ class Sim:
     customer_log: DictPackLog = field(default_factory=DictPackLog)
 
     def __post_init__(self) -> None:
+        # The stages count their sources (watermark, customer sources) by this setting.
+        self.settings = self.settings.model_copy(update={"partitions": self.partitions})
         self.raw: list[Event] = []
         self.edge_committed = 0
         self.newest: int | None = None
@@ -156,12 +160,64 @@ class Sim:
         for offset, data in enumerate(batch, start=start):
             self.state.apply(q, offset, data, self.now_ms)
         if crash and rng is not None:
-            _lose(self.rollup_log, before, rng)
+            # One changelog partition per roll-up partition, written in offset order: a
+            # crash loses a suffix of the batch's records (a record of a later message never
+            # survives without the earlier ones, which the attribution fold relies on).
+            changed = sorted(key for key in self.rollup_log.data if key not in before
+                             or before[key] != self.rollup_log.data[key])
+            cut = rng.randint(0, len(changed))
+            kept = dict(before)
+            for key in changed[:cut]:
+                kept[key] = self.rollup_log.data[key]
+            self.rollup_log.data = kept
             self.state.drop([q])
             return  # not committed: processed again by the next step
         for seq in self.state.take_dead(q):
             self.rollup_log.delete(q, seq)
         self.rollup_done[q] = start + len(batch)
+
+    def sweep_step(self, q: int, *, crash: bool = False,
+                   rng: random.Random | None = None) -> None:
+        """The publish timer's sweep of roll-up partition q: expiry, attribution days folded,
+        final costs sent to every customer partition and, once delivered, acknowledged."""
+        if not self.state.loaded(q):
+            self.state.load(q, self.now_ms)
+        before = dict(self.rollup_log.data)
+        self.state.sweep(q, self.now_ms)
+        for seq in self.state.take_dead(q):
+            self.rollup_log.delete(q, seq)
+        costs = self.state.final_costs(q)
+        sent = [("customers", r, encode_customer_facts(CustomerFacts(self.partitions + q,
+                                                                     costs=costs)))
+                for r in range(self.partitions)] if costs else []
+        if crash and rng is not None:
+            # The attribution record is written before the tombstones of the messages it
+            # folded, to the same changelog partition: Kafka keeps their order, so a crash
+            # loses a suffix of them, never the record alone.
+            record = (q, ATTRIBUTION_SEQ)
+            if rng.random() < 0.5:
+                self.rollup_log.data = before
+            else:
+                kept = dict(before)
+                if record in self.rollup_log.data:
+                    kept[record] = self.rollup_log.data[record]
+                for key in set(before) - set(self.rollup_log.data):
+                    if rng.random() < 0.5:
+                        kept.pop(key)
+                self.rollup_log.data = kept
+            self._deliver([message for message in sent if rng.random() < 0.5])
+            self.state.drop([q])
+            return
+        self._deliver(sent)
+        self.state.costs_sent(q, costs)
+
+    def settle(self, rng: random.Random | None = None) -> None:
+        """Sweep every roll-up partition and process what that sends, until nothing moves."""
+        rng = rng or random.Random(0)
+        for _ in range(3):
+            for q in range(self.partitions):
+                self.sweep_step(q)
+            self.run_all(rng)
 
     # -- driver --------------------------------------------------------------------------
     def pending(self) -> list[tuple[str, int]]:
@@ -192,6 +248,8 @@ class Sim:
                 self.customers_step(p, n, crash=crash, rng=rng)
             else:
                 self.rollup_step(p, n, crash=crash, rng=rng)
+                if rng.random() < 0.3:
+                    self.sweep_step(p, crash=rng.random() < crash_rate, rng=rng)
 
     def rows(self) -> dict[tuple[str, str, str], dict[str, object]]:
         """(window, dimension, group) -> published message, after a final tick."""
@@ -210,8 +268,10 @@ class Sim:
         """customer_id -> published profile fields (undefined and updated_at left out)."""
         out = {}
         for r in range(self.partitions):
-            for customer, record in self.customers.state(r, self.now_ms).customers.items():
-                message = build_profile(customer, record, self.now_ms)
+            part = self.customers.state(r, self.now_ms)
+            for customer, record in part.customers.items():
+                message = build_profile(customer, record, self.now_ms,
+                                        partial(self.customers.cost_of, part))
                 out[customer] = {k: v for k, v in message.items() if v is not None
                                  and k not in ("updated_at", "schema_version")}
         return out

@@ -92,12 +92,37 @@ def test_low_mark_is_the_slowest_raw_partition_not_read_to_its_end() -> None:
 def test_packs_leave_with_retention_but_the_newest_stays() -> None:
     log = DictPackLog()
     agg = aggregator(log)
+    read = [RawMark("orders", 0, T + 60 * HOUR, True)]  # the only raw partition, all read
     agg.process(0, [(0, pack(order("a", T)))], T)
     agg.process(0, [(1, pack(order("b", T + 30 * HOUR), first=1))], T)
-    agg.process(0, [(2, pack(order("c", T + 60 * HOUR), first=2))], T)
+    agg.process(0, [(2, pack(order("c", T + 60 * HOUR), first=2, marks=read))], T)
     agg.sweep(0, T)
     assert sorted(seq for _, seq in log.data) == [2]
     assert aggregator(log).state(0, T).applied == 2
+
+
+def test_ids_wait_for_the_low_mark_and_a_cancellation_judges_expiry_by_its_own_time() -> None:
+    """A raw partition read behind the others may still cancel an order that a faster one's
+    stream time has passed: ids leave behind the low mark, and an order placed more than the
+    retention before the cancellation's ts is expired (SPEC §1) whether or not swept yet."""
+    agg = aggregator()
+    behind = [RawMark("orders", 0, T + 60 * HOUR, False), RawMark("orders", 1, T, False)]
+    agg.process(0, [(0, EventPack(2, behind, [(Source("orders", 0, 0, None, "{}"),
+                                               order("a", T))]))], T)
+    agg.process(0, [(1, pack(order("b", T + 60 * HOUR), first=1))], T)
+    agg.sweep(0, T)
+    assert "order|a" in agg.state(0, T).ids  # the low mark is still at T
+    cancels = [order("a", T + HOUR, "cancelled"), order("b", T + 60 * HOUR + 1, "cancelled")]
+    result = agg.process(0, [(2, EventPack(2, [], [(Source("orders", 1, i, None, "{}"), c)
+                                                   for i, c in enumerate(cancels)]))], T)
+    assert [v.outcome for v in result.verdicts] == ["accepted", "accepted"]
+    agg.process(0, [(3, pack(order("c", T + 59 * HOUR), first=5))], T)
+    # 25 h after the order (retention 24h05m) by its own ts: expired, though not swept.
+    expired = agg.process(0, [(4, EventPack(2, [], [(Source("orders", 1, 9, None, "{}"),
+                                                     order("c", T + 84 * HOUR,
+                                                           "cancelled"))]))], T)
+    assert "order|c" in agg.state(0, T).ids
+    assert [v.outcome for v in expired.verdicts] == ["unknown_order"]
 
 
 def test_a_redelivery_is_skipped_however_far_stream_time_has_moved() -> None:
@@ -109,3 +134,20 @@ def test_a_redelivery_is_skipped_however_far_stream_time_has_moved() -> None:
     again = agg.process(0, [(2, pack(order("a", T), order("a", T + 5, "cancelled")))], T)
     assert again.verdicts == []
     assert agg.state(0, T).counts == {("orders", "accepted"): 3}
+
+
+def test_a_packs_own_marks_do_not_make_its_events_late() -> None:
+    """The edge read a sparse partition's whole backlog in one batch: the pack's marks say
+    both raw partitions are days ahead, but its events were read before that, so each is
+    judged against the marks before the pack, advanced by the events read so far."""
+    agg = aggregator()
+    ahead = [RawMark("orders", 0, T + 72 * HOUR, False), RawMark("orders", 1, T + 72 * HOUR,
+                                                                 False)]
+    items = [(Source("orders", i % 2, i, None, "{}"), order(f"o{i}", T + i * HOUR))
+             for i in range(72)]
+    result = agg.process(0, [(0, EventPack(2, ahead, items))], T)
+    assert {v.outcome for v in result.verdicts} == {"accepted"}
+    # Read in the next pack, an event older than both partitions' newest - retention is late.
+    old = agg.process(0, [(1, EventPack(2, [], [(Source("orders", 0, 99, None, "{}"),
+                                                 order("x", T + 40 * HOUR))]))], T)
+    assert [v.outcome for v in old.verdicts] == ["late"]

@@ -4,7 +4,7 @@ arrives later, the first order cancelled, a replay after a crash, a restart."""
 from __future__ import annotations
 
 from kpistream.contracts.records import Order, Survey
-from kpistream.contracts.wire import CustomerFacts
+from kpistream.contracts.wire import CampaignDayCost, CustomerFacts
 from kpistream.kpi.formulas import SUM_FIELDS
 from kpistream.settings import Settings
 from kpistream.state.customers import CustomerState, first_order
@@ -115,3 +115,33 @@ def test_retention_waits_for_the_low_watermark_of_every_aggregate_partition() ->
                                                                         "busy"))]))], 0)
     assert result.applied == 3
     assert CustomerState(settings, state.log).load(0, 0).customers.keys() == {"busy"}
+
+
+def test_final_costs_are_kept_once_restored_and_mark_their_customers_changed() -> None:
+    log = DictPackLog()
+    state = CustomerState(SETTINGS, log)
+    day = SETTINGS.attribution_period_ms
+    state.process(0, [(0, CustomerFacts(0, [(1, 0, 1, order("o1", 2 * MIN)),
+                                            (1, 1, 1, order("o2", day + MIN, customer="c2"))]))],
+                  0)
+    state.parts[0].changed.clear()
+    cost = CampaignDayCost("cmp", 0, 4.0, 8.0, 2)
+    state.process(0, [(1, CustomerFacts(SETTINGS.partitions, costs=[cost]))], 0)
+    part = state.parts[0]
+    assert part.changed == {"c1"}  # c2's order is on the next day, not final yet
+    assert state.cost_of(part, part.customers["c1"].orders["o1"]) == 4.0
+    assert state.cost_of(part, part.customers["c2"].orders["o2"]) is None
+    # Sent again after a roll-up crash, and with another cost: the held one is kept.
+    state.process(0, [(2, CustomerFacts(SETTINGS.partitions + 1,
+                                        costs=[CampaignDayCost("cmp", 0, 9.0, 9.0, 1)]))], 0)
+    assert part.costs[("cmp", 0)] == 4.0
+    # A record written after the cost came carries it in its order entries.
+    state.process(0, [(3, CustomerFacts(0, [(2, 0, 1, order("o3", 3 * MIN))]))], 0)
+    assert part.customers["c1"].orders["o1"][5] == 4.0
+    restored = CustomerState(SETTINGS, log)
+    again = restored.state(0, 0)
+    assert again.costs == {("cmp", 0): 4.0}
+    assert restored.cost_of(again, again.customers["c2"].orders["o2"]) is None
+    assert restored.cost_of(again, again.customers["c1"].orders["o1"]) == 4.0
+    # The record holding the cost stays while the cost is kept.
+    assert 1 not in restored.take_dead(0)

@@ -1,0 +1,94 @@
+"""Attribution days at the roll-up (SPEC §8): a campaign's day sums are folded from the
+largest window's buckets as they expire, and its CPO on the day is final exactly when the
+low watermark has passed the day's end plus the largest window plus grace."""
+
+from __future__ import annotations
+
+from kpistream.contracts.wire import ALL_READ, BucketValue, RollupMessage, encode_rollup
+from kpistream.kpi.formulas import SUM_FIELDS
+from kpistream.settings import Settings
+from kpistream.state.rollup import RollupState
+from kpistream.state.store import DictPackLog
+
+SETTINGS = Settings(windows=("1h/15m",), clock="event", grace="5m", partitions=1,
+                    attribution_period="1h")
+MIN = 60_000
+HOUR = 60 * MIN
+RETENTION = HOUR + 5 * MIN
+
+
+def sums(orders: float = 0, spend: float = 0) -> tuple[float, ...]:
+    out = [0.0] * len(SUM_FIELDS)
+    out[SUM_FIELDS.index("orders")] = orders
+    out[SUM_FIELDS.index("spend")] = spend
+    return tuple(out)
+
+
+def message(stamp: int, event_time: int, *values: BucketValue,
+            low_mark: int = ALL_READ) -> bytes:
+    return encode_rollup(RollupMessage(0, stamp, event_time, low_mark, list(values)))
+
+
+def value(campaign: str, bucket: int, orders: float, spend: float) -> BucketValue:
+    return BucketValue("1h", "campaign", campaign, bucket, sums(orders, spend))
+
+
+def test_a_day_is_final_when_its_last_bucket_expires_and_its_cpo_is_spend_over_orders() -> None:
+    log = DictPackLog()
+    state = RollupState(SETTINGS, log)
+    state.load(0, 0)
+    state.apply(0, 0, message(0, 50 * MIN, value("c1", 0, 2, 10.0), value("c1", 45 * MIN, 3,
+                                                                            15.0),
+                              value("c2", 15 * MIN, 0, 7.0), value("c3", 30 * MIN, 4, 0.0)), 0)
+    # Watermark one millisecond before the day's end + retention: not final.
+    state.apply(0, 1, message(1, HOUR + RETENTION - 1), 0)
+    state.sweep(0, 0)
+    assert state.final_costs(0) == []
+    state.apply(0, 2, message(2, HOUR + RETENTION), 0)
+    state.sweep(0, 0)
+    costs = {(c.campaign, c.day): (c.cpo, c.spend, c.orders) for c in state.final_costs(0)}
+    assert costs == {("c1", 0): (5.0, 25.0, 5), ("c2", 0): (0.0, 7.0, 0),
+                     ("c3", 0): (0.0, 0.0, 4)}
+    # A restart before the customer stage acknowledged them sends them again, from the
+    # attribution record (the folded buckets' messages may be tombstoned by then).
+    for seq in state.take_dead(0):
+        log.delete(0, seq)
+    restarted = RollupState(SETTINGS, log)
+    restarted.load(0, 0)
+    again = {(c.campaign, c.day): c.cpo for c in restarted.final_costs(0)}
+    assert again == {("c1", 0): 5.0, ("c2", 0): 0.0, ("c3", 0): 0.0}
+    restarted.costs_sent(0, restarted.final_costs(0))
+    assert restarted.final_costs(0) == []
+    after = RollupState(SETTINGS, log)
+    after.load(0, 0)
+    assert after.final_costs(0) == []
+
+
+def test_buckets_folded_before_a_restart_are_not_folded_twice() -> None:
+    log = DictPackLog()
+    state = RollupState(SETTINGS, log)
+    state.load(0, 0)
+    state.apply(0, 0, message(0, 0, value("c1", 0, 1, 4.0), value("c1", 30 * MIN, 1, 6.0)), 0)
+    # The first bucket has expired, the second not yet: half the day is folded.
+    state.apply(0, 1, message(1, 15 * MIN + RETENTION), 0)
+    state.sweep(0, 0)
+    # Crash before the expired message was tombstoned: reloaded, it is held again.
+    restarted = RollupState(SETTINGS, log)
+    restarted.load(0, 0)
+    restarted.apply(0, 2, message(2, HOUR + RETENTION), 0)
+    restarted.sweep(0, 0)
+    [cost] = restarted.final_costs(0)
+    assert (cost.spend, cost.orders, cost.cpo) == (10.0, 2, 5.0)
+
+
+def test_only_campaign_rows_of_the_largest_window_are_folded() -> None:
+    settings = Settings(windows=("5m/1m", "1h/15m"), clock="event", grace="5m", partitions=1,
+                        attribution_period="1h")
+    state = RollupState(settings, DictPackLog())
+    state.load(0, 0)
+    state.apply(0, 0, message(0, 0, BucketValue("5m", "campaign", "c1", 0, sums(9, 9.0)),
+                              BucketValue("1h", "channel", "search", 0, sums(9, 9.0)),
+                              value("c1", 0, 1, 3.0)), 0)
+    state.apply(0, 1, message(1, HOUR + RETENTION), 0)
+    state.sweep(0, 0)
+    assert [(c.campaign, c.spend, c.orders) for c in state.final_costs(0)] == [("c1", 3.0, 1)]
