@@ -148,6 +148,9 @@ class AggregatePack:
     # buckets, with the coordinates of the input item that caused it
     effects: list[tuple[int, Event, int, int]] = field(default_factory=list)
     keep_until: int = NO_TIME
+    # events older than this may have been in packs dropped since (their buckets are not
+    # whole when rebuilt from the packs left)
+    dropped_below: int = NO_TIME
 
 
 def encode_aggregate_pack(pack: AggregatePack) -> bytes:
@@ -159,13 +162,13 @@ def encode_aggregate_pack(pack: AggregatePack) -> bytes:
         pack.raw_partitions,
         [[key, record] for key, record in pack.ids],
         [[sign, event_fields(event), o, i] for sign, event, o, i in pack.effects],
-        pack.keep_until,
+        pack.keep_until, pack.dropped_below,
     ])
 
 
 def decode_aggregate_pack(data: bytes) -> AggregatePack:
     (offset, stream_time, high_water, counts, marks, raw_partitions, ids, effects,
-     keep_until) = orjson.loads(data)
+     keep_until, dropped_below) = orjson.loads(data)
     return AggregatePack(
         offset, stream_time,
         {(t, p): o for t, p, o in high_water},
@@ -174,7 +177,7 @@ def decode_aggregate_pack(data: bytes) -> AggregatePack:
         raw_partitions,
         [(key, record) for key, record in ids],
         [(sign, event_from_fields(fields), o, i) for sign, fields, o, i in effects],
-        keep_until,
+        keep_until, dropped_below,
     )
 
 

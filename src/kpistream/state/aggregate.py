@@ -114,10 +114,12 @@ class PartitionState:
     ids: dict[str, list[Any]] = field(default_factory=dict)
     buckets: dict[BucketKey, list[float]] = field(default_factory=dict)
     packs: dict[int, int] = field(default_factory=dict)  # seq -> keep_until
+    dropped_below: int = NO_TIME  # events before it may have been in dropped packs
 
     def header(self, seq: int) -> AggregatePack:
         return AggregatePack(seq, self.stream_time, dict(self.high_water), dict(self.counts),
-                             dict(self.marks), self.raw_partitions)
+                             dict(self.marks), self.raw_partitions,
+                             dropped_below=self.dropped_below)
 
     def low_mark(self) -> int:
         """Event time every raw input partition has passed or been read to its end: the
@@ -158,13 +160,17 @@ class PartitionAggregator:
             state.applied, state.stream_time = pack.offset, pack.stream_time
             state.high_water, state.counts = pack.high_water, pack.counts
             state.marks, state.raw_partitions = pack.marks, pack.raw_partitions
+            state.dropped_below = max(state.dropped_below, pack.dropped_below)
             state.packs[seq] = pack.keep_until
         self.parts[p] = state
         # Buckets the live run never filled (expired when their events came) go at once; ids
         # and packs wait for the next sweep, as they would have without the restart. Campaign
-        # buckets of the largest window wait too: a replayed batch re-sends them, and the
-        # roll-up folds them into attribution days (SPEC §8) unless it already did.
-        self._expire_buckets(state, self.expiry_time(state, now_ms), keep_attribution=True)
+        # buckets of the largest window wait too: a replayed batch re-sends them (its roll-up
+        # messages may have been lost with the crash), and the roll-up folds them into
+        # attribution days (SPEC §8) unless it already did. Only those no dropped pack held
+        # events of (``dropped_below``), so that what is re-sent is whole.
+        self._expire_buckets(state, self.expiry_time(state, now_ms),
+                             keep_from=state.dropped_below)
         return state
 
     def drop(self, partitions: set[int]) -> None:
@@ -403,22 +409,32 @@ class PartitionAggregator:
         # A pack is dropped once nothing in it can matter: its times are older than the
         # retention horizon by a further step, so every bucket it touched has expired. The
         # newest pack holds the header and always stays.
+        threshold = horizon - self.max_step_ms
         old_packs = [seq for seq, keep in state.packs.items()
-                     if keep < horizon - self.max_step_ms and seq != state.applied]
+                     if keep < threshold and seq != state.applied]
+        if old_packs and state.applied is not None and threshold > state.dropped_below:
+            # Recorded in the newest pack before the tombstones (same changelog partition,
+            # so a restart never sees the packs gone without it).
+            state.dropped_below = threshold
+            newest = self.log.get(p, state.applied)
+            if newest is not None:
+                pack = decode_aggregate_pack(newest)
+                pack.dropped_below = threshold
+                self.log.put(p, state.applied, encode_aggregate_pack(pack))
         for seq in old_packs:
             del state.packs[seq]
             self.log.delete(p, seq)
         return expired + len(old_ids) + len(old_packs)
 
     def _expire_buckets(self, state: PartitionState, t_eff: int, *,
-                        keep_attribution: bool = False) -> int:
+                        keep_from: int | None = None) -> int:
         if t_eff == NO_TIME:
             return 0
         specs = {spec.name: spec for spec in self.windows}
         expired = [key for key in state.buckets
                    if bucket_expired(key[3], specs[key[0]], t_eff, self.grace_ms)
-                   and not (keep_attribution and key[0] == self.attribution_window
-                            and key[1] == "campaign")]
+                   and not (keep_from is not None and key[3] >= keep_from
+                            and key[0] == self.attribution_window and key[1] == "campaign")]
         for key in expired:
             del state.buckets[key]
         return len(expired)

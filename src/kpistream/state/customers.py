@@ -137,6 +137,7 @@ class CustomerState:
     def load(self, r: int, now_ms: int) -> CustomerPartition:
         """Rebuild partition r from its changelog (after an assignment)."""
         state = CustomerPartition()
+        deleted: set[str] = set()
         for seq, data in self.log.load(r):
             pack = decode_customer_pack(data)
             state.refs.setdefault(seq, 0)
@@ -144,8 +145,10 @@ class CustomerState:
                 self._hold(state, customer, seq)
                 if record is None:
                     state.customers.pop(customer, None)
+                    deleted.add(customer)
                 else:
                     state.customers[customer] = record
+                    deleted.discard(customer)
             if pack.costs:
                 self._hold_costs(state, seq, pack.costs)
             state.applied, state.stream_time = pack.seq, pack.stream_time
@@ -157,7 +160,9 @@ class CustomerState:
             if first is not None:
                 state.firsts[customer] = first[0]
                 self._count(state, first[1], 1, t, None)
-        state.changed = set(state.customers)
+        # Everything is published again, deletions included: the previous owner may have
+        # died between writing a deletion to the changelog and to the sinks.
+        state.changed = set(state.customers) | deleted
         self.parts[r] = state
         return state
 

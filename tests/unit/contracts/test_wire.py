@@ -9,6 +9,7 @@ from kpistream.contracts.records import Order, Source, Spend, Survey
 from kpistream.contracts.wire import (
     AggregatePack,
     BucketValue,
+    CampaignDayCost,
     CustomerFacts,
     CustomerPack,
     CustomerRecord,
@@ -70,15 +71,21 @@ def test_rollup_message_round_trip(source: int, stamp: int, event_time: int, low
 def test_aggregate_pack_round_trip(offset, stream_time, high_water, counts, pack_marks, ids,
                                    effects, keep_until) -> None:
     pack = AggregatePack(offset, stream_time, high_water, counts, pack_marks, 18, ids,
-                         effects, keep_until)
+                         effects, keep_until, keep_until - 1)
     assert decode_aggregate_pack(encode_aggregate_pack(pack)) == pack
+
+
+costs = st.lists(st.builds(CampaignDayCost, text, times, amounts, amounts,
+                          st.integers(0, 10_000)), max_size=3)
 
 
 @given(st.integers(0, 100),
        st.lists(st.tuples(st.integers(0, 2**40), st.integers(0, 10_000),
-                          st.sampled_from([1, -1]), orders | surveys), max_size=6), times)
-def test_customer_facts_round_trip(source: int, facts: list, low_mark: int) -> None:
-    message = CustomerFacts(source, facts, low_mark)
+                          st.sampled_from([1, -1]), orders | surveys), max_size=6), times,
+       costs)
+def test_customer_facts_round_trip(source: int, facts: list, low_mark: int,
+                                   day_costs: list) -> None:
+    message = CustomerFacts(source, facts, low_mark, day_costs)
     assert decode_customer_facts(encode_customer_facts(message)) == message
 
 
@@ -93,8 +100,9 @@ records = st.builds(
        st.dictionaries(st.integers(0, 99), st.tuples(st.integers(0, 2**40),
                                                      st.integers(0, 10_000)), max_size=4),
        st.lists(st.tuples(text, st.none() | records), max_size=4),
-       st.lists(st.tuples(times, amounts, text, text, text).map(list), max_size=3))
+       st.lists(st.tuples(times, amounts, text, text, text).map(list), max_size=3),
+       st.lists(st.tuples(text, times, amounts), max_size=3))
 def test_customer_pack_round_trip(seq: int, stream_time: int, high_water: dict,
-                                  customers: list, moves: list) -> None:
-    pack = CustomerPack(seq, stream_time, high_water, customers, moves)
+                                  customers: list, moves: list, pack_costs: list) -> None:
+    pack = CustomerPack(seq, stream_time, high_water, customers, moves, pack_costs)
     assert decode_customer_pack(encode_customer_pack(pack)) == pack

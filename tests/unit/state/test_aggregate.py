@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from kpistream.contracts.records import Order, Source, Spend
-from kpistream.contracts.wire import ALL_READ, NO_TIME, EventPack, RawMark
+from kpistream.contracts.wire import (
+    ALL_READ,
+    NO_TIME,
+    EventPack,
+    RawMark,
+    decode_aggregate_pack,
+)
 from kpistream.settings import Settings
 from kpistream.state.aggregate import PartitionAggregator
 from kpistream.state.store import DictPackLog
@@ -151,3 +157,25 @@ def test_a_packs_own_marks_do_not_make_its_events_late() -> None:
     old = agg.process(0, [(1, EventPack(2, [], [(Source("orders", 0, 99, None, "{}"),
                                                  order("x", T + 40 * HOUR))]))], T)
     assert [v.outcome for v in old.verdicts] == ["late"]
+
+
+def test_dropping_packs_is_recorded_in_the_newest_pack_before_the_tombstones() -> None:
+    """After a restart, campaign buckets of the largest window stay past their expiry (to be
+    re-sent for attribution days) only when no dropped pack can have held events of them."""
+    log = DictPackLog()
+    agg = aggregator(log)
+    read = [RawMark("orders", 0, T + 60 * HOUR, True)]
+    agg.process(0, [(0, pack(order("a", T)))], T)
+    agg.process(0, [(1, pack(order("b", T + 30 * HOUR), first=1))], T)
+    agg.process(0, [(2, pack(order("c", T + 60 * HOUR), first=2, marks=read))], T)
+    before = aggregator(DictPackLog())
+    before.log.data = dict(log.data)  # the same packs, none dropped yet
+    kept = {key[3] for key in before.state(0, T).buckets if key[:2] == ("24h", "campaign")}
+    assert kept == {T, T + 30 * HOUR, T + 60 * HOUR}  # expired, but whole: kept
+    agg.sweep(0, T)
+    threshold = T + 60 * HOUR - (24 * HOUR + 5 * 60_000) - 15 * 60_000
+    assert decode_aggregate_pack(log.data[(0, 2)]).dropped_below == threshold
+    restored = aggregator(log).state(0, T)
+    assert restored.dropped_below == threshold
+    after = {key[3] for key in restored.buckets if key[:2] == ("24h", "campaign")}
+    assert after == {T + 60 * HOUR}

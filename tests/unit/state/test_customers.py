@@ -145,3 +145,17 @@ def test_final_costs_are_kept_once_restored_and_mark_their_customers_changed() -
     assert restored.cost_of(again, again.customers["c1"].orders["o1"]) == 4.0
     # The record holding the cost stays while the cost is kept.
     assert 1 not in restored.take_dead(0)
+
+
+def test_a_restart_publishes_deletions_again() -> None:
+    """A worker may die between writing a deletion to the changelog and to the sinks: the
+    next owner publishes it again (a profile no longer held is a deletion)."""
+    log = DictPackLog()
+    state = CustomerState(SETTINGS, log)
+    state.process(0, [(0, CustomerFacts(0, [(1, 0, 1, order("o1", MIN)),
+                                            (1, 1, 1, order("o2", MIN, customer="c2"))]))], 0)
+    state.process(0, [(1, CustomerFacts(0, [(2, 0, -1, order("o1", MIN))]))], 0)
+    assert "c1" not in state.parts[0].customers
+    restored = CustomerState(SETTINGS, log)
+    part = restored.state(0, 0)
+    assert part.changed == {"c1", "c2"} and "c1" not in part.customers
