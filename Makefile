@@ -13,7 +13,7 @@ help:
 	@echo "make demo   - set everything up and show live KPIs (Ctrl-C stops it)"
 	@echo "make test   - set everything up and run the whole test suite on real services"
 	@echo "make up / down / status - the local Kafka + Redis stack"
-	@echo "make soak   - the long fault variants (five SIGKILLs, a 20-minute soak; ~30 min)"
+	@echo "make soak   - the long variants (five SIGKILLs, a 20-minute soak, more alert and profile combinations; ~35 min)"
 	@echo "make lint / unit / bench / alert-sim / clean"
 
 $(VENV)/.installed: pyproject.toml

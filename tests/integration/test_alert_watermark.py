@@ -33,8 +33,11 @@ def edges_of(alerts: list[dict]) -> set[tuple[str, str, str, str, int]]:
             for a in alerts}
 
 
-@pytest.mark.parametrize(("mode", "workers"), [("backlog", 1), ("backlog", 3),
-                                               ("paced", 1), ("paced", 3)])
+# make test runs a backlog with 3 workers and a paced stream with 1; the other two
+# combinations run in make soak (CI time).
+@pytest.mark.parametrize(("mode", "workers"), [
+    pytest.param("backlog", 1, marks=pytest.mark.soak), ("backlog", 3), ("paced", 1),
+    pytest.param("paced", 3, marks=pytest.mark.soak)])
 def test_alert_episodes_equal_the_reference_whatever_the_arrival(
         stack, mode: str, workers: int) -> None:
     dep = Deployment(f"alertwm-{uuid.uuid4().hex[:6]}", stack.bootstrap, stack.redis_url,
