@@ -5,7 +5,7 @@ Each flush reads the segment the stored profiles had (one pipelined round trip),
 every change in MULTI/EXEC: the hash replaced (DEL + HSET), the customer scored in the sets of
 its current segment and removed from those of a segment it left; a deleted profile leaves
 every set. Changes that could not be written are kept, coalesced per customer, and retried
-after a short backoff.
+after a short backoff; written chunks are not written again.
 """
 
 from __future__ import annotations
@@ -51,16 +51,20 @@ class RedisProfileSink:
     async def flush(self) -> None:
         if not self.pending:
             return
-        batch = dict(self.pending)
+        # Each chunk leaves the pending set once written: after a failure the next flush
+        # goes on where this one stopped. (Forgetting them only at the end made a backlog of
+        # a million profiles rewrite its first chunks after every timeout, never finishing.)
+        items = list(self.pending.items())
         try:
-            items = list(batch.values())
             for i in range(0, len(items), CHUNK):
-                await asyncio.wait_for(self._send(items[i:i + CHUNK]), self.timeout)
+                chunk = items[i:i + CHUNK]
+                await asyncio.wait_for(self._send([change for _, change in chunk]),
+                                       self.timeout)
+                for key, change in chunk:
+                    if self.pending.get(key) is change:
+                        del self.pending[key]
         except (TimeoutError, RedisError, OSError) as exc:
             raise redis_failure(self.name, exc, self.backoff) from exc
-        for key, change in batch.items():
-            if self.pending.get(key) is change:
-                del self.pending[key]
         self.backoff.reset()
 
     async def _send(self, changes: list[ProfileChange]) -> None:

@@ -5,6 +5,7 @@ failures per sink, and a Redis that came back empty gets every live row again.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import orjson
@@ -13,14 +14,17 @@ from aiokafka.errors import KafkaTimeoutError
 from prometheus_client import CollectorRegistry
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from kpistream.kpi.profiles import ProfileChange
 from kpistream.kpi.rows import RowChange
 from kpistream.observability.metrics import Metrics
 from kpistream.settings import Settings
 from kpistream.sinks.alerts import RedisAlertSink
 from kpistream.sinks.base import Backoff, Publication, SinkSet, SinkUnavailable
 from kpistream.sinks.kafka import KafkaOutputSink
+from kpistream.sinks.profiles import RedisProfileSink
 from kpistream.sinks.prometheus import PrometheusSink
 from kpistream.sinks.redis import BACKOFF_MAX_S, RedisRowSink
+from kpistream.sinks.redis import CHUNK as CHUNK_PROFILES
 
 SETTINGS = Settings(redis_prefix="p", redis_channel="rows", redis_alert_channel="alerts",
                     topic_kpi_updates="updates", topic_alerts="alert-topic")
@@ -259,3 +263,42 @@ def test_sink_set_honours_retry_after_and_counts_failures_per_sink() -> None:
     assert flaky.flushes == 2
     assert registry.get_sample_value("kpistream_sink_errors_total", {"sink": "flaky"}) == 1
     assert len(flaky.written) == len(healthy.written) == 1
+
+
+class ReplyingPipeline(FakePipeline):
+    async def execute(self) -> list[Any]:
+        await super().execute()
+        return [None] * len(self.commands)  # no profile stored yet
+
+
+class FlakyRedis(FakeRedis):
+    """Fails every ``fail_every``-th pipeline execution (a timeout under load)."""
+
+    def __init__(self, fail_every: int) -> None:
+        super().__init__()
+        self.calls = 0
+        self.fail_every = fail_every
+
+    def pipeline(self, transaction: bool = True) -> FakePipeline:
+        self.calls += 1
+        self.down = self.calls % self.fail_every == 0
+        return ReplyingPipeline(self)
+
+
+def test_redis_profiles_backlog_makes_progress_across_failures() -> None:
+    """A backlog larger than what one flush gets through before a failure: every flush
+    writes what it can, and written chunks are not written again."""
+    redis = FlakyRedis(fail_every=7)
+    sink = RedisProfileSink(SETTINGS, redis)  # type: ignore[arg-type]
+    changes = [ProfileChange(f"c{i}", {"customer_id": f"c{i}", "revenue": 1.0, "orders": 1})
+               for i in range(CHUNK_PROFILES * 10)]
+    sink.write(Publication([], profiles=changes))
+    for _ in range(20):
+        if not sink.pending:
+            break
+        with contextlib.suppress(SinkUnavailable):
+            run(sink.flush())
+    assert not sink.pending
+    written = [k for batch in redis.executed for name, args, _ in batch if name == "delete"
+               for k in args]
+    assert len(written) == len(set(written)) == len(changes)
