@@ -1,0 +1,43 @@
+"""The edge's committed-offset bookkeeping behind ``kpistream_consumer_lag``: an answer that
+was awaited across a rebalance must not stand for the partition's new ownership."""
+
+from aiokafka import TopicPartition
+
+from kpistream.stages.edge import CommittedOffsets
+
+ORDERS_4 = TopicPartition("orders", 4)
+SPEND_1 = TopicPartition("ad-spend", 1)
+
+
+def test_a_commit_in_the_current_epoch_sets_the_lag() -> None:
+    offsets = CommittedOffsets()
+    offsets.record(offsets.epoch, {ORDERS_4: 900, SPEND_1: 40})
+    assert offsets.lag(ORDERS_4, 1000) == 100
+    assert offsets.lag(SPEND_1, 40) == 0
+    assert offsets.unknown({ORDERS_4, SPEND_1}) == []
+
+
+def test_a_commit_answered_after_a_rebalance_is_dropped() -> None:
+    """Commit sent while the partition was ours, revoked and given back while it was in
+    flight; meanwhile another worker committed to the end."""
+    offsets = CommittedOffsets()
+    started = offsets.epoch
+    offsets.rebalanced([ORDERS_4])  # revoked
+    offsets.rebalanced([])  # assigned again
+    offsets.record(started, {ORDERS_4: 532})  # the stale answer arrives
+    assert offsets.unknown({ORDERS_4}) == [ORDERS_4]  # so it is looked up again
+    offsets.record(offsets.epoch, {ORDERS_4: 1800})
+    assert offsets.lag(ORDERS_4, 1800) == 0
+
+
+def test_revoked_partitions_are_forgotten_and_others_kept() -> None:
+    offsets = CommittedOffsets()
+    offsets.record(offsets.epoch, {ORDERS_4: 10, SPEND_1: 20})
+    offsets.rebalanced([ORDERS_4])
+    assert offsets.unknown({ORDERS_4, SPEND_1}) == [ORDERS_4]
+    assert offsets.lag(SPEND_1, 25) == 5
+
+
+def test_an_unknown_partition_counts_its_whole_log_as_lag() -> None:
+    offsets = CommittedOffsets()
+    assert offsets.lag(ORDERS_4, 77) == 77
