@@ -44,6 +44,7 @@ from kpistream.contracts.wire import (
     CampaignDayCost,
     RollupMessage,
     decode_rollup,
+    shared_floats,
 )
 from kpistream.kpi.formulas import SUM_FIELDS
 from kpistream.settings import Settings, WindowSpec
@@ -68,8 +69,8 @@ class WindowBuckets:
         sources = self.by_source.setdefault(bucket, {})
         sources[source] = sums
         # zip/sum runs in C: this is the roll-up's hottest line.
-        self.totals[bucket] = sums if len(sources) == 1 else tuple(
-            map(sum, zip(*sources.values(), strict=True)))
+        self.totals[bucket] = sums if len(sources) == 1 else shared_floats(
+            tuple(map(sum, zip(*sources.values(), strict=True))))
 
     def drop(self, bucket: int) -> None:
         self.by_source.pop(bucket, None)
