@@ -126,7 +126,9 @@ class Settings(BaseSettings):
     web_ssl_certfile: str = Field(
         "", description="Web port: serve HTTPS with this certificate (PEM) and web_ssl_keyfile.")
     web_ssl_keyfile: str = Field("", description="Web port: private key (PEM) of the certificate.")
-    data_dir: str = Field(".local/worker-data", description="Faust data directory.")
+    data_dir: str = Field(
+        ".local/worker-data", description="Faust data directory; also holds the on-disk "
+        "customer store (customer_store=rocksdb). One per worker.")
     log_level: str = Field("info", description="Worker log level.")
     session_timeout: str = Field(
         "20s", description="Kafka consumer session timeout: how long a crashed worker's "
@@ -192,6 +194,16 @@ class Settings(BaseSettings):
     pack_max_bytes: int = Field(
         512 * 1024, ge=1024, description="Edge: approximate size limit of one packed record "
         "(events and their original values) on the internal events topic.")
+    customer_store: Literal["rocksdb", "memory"] = Field(
+        "rocksdb", description="Where the customer stage keeps its customers: 'rocksdb' "
+        "(on disk under data_dir, memory bounded by the block cache) or 'memory' (all in the "
+        "worker's memory; small deployments and tests).")
+    rocksdb_cache_mb: int = Field(
+        32, ge=1, description="On-disk customer store: block cache and write buffer size (MB) "
+        "per customers partition.")
+    profile_publish_batch: int = Field(
+        20_000, ge=1, description="Most customer profiles built and published per publish "
+        "tick (after a restart every profile is published again, this many at a time).")
     stage_batch_size: int = Field(
         8, ge=1, description="Packed internal records a stage applies as one batch (one "
         "changelog record).")

@@ -254,6 +254,9 @@ ResponseEntry = list[Any]
 class CustomerRecord:
     orders: dict[str, OrderEntry] = field(default_factory=dict)
     responses: dict[str, ResponseEntry] = field(default_factory=dict)
+    # the first counted order's id, kept by the customer stage beside the record (derived from
+    # ``orders``, so not part of the changelog record)
+    first: str | None = field(default=None, compare=False)
 
 
 @dataclass(slots=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -24,9 +25,16 @@ from kpistream.contracts.wire import (
 )
 from kpistream.observability.logs import RateLimitedLog
 from kpistream.runtime import Runtime
+from kpistream.settings import Settings
 from kpistream.stages.aggregate import row_partition
 from kpistream.stages.offsets import GapGuard
-from kpistream.state.customers import CustomerResult, CustomerState
+from kpistream.state.customers import (
+    CustomerMaps,
+    CustomerResult,
+    CustomerState,
+    DictCustomerMap,
+)
+from kpistream.state.rocks import RocksCustomerMap
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +53,18 @@ def customer_rollup_messages(r: int, result: CustomerResult,
     return messages
 
 
+def customer_maps(settings: Settings) -> CustomerMaps:
+    """Where each customers partition keeps its customers (``customer_store``)."""
+    if settings.customer_store == "memory":
+        return lambda r: DictCustomerMap()
+    root = Path(settings.data_dir) / "customers"
+    return lambda r: RocksCustomerMap(root / f"{settings.topic_customers}-{r}",
+                                      settings.rocksdb_cache_mb)
+
+
 def register(app: faust.App, runtime: Runtime) -> CustomerState:
     settings, outbox = runtime.settings, runtime.outbox
-    state = CustomerState(settings, runtime.tables.customers)
+    state = CustomerState(settings, runtime.tables.customers, customer_maps(settings))
     log = RateLimitedLog(logger, settings.log_interval_s)
     guard = GapGuard(app, settings.topic_customers, log)
 

@@ -139,17 +139,18 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
     def profile_changes(now: int) -> list[ProfileChange]:
         """Profiles of the customers partitions this worker owns that changed since the last
         tick (a partition publishes once its state is loaded, all of it at first)."""
-        out = []
+        out: list[ProfileChange] = []
         for r in sorted(assigned(settings.topic_customers)):
             part = customers.parts.get(r)
-            if part is None or not part.changed:
+            if part is None:
                 continue
-            for customer in sorted(part.changed):
-                record = part.customers.get(customer)
+            cost_of = partial(customers.cost_of, part)
+            for customer, record in customers.take_changes(
+                    r, settings.profile_publish_batch - len(out)):
                 out.append(ProfileChange(customer, None if record is None else
-                                         build_profile(customer, record, now,
-                                                       partial(customers.cost_of, part))))
-            part.changed = set()
+                                         build_profile(customer, record, now, cost_of)))
+            if len(out) >= settings.profile_publish_batch:
+                break
         return out
 
     @app.timer(settings.publish_interval_ms / 1000)  # type: ignore[untyped-decorator]

@@ -35,9 +35,10 @@ after a crash the roll-up sends it again.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from sys import intern
+from typing import Protocol
 
 from kpistream.contracts.records import Order, Survey
 from kpistream.contracts.wire import (
@@ -84,6 +85,85 @@ def last_activity(record: CustomerRecord) -> int:
     return max(times, default=NO_TIME)
 
 
+class CustomerMap(Protocol):
+    """A customers partition's customers, and which changelog record holds each customer's
+    current version (deleted customers included, until a newer version moves the hold).
+
+    A record returned by :meth:`get` is the map's own: changes made to it are kept at the next
+    :meth:`flush`. :meth:`peek` is for reading only. Scans see what was flushed."""
+
+    def get(self, customer: str) -> CustomerRecord | None: ...
+
+    def peek(self, customer: str) -> CustomerRecord | None: ...
+
+    def put(self, customer: str, record: CustomerRecord) -> None: ...
+
+    def delete(self, customer: str) -> None: ...
+
+    def holder(self, customer: str) -> int | None: ...
+
+    def set_holder(self, customer: str, seq: int) -> None: ...
+
+    def items(self) -> Iterator[tuple[str, CustomerRecord]]: ...
+
+    def inactive_before(self, horizon: int) -> list[str]: ...
+
+    def keys_after(self, after: str, limit: int) -> list[str]: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def __len__(self) -> int: ...
+
+
+class DictCustomerMap:
+    """In-memory :class:`CustomerMap` (unit and property tests, small deployments)."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, CustomerRecord] = {}
+        self.holders: dict[str, int] = {}
+
+    def get(self, customer: str) -> CustomerRecord | None:
+        return self.records.get(customer)
+
+    peek = get
+
+    def put(self, customer: str, record: CustomerRecord) -> None:
+        self.records[customer] = record
+
+    def delete(self, customer: str) -> None:
+        self.records.pop(customer, None)
+
+    def holder(self, customer: str) -> int | None:
+        return self.holders.get(customer)
+
+    def set_holder(self, customer: str, seq: int) -> None:
+        self.holders[customer] = seq
+
+    def items(self) -> Iterator[tuple[str, CustomerRecord]]:
+        return iter(list(self.records.items()))
+
+    def inactive_before(self, horizon: int) -> list[str]:
+        return [customer for customer, record in self.records.items()
+                if last_activity(record) < horizon]
+
+    def keys_after(self, after: str, limit: int) -> list[str]:
+        return sorted(customer for customer in self.records if customer > after)[:limit]
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+CustomerMaps = Callable[[int], CustomerMap]  # a fresh, empty map for customers partition r
+
+
 @dataclass(slots=True)
 class CustomerUpdate:
     """Absolute first-order count of one bucket, as the roll-up receives it."""
@@ -105,13 +185,14 @@ class CustomerPartition:
     header: int | None = None  # seq of the newest changelog record (it holds the header)
     stream_time: int = NO_TIME
     high_water: dict[int, tuple[int, int]] = field(default_factory=dict)
-    customers: dict[str, CustomerRecord] = field(default_factory=dict)
-    firsts: dict[str, str] = field(default_factory=dict)  # customer -> first order's id
+    customers: CustomerMap = field(default_factory=DictCustomerMap)
     first_counts: dict[BucketKey, int] = field(default_factory=dict)
-    holders: dict[str, int] = field(default_factory=dict)  # customer -> seq of its version
     refs: dict[int, int] = field(default_factory=dict)  # seq -> versions it holds
     dead: set[int] = field(default_factory=set)
     changed: set[str] = field(default_factory=set)  # since the last publication
+    # After a load every profile is published again, in customer order from this key on,
+    # a bounded number per tick (None: done), so a million customers are not all built at once.
+    republish_after: str | None = None
     expired: set[str] = field(default_factory=set)  # deleted, not yet in the changelog
     low_marks: dict[int, int] = field(default_factory=dict)  # per aggregate partition
     costs: dict[tuple[str, int], float] = field(default_factory=dict)  # (campaign, day) -> cpo
@@ -121,7 +202,8 @@ class CustomerPartition:
 class CustomerState:
     """Applies batches of customer facts of each customers partition."""
 
-    def __init__(self, settings: Settings, log: PackLog) -> None:
+    def __init__(self, settings: Settings, log: PackLog,
+                 maps: CustomerMaps | None = None) -> None:
         self.windows = settings.window_specs
         self.grace_ms = settings.grace_ms
         self.live = settings.clock == "live"
@@ -132,12 +214,17 @@ class CustomerState:
         # A day's cost is final at the day's end plus this (SPEC §8).
         self.final_after_ms = settings.retention_ms
         self.log = log
+        self.maps: CustomerMaps = maps or (lambda r: DictCustomerMap())
         self.parts: dict[int, CustomerPartition] = {}
 
     # -- ownership ---------------------------------------------------------------------
     def load(self, r: int, now_ms: int) -> CustomerPartition:
         """Rebuild partition r from its changelog (after an assignment)."""
-        state = CustomerPartition()
+        old = self.parts.pop(r, None)
+        if old is not None:
+            old.customers.close()
+        state = CustomerPartition(customers=self.maps(r))
+        customers = state.customers
         deleted: set[str] = set()
         for seq, data in self.log.load(r):
             pack = decode_customer_pack(data)
@@ -145,33 +232,52 @@ class CustomerState:
             for customer, record in pack.customers:
                 self._hold(state, customer, seq)
                 if record is None:
-                    state.customers.pop(customer, None)
+                    customers.delete(customer)
                     deleted.add(customer)
                 else:
                     for entry in record.orders.values():
                         entry[_CH:_COST] = map(intern, entry[_CH:_COST])
-                    state.customers[customer] = record
+                    first = first_order(record)
+                    record.first = None if first is None else first[0]
+                    customers.put(customer, record)
                     deleted.discard(customer)
             if pack.costs:
                 self._hold_costs(state, seq, pack.costs)
             state.applied, state.stream_time = pack.seq, pack.stream_time
             state.header = pack.seq
             state.high_water = pack.high_water
+            customers.flush()
         t = self.time(state, now_ms)
-        for customer, record in state.customers.items():
-            first = first_order(record)
-            if first is not None:
-                state.firsts[customer] = first[0]
-                self._count(state, first[1], 1, t, None)
+        for _, record in customers.items():
+            if record.first is not None:
+                self._count(state, record.orders[record.first], 1, t, None)
         # Everything is published again, deletions included: the previous owner may have
         # died between writing a deletion to the changelog and to the sinks.
-        state.changed = set(state.customers) | deleted
+        state.changed = deleted
+        state.republish_after = ""
         self.parts[r] = state
         return state
 
     def drop(self, partitions: Iterable[int]) -> None:
         for r in partitions:
-            self.parts.pop(r, None)
+            state = self.parts.pop(r, None)
+            if state is not None:
+                state.customers.close()
+
+    def take_changes(self, r: int, limit: int) -> list[tuple[str, CustomerRecord | None]]:
+        """Up to ``limit`` customers of partition r whose profile is to be published: those
+        changed since the last call first, then the next of a republication after a load.
+        Records are for reading only."""
+        state = self.parts.get(r)
+        if state is None:
+            return []
+        names = sorted(state.changed)[:limit]
+        state.changed.difference_update(names)
+        if state.republish_after is not None and len(names) < limit:
+            more = state.customers.keys_after(state.republish_after, limit - len(names))
+            state.republish_after = more[-1] if len(more) == limit - len(names) else None
+            names += more
+        return [(customer, state.customers.peek(customer)) for customer in names]
 
     def state(self, r: int, now_ms: int) -> CustomerPartition:
         held = self.parts.get(r)
@@ -224,7 +330,8 @@ class CustomerState:
                 state.stream_time = max(state.stream_time, event.ts)
                 record = state.customers.get(customer)
                 if record is None:
-                    record = state.customers[customer] = CustomerRecord()
+                    record = CustomerRecord()
+                    state.customers.put(customer, record)
                 if isinstance(event, Order):
                     self._apply_order(state, customer, record, event, sign, touched, moves,
                                       now_ms)
@@ -235,11 +342,11 @@ class CustomerState:
                         record.responses[event.survey_kind] = [event.ts, event.response_id,
                                                                event.score]
                 if not record.orders and not record.responses:
-                    del state.customers[customer]
-                    state.firsts.pop(customer, None)
+                    state.customers.delete(customer)
                 changed.add(customer)
             state.high_water[message.source] = held
         if new_costs:
+            state.customers.flush()  # the scan sees what was flushed
             state.changed |= self._costed_customers(state, new_costs)
         if last is not None and (changed or moves or new_costs):
             for customer in changed:
@@ -260,6 +367,7 @@ class CustomerState:
             state.header = last
             state.changed |= changed
             state.expired.clear()
+        state.customers.flush()
         if last is not None:
             # A batch of low marks only writes nothing: after a restart it is read again.
             state.applied = last
@@ -309,7 +417,7 @@ class CustomerState:
         """Add or retract a counted order; when the first order moves, move its count. The
         first order is cached per customer: only retracting it costs a scan."""
         orders = record.orders
-        first = state.firsts.get(customer)
+        first = record.first
         before = None if first is None else orders[first]
         if sign > 0:
             # Held for the customer retention: the few group names are shared, not copied
@@ -318,16 +426,13 @@ class CustomerState:
                      intern(order.segment)]
             orders[order.order_id] = entry
             if first is None or (order.ts, order.order_id) < (before[_TS], first):  # type: ignore[index]
-                state.firsts[customer] = order.order_id
+                record.first = order.order_id
                 self._move(state, before, entry, touched, moves, now_ms)
             return
         if orders.pop(order.order_id, None) is None or order.order_id != first:
             return
         after = first_order(record)
-        if after is None:
-            state.firsts.pop(customer, None)
-        else:
-            state.firsts[customer] = after[0]
+        record.first = None if after is None else after[0]
         self._move(state, before, None if after is None else after[1], touched, moves, now_ms)
 
     def _move(self, state: CustomerPartition, old: OrderEntry | None, new: OrderEntry | None,
@@ -357,14 +462,14 @@ class CustomerState:
                 for spec in self.windows for dimension, group in order_rows(entry)}
 
     def _hold(self, state: CustomerPartition, customer: str, seq: int) -> None:
-        previous = state.holders.get(customer)
+        previous = state.customers.holder(customer)
         if previous == seq:
             return
         if previous is not None:
             state.refs[previous] -= 1
             if state.refs[previous] <= 0:
                 state.dead.add(previous)
-        state.holders[customer] = seq
+        state.customers.set_holder(customer, seq)
         state.refs[seq] = state.refs.get(seq, 0) + 1
 
     def _count(self, state: CustomerPartition, entry: OrderEntry, sign: int, t: int,
@@ -442,11 +547,10 @@ class CustomerState:
             del state.first_counts[key]
         watermark = self.watermark(state, now_ms)
         horizon = NO_TIME if watermark == NO_TIME else watermark - self.retention_ms
-        gone = [customer for customer, record in state.customers.items()
-                if last_activity(record) < horizon]
+        gone = [] if horizon == NO_TIME else state.customers.inactive_before(horizon)
         for customer in gone:
-            del state.customers[customer]
-            state.firsts.pop(customer, None)
+            state.customers.delete(customer)
+        state.customers.flush()
         state.expired.update(gone)
         state.changed.update(gone)
         # A cost is copied into every order entry written after it came; an entry written

@@ -1,18 +1,51 @@
 """The customer stage's first-order counts on the cases SPEC §8 names: an earlier order that
-arrives later, the first order cancelled, a replay after a crash, a restart."""
+arrives later, the first order cancelled, a replay after a crash, a restart; each with the
+customers in memory and on disk (RocksDB)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from itertools import count
+from pathlib import Path
+
+import pytest
+
 from kpistream.contracts.records import Order, Survey
-from kpistream.contracts.wire import CampaignDayCost, CustomerFacts
+from kpistream.contracts.wire import CampaignDayCost, CustomerFacts, CustomerRecord
 from kpistream.kpi.formulas import SUM_FIELDS
 from kpistream.settings import Settings
-from kpistream.state.customers import CustomerState, first_order
-from kpistream.state.store import DictPackLog
+from kpistream.state.customers import CustomerMaps, CustomerState, DictCustomerMap, first_order
+from kpistream.state.rocks import RocksCustomerMap
+from kpistream.state.store import DictPackLog, PackLog
 
 SETTINGS = Settings(windows=("1h/1m",), clock="event")
 MIN = 60_000
 NEW = SUM_FIELDS.index("new_customers")
+
+
+MakeState = Callable[..., CustomerState]
+
+
+@pytest.fixture(params=["memory", "rocksdb"])
+def make(request: pytest.FixtureRequest, tmp_path: Path) -> MakeState:
+    """``make(settings, log)``: a CustomerState over the store kind of the test's variant;
+    each call stands for another worker (its own data directory)."""
+    workers = count()
+
+    def build(settings: Settings = SETTINGS, log: PackLog | None = None) -> CustomerState:
+        maps: CustomerMaps
+        if request.param == "memory":
+            maps = lambda r: DictCustomerMap()  # noqa: E731
+        else:
+            root = tmp_path / f"worker-{next(workers)}"
+            maps = lambda r: RocksCustomerMap(root / str(r), 8)  # noqa: E731
+        return CustomerState(settings, log if log is not None else DictPackLog(), maps)
+
+    return build
+
+
+def names(state: CustomerState, r: int = 0) -> set[str]:
+    return {customer for customer, _ in state.parts[r].customers.items()}
 
 
 def order(order_id: str, ts: int, customer: str = "c1", segment: str = "vip") -> Order:
@@ -29,8 +62,8 @@ def sent(result: object) -> dict[tuple[str, str, int], int]:
             for row, updates in result.updates.items() for u in updates}  # type: ignore[attr-defined]
 
 
-def test_an_earlier_order_arriving_later_becomes_the_first() -> None:
-    state = CustomerState(SETTINGS, DictPackLog())
+def test_an_earlier_order_arriving_later_becomes_the_first(make: MakeState) -> None:
+    state = make()
     state.process(0, [(0, CustomerFacts(0, [(10, 0, 1, order("o2", 5 * MIN))]))], 0)
     assert counts(state)[("all", "all", 5 * MIN)] == 1
     result = state.process(0, [(1, CustomerFacts(0, [(11, 0, 1, order("o1", 2 * MIN))]))], 0)
@@ -41,8 +74,8 @@ def test_an_earlier_order_arriving_later_becomes_the_first() -> None:
     assert sent(result)[("all", "all", 2 * MIN)] == 1
 
 
-def test_cancelling_the_first_order_moves_it_to_the_next() -> None:
-    state = CustomerState(SETTINGS, DictPackLog())
+def test_cancelling_the_first_order_moves_it_to_the_next(make: MakeState) -> None:
+    state = make()
     state.process(0, [(0, CustomerFacts(0, [(1, 0, 1, order("o1", MIN)),
                                             (1, 1, 1, order("o2", 3 * MIN, segment="new"))]))],
                   0)
@@ -50,39 +83,40 @@ def test_cancelling_the_first_order_moves_it_to_the_next() -> None:
     assert counts(state) == {(d, g, 3 * MIN): 1 for d, g in
                              (("all", "all"), ("channel", "search"), ("campaign", "cmp"),
                               ("segment", "new"))}
-    first = first_order(state.parts[0].customers["c1"])
+    first = first_order(state.parts[0].customers.peek("c1"))
     assert first is not None and first[0] == "o2"
 
 
-def test_ties_go_to_the_smallest_order_id_and_responses_keep_the_latest() -> None:
-    state = CustomerState(SETTINGS, DictPackLog())
+def test_ties_go_to_the_smallest_order_id_and_responses_keep_the_latest(make: MakeState) -> None:
+    state = make()
     survey = Survey("r1", 4 * MIN, "nps", 9, "c1", "search", "cmp", "vip", None)
     older = Survey("r0", 2 * MIN, "nps", 3, "c1", "search", "cmp", "vip", None)
     state.process(0, [(0, CustomerFacts(0, [(1, 0, 1, order("ob", MIN)),
                                             (1, 1, 1, order("oa", MIN)),
                                             (1, 2, 1, survey), (1, 3, 1, older)]))], 0)
-    record = state.parts[0].customers["c1"]
+    record = state.parts[0].customers.peek("c1")
     assert first_order(record) == ("oa", record.orders["oa"])
     assert record.responses["nps"] == [4 * MIN, "r1", 9]
 
 
-def test_a_fact_sent_again_is_applied_once_and_a_restart_restores_the_counts() -> None:
+def test_a_fact_sent_again_is_applied_once_and_a_restart_restores_the_counts(
+        make: MakeState) -> None:
     log = DictPackLog()
-    state = CustomerState(SETTINGS, log)
+    state = make(SETTINGS, log)
     facts = CustomerFacts(3, [(7, 0, 1, order("o1", MIN)), (7, 1, 1, order("o9", MIN, "c2"))])
     state.process(0, [(0, facts)], 0)
     state.process(0, [(1, facts)], 0)  # the aggregate re-sent its batch after a crash
     assert counts(state)[("all", "all", MIN)] == 2
     state.drop([0])
-    restarted = CustomerState(SETTINGS, log)
+    restarted = make(SETTINGS, log)
     result = restarted.process(0, [(0, facts), (1, facts)], 0)  # replayed from offset 0
     assert counts(restarted)[("all", "all", MIN)] == 2
     assert sent(result)[("all", "all", MIN)] == 2  # a replay sends its buckets again
 
 
-def test_records_no_longer_current_are_tombstoned_but_never_the_newest() -> None:
+def test_records_no_longer_current_are_tombstoned_but_never_the_newest(make: MakeState) -> None:
     log = DictPackLog()
-    state = CustomerState(SETTINGS, log)
+    state = make(SETTINGS, log)
     for offset in range(3):
         state.process(0, [(offset, CustomerFacts(0, [(offset, 0, 1,
                                                       order(f"o{offset}", MIN))]))], 0)
@@ -90,15 +124,16 @@ def test_records_no_longer_current_are_tombstoned_but_never_the_newest() -> None
     assert dead == [0, 1]
     for seq in dead:
         log.delete(0, seq)
-    restored = CustomerState(SETTINGS, log).load(0, 0)
-    assert set(restored.customers["c1"].orders) == {"o0", "o1", "o2"}
+    restored = make(SETTINGS, log).load(0, 0)
+    assert set(restored.customers.peek("c1").orders) == {"o0", "o1", "o2"}
     assert restored.applied == 2
 
 
-def test_retention_waits_for_the_low_watermark_of_every_aggregate_partition() -> None:
+def test_retention_waits_for_the_low_watermark_of_every_aggregate_partition(
+        make: MakeState) -> None:
     settings = Settings(windows=("1h/1m",), clock="event", customer_retention="1h",
                         partitions=2)
-    state = CustomerState(settings, DictPackLog())
+    state = make(settings)
     old = order("o1", 0, customer="quiet")
     new = order("o2", 5 * 60 * MIN, customer="busy")
     # partition 0 of the aggregate read far ahead; partition 1 is still at minute 30
@@ -106,20 +141,23 @@ def test_retention_waits_for_the_low_watermark_of_every_aggregate_partition() ->
                                         low_mark=5 * 60 * MIN)),
                       (1, CustomerFacts(1, [], low_mark=30 * MIN))], 0)
     state.sweep(0, 0)  # (expired first-order buckets go: they are judged on stream time)
-    assert "quiet" in state.parts[0].customers
+    assert "quiet" in names(state)
     state.process(0, [(2, CustomerFacts(1, [], low_mark=3 * 60 * MIN))], 0)
     state.sweep(0, 0)
-    assert set(state.parts[0].customers) == {"busy"}
+    assert names(state) == {"busy"}
     assert "quiet" in state.parts[0].changed  # published as a deletion
     result = state.process(0, [(3, CustomerFacts(0, [(3, 0, 1, order("o3", 5 * 60 * MIN,
                                                                         "busy"))]))], 0)
     assert result.applied == 3
-    assert CustomerState(settings, state.log).load(0, 0).customers.keys() == {"busy"}
+    restored = make(settings, state.log)
+    restored.load(0, 0)
+    assert names(restored) == {"busy"}
 
 
-def test_final_costs_are_kept_once_restored_and_mark_their_customers_changed() -> None:
+def test_final_costs_are_kept_once_restored_and_mark_their_customers_changed(
+        make: MakeState) -> None:
     log = DictPackLog()
-    state = CustomerState(SETTINGS, log)
+    state = make(SETTINGS, log)
     day = SETTINGS.attribution_period_ms
     state.process(0, [(0, CustomerFacts(0, [(1, 0, 1, order("o1", 2 * MIN)),
                                             (1, 1, 1, order("o2", day + MIN, customer="c2"))]))],
@@ -129,33 +167,82 @@ def test_final_costs_are_kept_once_restored_and_mark_their_customers_changed() -
     state.process(0, [(1, CustomerFacts(SETTINGS.partitions, costs=[cost]))], 0)
     part = state.parts[0]
     assert part.changed == {"c1"}  # c2's order is on the next day, not final yet
-    assert state.cost_of(part, part.customers["c1"].orders["o1"]) == 4.0
-    assert state.cost_of(part, part.customers["c2"].orders["o2"]) is None
+    assert state.cost_of(part, part.customers.peek("c1").orders["o1"]) == 4.0
+    assert state.cost_of(part, part.customers.peek("c2").orders["o2"]) is None
     # Sent again after a roll-up crash, and with another cost: the held one is kept.
     state.process(0, [(2, CustomerFacts(SETTINGS.partitions + 1,
                                         costs=[CampaignDayCost("cmp", 0, 9.0, 9.0, 1)]))], 0)
     assert part.costs[("cmp", 0)] == 4.0
     # A record written after the cost came carries it in its order entries.
     state.process(0, [(3, CustomerFacts(0, [(2, 0, 1, order("o3", 3 * MIN))]))], 0)
-    assert part.customers["c1"].orders["o1"][5] == 4.0
-    restored = CustomerState(SETTINGS, log)
+    assert part.customers.peek("c1").orders["o1"][5] == 4.0
+    restored = make(SETTINGS, log)
     again = restored.state(0, 0)
     assert again.costs == {("cmp", 0): 4.0}
-    assert restored.cost_of(again, again.customers["c2"].orders["o2"]) is None
-    assert restored.cost_of(again, again.customers["c1"].orders["o1"]) == 4.0
+    assert restored.cost_of(again, again.customers.peek("c2").orders["o2"]) is None
+    assert restored.cost_of(again, again.customers.peek("c1").orders["o1"]) == 4.0
     # The record holding the cost stays while the cost is kept.
     assert 1 not in restored.take_dead(0)
 
 
-def test_a_restart_publishes_deletions_again() -> None:
+def test_a_restart_publishes_deletions_again(make: MakeState) -> None:
     """A worker may die between writing a deletion to the changelog and to the sinks: the
     next owner publishes it again (a profile no longer held is a deletion)."""
     log = DictPackLog()
-    state = CustomerState(SETTINGS, log)
+    state = make(SETTINGS, log)
     state.process(0, [(0, CustomerFacts(0, [(1, 0, 1, order("o1", MIN)),
                                             (1, 1, 1, order("o2", MIN, customer="c2"))]))], 0)
     state.process(0, [(1, CustomerFacts(0, [(2, 0, -1, order("o1", MIN))]))], 0)
-    assert "c1" not in state.parts[0].customers
-    restored = CustomerState(SETTINGS, log)
-    part = restored.state(0, 0)
-    assert part.changed == {"c1", "c2"} and "c1" not in part.customers
+    assert names(state) == {"c2"}
+    restored = make(SETTINGS, log)
+    restored.state(0, 0)
+    assert dict(restored.take_changes(0, 10)).keys() == {"c1", "c2"}
+    assert dict(restored.take_changes(0, 10)) == {}  # all published
+    assert restored.parts[0].customers.peek("c1") is None
+
+
+def test_a_load_republishes_every_profile_a_bounded_number_at_a_time(make: MakeState) -> None:
+    log = DictPackLog()
+    state = make(SETTINGS, log)
+    facts = [(1, i, 1, order(f"o{i}", MIN, customer=f"c{i:02}")) for i in range(25)]
+    state.process(0, [(0, CustomerFacts(0, facts))], 0)
+    restored = make(SETTINGS, log)
+    restored.state(0, 0)
+    first = restored.take_changes(0, 10)
+    assert len(first) == 10
+    # a customer changed meanwhile goes first, once
+    restored.process(0, [(1, CustomerFacts(0, [(2, 0, 1, order("x", MIN, customer="c20"))]))],
+                     0)
+    second = restored.take_changes(0, 10)
+    assert second[0][0] == "c20" and len(second) == 10
+    rest = restored.take_changes(0, 10)
+    published = [c for c, _ in first + second + rest]
+    assert sorted(set(published)) == [f"c{i:02}" for i in range(25)]
+    assert len(rest) < 10 and restored.take_changes(0, 10) == []
+    assert all(record is not None for _, record in first + second + rest)
+
+
+def test_the_disk_map_keeps_changes_made_in_place_and_indexes_activity(tmp_path: Path) -> None:
+    customers = RocksCustomerMap(tmp_path / "0", 8)
+    customers.put("a", CustomerRecord({"o1": [MIN, 1.0, "ch", "cmp", "vip"]}, {}, "o1"))
+    customers.put("b", CustomerRecord({"o2": [3 * MIN, 2.0, "ch", "cmp", "vip"]}, {}, "o2"))
+    customers.set_holder("a", 7)
+    customers.flush()
+    assert len(customers) == 2 and customers.inactive_before(2 * MIN) == ["a"]
+    record = customers.get("a")
+    assert record is not None
+    record.orders["o3"] = [5 * MIN, 3.0, "ch", "cmp", "vip"]  # changed in place
+    customers.flush()
+    again = customers.peek("a")
+    assert again is not None and set(again.orders) == {"o1", "o3"} and again.first == "o1"
+    assert customers.inactive_before(4 * MIN) == ["b"]  # a's old activity is gone
+    assert customers.holder("a") == 7 and customers.holder("b") is None
+    customers.delete("b")
+    assert customers.get("b") is None  # deleted before the flush already
+    customers.flush()
+    assert len(customers) == 1 and customers.keys_after("", 10) == ["a"]
+    customers.close()
+    # a new map never trusts what an earlier one left on disk
+    fresh = RocksCustomerMap(tmp_path / "0", 8)
+    assert len(fresh) == 0 and fresh.peek("a") is None and fresh.keys_after("", 10) == []
+    fresh.close()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import random
+import tempfile
+from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -14,6 +16,7 @@ from kpistream import reference
 from kpistream.contracts.records import Event, Order, Spend, Survey
 from kpistream.kpi.formulas import KPI_FIELDS
 from kpistream.settings import Settings
+from kpistream.state.rocks import RocksCustomerMap
 
 BASE = 1_800_000_000_000
 MIN = 60_000
@@ -134,6 +137,23 @@ def test_duplicated_stream_and_crashes_give_the_same_rows(
     assert_profiles_match(sim, outcome)
     assert sim.counts() == expected_counts(
         reference.classify(doubled, retention_ms=SETTINGS.retention_ms))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(events(90), max_size=80), st.integers(1, 3), st.randoms(use_true_random=False))
+def test_crashes_give_the_same_rows_and_profiles_with_customers_on_disk(
+        evs: list[Event], partitions: int, rng: random.Random) -> None:
+    """The same with the customer stage on its RocksDB store, rebuilt at every reload."""
+    with tempfile.TemporaryDirectory() as root:
+        sim = Sim(SETTINGS, partitions=partitions,
+                  customer_maps=lambda r: RocksCustomerMap(Path(root) / str(r), 8))
+        doubled = [copy for event in evs for copy in (event, event)]
+        for event in doubled:
+            sim.append(event)
+        sim.run_all(rng, crash_rate=0.3)
+        outcome = reference.classify(evs, retention_ms=SETTINGS.retention_ms)
+        assert_rows_match(sim, outcome)
+        assert_profiles_match(sim, outcome)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
