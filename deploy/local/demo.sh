@@ -36,7 +36,9 @@ trap cleanup INT TERM EXIT
 export KPISTREAM_APP_ID="${KPISTREAM_APP_ID:-kpistream-demo}"
 "$KPI" topics create
 for port in ${DEMO_PORTS:-6066 6067}; do
-  KPISTREAM_WEB_PORT=$port setsid "$KPI" worker > "$LOGS/worker-$port.log" 2>&1 &
+  # one data directory per worker (its on-disk customer store), as on separate machines
+  KPISTREAM_WEB_PORT=$port KPISTREAM_DATA_DIR="${KPISTREAM_DATA_DIR:-.local/worker-data}/demo-$port" \
+    setsid "$KPI" worker > "$LOGS/worker-$port.log" 2>&1 &
   pids+=($!)
 done
 setsid "$KPI" generate --live --backfill "$BACKFILL" --duration "$DURATION" \

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import IO
 
-from kpistream.exceptions import KpistreamError
+from kpistream.exceptions import ConfigurationError, KpistreamError
 from kpistream.settings import Settings, describe_settings_error
 
 
@@ -47,6 +49,21 @@ def _topics_cmd(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def claim_data_dir(path: str) -> IO[str]:
+    """Lock the worker's data directory for this process (released when it exits). Two
+    workers sharing one would rebuild each other's on-disk customer store under them."""
+    os.makedirs(path, exist_ok=True)  # faust refuses a missing datadir
+    lock = open(os.path.join(path, ".worker.lock"), "w")  # noqa: SIM115 (held until exit)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise ConfigurationError(
+            f"data_dir {path!r} is in use by another worker on this machine: give each "
+            "worker its own KPISTREAM_DATA_DIR") from None
+    return lock
+
+
 def _worker_cmd(settings: Settings, args: argparse.Namespace) -> int:
     import faust
 
@@ -57,7 +74,7 @@ def _worker_cmd(settings: Settings, args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     _check_connections(settings, kafka=True, redis=True, redis_may_be_down=True)
     asyncio.run(ensure_topics(settings))
-    os.makedirs(settings.data_dir, exist_ok=True)  # faust refuses a missing datadir
+    lock = claim_data_dir(settings.data_dir)  # noqa: F841 (held while the worker runs)
     app = create_app(settings)
     worker = faust.Worker(app, loglevel=settings.log_level)
     worker.execute_from_commandline()

@@ -103,7 +103,10 @@ class Deployment:
         proc = subprocess.Popen(
             [sys.executable, "-m", "kpistream", "worker"],
             env={**os.environ, **self.env, "KPISTREAM_WEB_PORT": str(port),
-                 "KPISTREAM_WEB_HOST": "127.0.0.1", **extra},
+                 "KPISTREAM_WEB_HOST": "127.0.0.1",
+                 # one data directory per worker, as on separate machines
+                 "KPISTREAM_DATA_DIR": f"{self.env['KPISTREAM_DATA_DIR']}-{self.started}",
+                 **extra},
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.workers.append(proc)
         self.ports[proc] = port

@@ -156,8 +156,32 @@ def test_secret_files_and_tls_material_are_mounted_read_only(
 
 def test_resources(container: dict[str, Any]) -> None:
     resources = container["resources"]
-    assert resources["requests"] == {"cpu": "500m", "memory": "512Mi"}
-    assert resources["limits"] == {"cpu": "2", "memory": "1Gi"}
+    assert resources["requests"] == {"cpu": "500m", "memory": "512Mi",
+                                     "ephemeral-storage": "1Gi"}
+    assert resources["limits"] == {"cpu": "2", "memory": "1Gi", "ephemeral-storage": "12Gi"}
+
+
+def _quantity_gi(value: str) -> float:
+    number, unit = re.fullmatch(r"(\d+)(Mi|Gi)", value).groups()  # type: ignore[union-attr]
+    return int(number) / (1024 if unit == "Mi" else 1)
+
+
+def test_customer_store_is_on_node_disk_within_the_storage_limit(
+        deployment: dict[str, Any], container: dict[str, Any],
+        manifests: list[dict[str, Any]]) -> None:
+    """The on-disk customer store lives under KPISTREAM_DATA_DIR: a disk-backed volume (not
+    tmpfs, which would count as memory), bounded, and within the pod's ephemeral storage."""
+    config = _one(manifests, "ConfigMap")["data"]
+    assert config.get("KPISTREAM_CUSTOMER_STORE", "rocksdb") == "rocksdb"
+    mount = next(m for m in container["volumeMounts"]
+                 if m["mountPath"] == config["KPISTREAM_DATA_DIR"])
+    volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"]
+                  if v["name"] == mount["name"])
+    assert "persistentVolumeClaim" not in volume  # rebuilt from the changelog (README)
+    empty_dir = volume["emptyDir"]
+    assert empty_dir.get("medium") != "Memory"
+    limit = container["resources"]["limits"]["ephemeral-storage"]
+    assert _quantity_gi(empty_dir["sizeLimit"]) < _quantity_gi(limit)
 
 
 def test_runs_as_the_images_non_root_user(deployment: dict[str, Any],
