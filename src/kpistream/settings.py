@@ -198,9 +198,9 @@ class Settings(BaseSettings):
         "rocksdb", description="Where the customer stage keeps its customers: 'rocksdb' "
         "(on disk under data_dir, memory bounded by the block cache) or 'memory' (all in the "
         "worker's memory; small deployments and tests).")
-    rocksdb_cache_mb: int = Field(
-        32, ge=1, description="On-disk customer store: block cache and write buffer size (MB) "
-        "per customers partition.")
+    rocksdb_memory_mb: int = Field(
+        64, ge=4, description="On-disk customer store: memory budget (MB) of all the worker's "
+        "customers partitions together (a shared block cache, memtables charged to it).")
     profile_publish_batch: int = Field(
         20_000, ge=1, description="Most customer profiles built and published per publish "
         "tick (after a restart every profile is published again, this many at a time).")

@@ -34,7 +34,7 @@ from kpistream.state.customers import (
     CustomerState,
     DictCustomerMap,
 )
-from kpistream.state.rocks import RocksCustomerMap
+from kpistream.state.rocks import RocksCustomerMap, RocksMemory
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +58,8 @@ def customer_maps(settings: Settings) -> CustomerMaps:
     if settings.customer_store == "memory":
         return lambda r: DictCustomerMap()
     root = Path(settings.data_dir) / "customers"
-    return lambda r: RocksCustomerMap(root / f"{settings.topic_customers}-{r}",
-                                      settings.rocksdb_cache_mb)
+    memory = RocksMemory(settings.rocksdb_memory_mb)
+    return lambda r: RocksCustomerMap(root / f"{settings.topic_customers}-{r}", memory)
 
 
 def register(app: faust.App, runtime: Runtime) -> CustomerState:

@@ -15,7 +15,7 @@ from kpistream.contracts.wire import CampaignDayCost, CustomerFacts, CustomerRec
 from kpistream.kpi.formulas import SUM_FIELDS
 from kpistream.settings import Settings
 from kpistream.state.customers import CustomerMaps, CustomerState, DictCustomerMap, first_order
-from kpistream.state.rocks import RocksCustomerMap
+from kpistream.state.rocks import RocksCustomerMap, RocksMemory
 from kpistream.state.store import DictPackLog, PackLog
 
 SETTINGS = Settings(windows=("1h/1m",), clock="event")
@@ -38,7 +38,8 @@ def make(request: pytest.FixtureRequest, tmp_path: Path) -> MakeState:
             maps = lambda r: DictCustomerMap()  # noqa: E731
         else:
             root = tmp_path / f"worker-{next(workers)}"
-            maps = lambda r: RocksCustomerMap(root / str(r), 8)  # noqa: E731
+            memory = RocksMemory(8)
+            maps = lambda r: RocksCustomerMap(root / str(r), memory)  # noqa: E731
         return CustomerState(settings, log if log is not None else DictPackLog(), maps)
 
     return build
@@ -223,7 +224,7 @@ def test_a_load_republishes_every_profile_a_bounded_number_at_a_time(make: MakeS
 
 
 def test_the_disk_map_keeps_changes_made_in_place_and_indexes_activity(tmp_path: Path) -> None:
-    customers = RocksCustomerMap(tmp_path / "0", 8)
+    customers = RocksCustomerMap(tmp_path / "0", RocksMemory(8))
     customers.put("a", CustomerRecord({"o1": [MIN, 1.0, "ch", "cmp", "vip"]}, {}, "o1"))
     customers.put("b", CustomerRecord({"o2": [3 * MIN, 2.0, "ch", "cmp", "vip"]}, {}, "o2"))
     customers.set_holder("a", 7)
@@ -243,6 +244,6 @@ def test_the_disk_map_keeps_changes_made_in_place_and_indexes_activity(tmp_path:
     assert len(customers) == 1 and customers.keys_after("", 10) == ["a"]
     customers.close()
     # a new map never trusts what an earlier one left on disk
-    fresh = RocksCustomerMap(tmp_path / "0", 8)
+    fresh = RocksCustomerMap(tmp_path / "0", RocksMemory(8))
     assert len(fresh) == 0 and fresh.peek("a") is None and fresh.keys_after("", 10) == []
     fresh.close()

@@ -16,7 +16,7 @@ from kpistream import reference
 from kpistream.contracts.records import Event, Order, Spend, Survey
 from kpistream.kpi.formulas import KPI_FIELDS
 from kpistream.settings import Settings
-from kpistream.state.rocks import RocksCustomerMap
+from kpistream.state.rocks import RocksCustomerMap, RocksMemory
 
 BASE = 1_800_000_000_000
 MIN = 60_000
@@ -145,8 +145,9 @@ def test_crashes_give_the_same_rows_and_profiles_with_customers_on_disk(
         evs: list[Event], partitions: int, rng: random.Random) -> None:
     """The same with the customer stage on its RocksDB store, rebuilt at every reload."""
     with tempfile.TemporaryDirectory() as root:
+        memory = RocksMemory(8)
         sim = Sim(SETTINGS, partitions=partitions,
-                  customer_maps=lambda r: RocksCustomerMap(Path(root) / str(r), 8))
+                  customer_maps=lambda r: RocksCustomerMap(Path(root) / str(r), memory))
         doubled = [copy for event in evs for copy in (event, event)]
         for event in doubled:
             sim.append(event)
