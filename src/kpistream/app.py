@@ -21,6 +21,7 @@ from kpistream.outbox import Outbox
 from kpistream.runtime import Runtime, Topics, wall_clock_ms
 from kpistream.settings import Settings, parse_duration_ms
 from kpistream.stages import aggregate, customers, edge, publish, rollup
+from kpistream.state.rocks import partition_stores
 from kpistream.state.rollup import RollupState
 from kpistream.state.tables import Tables
 
@@ -60,7 +61,7 @@ def create_app(settings: Settings | None = None,
     outbox = Outbox(app)
     runtime = Runtime(settings, Topics.declare(app, settings),
                       Tables.declare(app, settings, outbox), Metrics.create(registry), registry,
-                      outbox, now_ms)
+                      outbox, now_ms, partition_stores(settings))
     readers: list[edge.EdgeReader] = []
 
     @app.service

@@ -17,6 +17,7 @@ from kpistream.admin import PACKED_MAX_MESSAGE_BYTES
 from kpistream.observability.metrics import Metrics
 from kpistream.outbox import Outbox
 from kpistream.settings import Settings
+from kpistream.state.rocks import PartitionStores
 from kpistream.state.tables import Tables
 
 
@@ -53,3 +54,4 @@ class Runtime:
     registry: CollectorRegistry
     outbox: Outbox
     now_ms: Callable[[], int]
+    stores: PartitionStores

@@ -128,7 +128,7 @@ class Settings(BaseSettings):
     web_ssl_keyfile: str = Field("", description="Web port: private key (PEM) of the certificate.")
     data_dir: str = Field(
         ".local/worker-data", description="Faust data directory; also holds the on-disk "
-        "customer store (customer_store=rocksdb). One per worker.")
+        "state (state_store=rocksdb). One per worker.")
     log_level: str = Field("info", description="Worker log level.")
     session_timeout: str = Field(
         "20s", description="Kafka consumer session timeout: how long a crashed worker's "
@@ -194,13 +194,13 @@ class Settings(BaseSettings):
     pack_max_bytes: int = Field(
         512 * 1024, ge=1024, description="Edge: approximate size limit of one packed record "
         "(events and their original values) on the internal events topic.")
-    customer_store: Literal["rocksdb", "memory"] = Field(
-        "rocksdb", description="Where the customer stage keeps its customers: 'rocksdb' "
-        "(on disk under data_dir, memory bounded by the block cache) or 'memory' (all in the "
-        "worker's memory; small deployments and tests).")
+    state_store: Literal["rocksdb", "memory"] = Field(
+        "rocksdb", description="Where the state that grows with customers and orders lives "
+        "(the customer stage's customers, the aggregate's order ids): 'rocksdb' (on disk under "
+        "data_dir, rebuilt from the changelogs at each assignment) or 'memory' (in the heap).")
     rocksdb_memory_mb: int = Field(
-        64, ge=4, description="On-disk customer store: memory budget (MB) of all the worker's "
-        "customers partitions together (a shared block cache, memtables charged to it).")
+        64, ge=4, description="state_store=rocksdb: memory budget (MB) of all the worker's "
+        "databases together (a shared block cache, memtables charged to it).")
     profile_publish_batch: int = Field(
         20_000, ge=1, description="Most customer profiles built and published per publish "
         "tick (after a restart every profile is published again, this many at a time).")

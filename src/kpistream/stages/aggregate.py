@@ -88,7 +88,7 @@ def customer_facts(p: int, result: BatchResult, partitions: int,
 def register(app: faust.App, runtime: Runtime) -> PartitionAggregator:
     settings, topics, metrics, outbox = (runtime.settings, runtime.topics, runtime.metrics,
                                          runtime.outbox)
-    aggregator = PartitionAggregator(settings, runtime.tables.aggregate)
+    aggregator = PartitionAggregator(settings, runtime.tables.aggregate, runtime.stores.ids)
     log = RateLimitedLog(logger, settings.log_interval_s)
     dead_letters = DeadLetters(settings.topic_dlq, outbox, log)
     guard = GapGuard(app, settings.topic_events, log)

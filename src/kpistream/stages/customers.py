@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import faust
@@ -25,16 +24,9 @@ from kpistream.contracts.wire import (
 )
 from kpistream.observability.logs import RateLimitedLog
 from kpistream.runtime import Runtime
-from kpistream.settings import Settings
 from kpistream.stages.aggregate import row_partition
 from kpistream.stages.offsets import GapGuard
-from kpistream.state.customers import (
-    CustomerMaps,
-    CustomerResult,
-    CustomerState,
-    DictCustomerMap,
-)
-from kpistream.state.rocks import RocksCustomerMap, RocksMemory
+from kpistream.state.customers import CustomerResult, CustomerState
 
 logger = logging.getLogger(__name__)
 
@@ -53,18 +45,9 @@ def customer_rollup_messages(r: int, result: CustomerResult,
     return messages
 
 
-def customer_maps(settings: Settings) -> CustomerMaps:
-    """Where each customers partition keeps its customers (``customer_store``)."""
-    if settings.customer_store == "memory":
-        return lambda r: DictCustomerMap()
-    root = Path(settings.data_dir) / "customers"
-    memory = RocksMemory(settings.rocksdb_memory_mb)
-    return lambda r: RocksCustomerMap(root / f"{settings.topic_customers}-{r}", memory)
-
-
 def register(app: faust.App, runtime: Runtime) -> CustomerState:
     settings, outbox = runtime.settings, runtime.outbox
-    state = CustomerState(settings, runtime.tables.customers, customer_maps(settings))
+    state = CustomerState(settings, runtime.tables.customers, runtime.stores.customers)
     log = RateLimitedLog(logger, settings.log_interval_s)
     guard = GapGuard(app, settings.topic_customers, log)
 

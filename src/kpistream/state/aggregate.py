@@ -29,10 +29,10 @@ coordinates.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from sys import intern
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from kpistream.contracts.records import Event, Order, Source, Survey
 from kpistream.contracts.wire import (
@@ -103,6 +103,46 @@ def customer_fact(effect: Effect) -> CustomerFact | None:
     return None
 
 
+class IdMap(Protocol):
+    """A partition's id records (``kind|id`` -> record) within the retention."""
+
+    def get(self, key: str) -> list[Any] | None: ...
+
+    def put(self, key: str, record: list[Any]) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def older_than(self, horizon: int) -> list[str]: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def __len__(self) -> int: ...
+
+
+class DictIdMap(dict[str, list[Any]]):
+    """In-memory :class:`IdMap`."""
+
+    def put(self, key: str, record: list[Any]) -> None:
+        self[key] = record
+
+    def delete(self, key: str) -> None:
+        self.pop(key, None)
+
+    def older_than(self, horizon: int) -> list[str]:
+        return [key for key, record in self.items() if record_time(record) < horizon]
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+IdMaps = Callable[[int], IdMap]  # a fresh, empty map for events partition p
+
+
 @dataclass(slots=True)
 class PartitionState:
     applied: int | None = None
@@ -111,7 +151,7 @@ class PartitionState:
     counts: dict[tuple[str, str], int] = field(default_factory=dict)
     marks: dict[tuple[str, int], tuple[int | None, bool]] = field(default_factory=dict)
     raw_partitions: int = 0
-    ids: dict[str, list[Any]] = field(default_factory=dict)
+    ids: IdMap = field(default_factory=DictIdMap)
     buckets: dict[BucketKey, list[float]] = field(default_factory=dict)
     packs: dict[int, int] = field(default_factory=dict)  # seq -> keep_until
     dropped_below: int = NO_TIME  # events before it may have been in dropped packs
@@ -136,7 +176,7 @@ class PartitionState:
 class PartitionAggregator:
     """Applies batches of packed events of each internal partition."""
 
-    def __init__(self, settings: Settings, log: PackLog) -> None:
+    def __init__(self, settings: Settings, log: PackLog, ids: IdMaps | None = None) -> None:
         self.windows = settings.window_specs
         self.attribution_window = settings.attribution_window.name
         self.grace_ms = settings.grace_ms
@@ -145,16 +185,21 @@ class PartitionAggregator:
         self.live = settings.clock == "live"
         self.idle_lag_ms = settings.idle_lag_ms
         self.log = log
+        self.id_maps: IdMaps = ids or (lambda p: DictIdMap())
         self.parts: dict[int, PartitionState] = {}
 
     # -- ownership ---------------------------------------------------------------------
     def load(self, p: int, now_ms: int) -> PartitionState:
         """Rebuild partition p's state from its packs (after an assignment)."""
-        state = PartitionState()
+        old = self.parts.pop(p, None)
+        if old is not None:
+            old.ids.close()
+        state = PartitionState(ids=self.id_maps(p))
         for seq, data in self.log.load(p):
             pack = decode_aggregate_pack(data)
             for key, record in pack.ids:
-                state.ids[key] = record
+                state.ids.put(key, record)
+            state.ids.flush()
             for sign, event, _, _ in pack.effects:
                 self._add(state, event, sign, None, NO_TIME)
             state.applied, state.stream_time = pack.offset, pack.stream_time
@@ -175,7 +220,9 @@ class PartitionAggregator:
 
     def drop(self, partitions: set[int]) -> None:
         for p in partitions:
-            self.parts.pop(p, None)
+            state = self.parts.pop(p, None)
+            if state is not None:
+                state.ids.close()
 
     def state(self, p: int, now_ms: int) -> PartitionState:
         held = self.parts.get(p)
@@ -260,12 +307,13 @@ class PartitionAggregator:
                 if held is not None and held[0] is not None:
                     newest = held[0] if newest is None else max(newest, held[0])
                 state.marks[key] = (newest, mark.at_end)
+        state.ids.flush()
         if last is not None:
             keep_until = NO_TIME
             for _, event, _, _ in effects:
                 keep_until = max(keep_until, event.ts)
             for record in ids.values():
-                keep_until = max(keep_until, _record_time(record))
+                keep_until = max(keep_until, record_time(record))
             pack_out = state.header(last)
             pack_out.ids = list(ids.items())
             pack_out.effects = effects
@@ -356,13 +404,15 @@ class PartitionAggregator:
             if (record is None or record[_P_TS] is None
                     or record[_P_TS] < event.ts - self.retention_ms):
                 record = [None, None, None, None, None, event.ts, 0, None]
-                state.ids[key] = ids[key] = record
+                state.ids.put(key, record)
+                ids[key] = record
                 return "unknown_order"
             record = [*record[:_C_TS], event.ts, 1, record[_CUSTOMER]]
             event = Order(event.order_id, record[_P_TS], "placed", record[_CUSTOMER],
                           record[_AMOUNT], record[_CH], record[_CA], record[_SE])
             sign = -1
-        state.ids[key] = ids[key] = record
+        state.ids.put(key, record)
+        ids[key] = record
         if sign:
             effects.append((sign, event, *coords))
             self._add(state, event, sign, touched, t_eff)
@@ -402,10 +452,10 @@ class PartitionAggregator:
         # Behind the low mark, like buckets: a raw partition read behind the others may
         # still cancel an order a faster one's stream time has passed (SPEC §3).
         horizon = t_expiry - self.retention_ms
-        old_ids = [id_key for id_key, record in state.ids.items()
-                   if _record_time(record) < horizon]
+        old_ids = state.ids.older_than(horizon)
         for id_key in old_ids:
-            del state.ids[id_key]
+            state.ids.delete(id_key)
+        state.ids.flush()
         # A pack is dropped once nothing in it can matter: its times are older than the
         # retention horizon by a further step, so every bucket it touched has expired. The
         # newest pack holds the header and always stays.
@@ -440,7 +490,8 @@ class PartitionAggregator:
         return len(expired)
 
 
-def _record_time(record: list[Any]) -> int:
+def record_time(record: list[Any]) -> int:
+    """When an id record was last relevant: its newest event time (the id sweep's order)."""
     if len(record) == 1:
         return int(record[0])
     return max(int(t) for t in (record[_P_TS], record[_C_TS]) if t is not None)

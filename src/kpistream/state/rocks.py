@@ -1,22 +1,24 @@
-"""The customer stage's customers on local disk: a :class:`~kpistream.state.customers.CustomerMap`
-over RocksDB (``rocksdict``), one database per customers partition under the worker's data dir.
+"""State that grows with customers and orders, on local disk: the customer stage's customers
+(:class:`~kpistream.state.customers.CustomerMap`) and the aggregate's order ids
+(:class:`~kpistream.state.aggregate.IdMap`) over RocksDB (``rocksdict``), one database per
+partition under the worker's data dir, all sharing one memory budget.
 
-The database is a cache of the changelog, never a second source of truth: it is destroyed
-and rebuilt from the partition's changelog records at every assignment
-(:meth:`CustomerState.load`), so it can never be ahead of what Kafka holds after a crash, and
-it needs neither a write-ahead log nor fsync. What it buys is memory: a million customers'
-order histories live on disk and in a bounded block cache instead of the Python heap
-(~1 KB per customer as dicts and lists, docs/benchmarks.md).
+A database is a cache of the stage's changelog, never a second source of truth: it is
+destroyed and rebuilt from the partition's changelog records at every assignment (the stages'
+``load``), so it can never be ahead of what Kafka holds after a crash, and it needs neither a
+write-ahead log nor fsync. What it buys is memory: a million customers' order histories and
+ids live on disk and in a bounded block cache instead of the Python heap (~1 KB per customer
+and ~300 bytes per order id as dicts and lists, docs/benchmarks.md).
 
 Keys (one keyspace, a prefix byte each):
-- ``c`` + customer: the record ``[orders, responses, first order id, last activity]``;
-- ``h`` + customer: seq of the changelog record holding its current version (deleted
-  customers too, until a newer version moves the hold);
-- ``a`` + last activity (8 bytes, big-endian, offset) + customer: the sweep's index, so
-  expiring inactive customers reads only those past the horizon.
+- ``r`` + key: the record (JSON), with its time;
+- ``t`` + time (8 bytes, big-endian, offset) + key: the sweep's index, so expiry reads only
+  the records past the horizon;
+- ``h`` + customer (customer map only): seq of the changelog record holding the customer's
+  current version (deleted customers too, until a newer version moves the hold).
 
-Records touched since the last :meth:`flush` are held decoded in ``cache``; a flush writes them
-in one write batch.
+Records touched since the last :meth:`flush` are held decoded in ``cache`` (changes made in
+place to a record :meth:`get` returned are kept); a flush writes them in one write batch.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from __future__ import annotations
 import shutil
 import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from sys import intern
-from typing import cast
+from typing import Any, Generic, TypeVar, cast
 
 import orjson
 from rocksdict import (
@@ -40,16 +43,28 @@ from rocksdict import (
 )
 
 from kpistream.contracts.wire import CustomerRecord
-from kpistream.state.customers import last_activity
+from kpistream.settings import Settings
+from kpistream.state.aggregate import DictIdMap, IdMaps, record_time
+from kpistream.state.customers import CustomerMaps, DictCustomerMap, last_activity
 
-_RECORD, _HOLDER, _ACTIVE = b"c", b"h", b"a"
+V = TypeVar("V")
+
+_RECORD, _TIMED, _HOLDER = b"r", b"t", b"h"
 _TIME = struct.Struct(">Q")
 _TIME_OFFSET = 1 << 63  # signed ms -> unsigned, so byte order is time order
 _CH, _COST = 2, 5  # order entry fields holding group names
 
 
-def _active_key(active: int, customer: bytes) -> bytes:
-    return _ACTIVE + _TIME.pack(active + _TIME_OFFSET) + customer
+@dataclass(frozen=True)
+class PartitionStores:
+    """A fresh map per partition: the aggregate's ids and the customer stage's customers."""
+
+    ids: IdMaps
+    customers: CustomerMaps
+
+
+def _time_key(time: int, key: bytes) -> bytes:
+    return _TIMED + _TIME.pack(time + _TIME_OFFSET) + key
 
 
 class RocksMemory:
@@ -75,8 +90,8 @@ class RocksMemory:
         return options
 
 
-class RocksCustomerMap:
-    """:class:`~kpistream.state.customers.CustomerMap` on a fresh local RocksDB at ``path``."""
+class _TimedRecords(Generic[V]):
+    """Records by key on a fresh local RocksDB at ``path``, with an index by their time."""
 
     def __init__(self, path: Path, memory: RocksMemory) -> None:
         self.path = path
@@ -88,85 +103,75 @@ class RocksCustomerMap:
         # The changelog is the log. (A property at run time; rocksdict's stub says method.)
         write.disable_wal = True  # type: ignore[method-assign, assignment]
         self.db.set_write_options(write)
-        self.cache: dict[str, CustomerRecord | None] = {}  # None: deleted
-        self.stored: dict[str, int | None] = {}  # cached customers' activity on disk
-        self.holders: dict[str, int] = {}
+        self.cache: dict[str, V | None] = {}  # touched since the flush; None: deleted
+        self.stored: dict[str, int | None] = {}  # their time on disk (None: not on disk)
         self.size = 0
 
+    # -- the record format -------------------------------------------------------------
+    def decode(self, raw: bytes) -> tuple[V, int]:
+        raise NotImplementedError
+
+    def encode(self, value: V) -> tuple[bytes, int]:
+        raise NotImplementedError
+
     # -- records -----------------------------------------------------------------------
-    def _read(self, customer: str) -> tuple[CustomerRecord | None, int | None]:
-        raw = self.db.get(_RECORD + customer.encode())
+    def _read(self, key: str) -> tuple[V | None, int | None]:
+        raw = self.db.get(_RECORD + key.encode())
         if raw is None:
             return None, None
-        orders, responses, first, active = orjson.loads(raw)
-        for entry in orders.values():
-            entry[_CH:_COST] = map(intern, entry[_CH:_COST])
-        return CustomerRecord(orders, responses, first), active
+        return self.decode(cast(bytes, raw))
 
-    def get(self, customer: str) -> CustomerRecord | None:
-        if customer in self.cache:
-            return self.cache[customer]
-        record, active = self._read(customer)
-        self.stored[customer] = active
-        if record is not None:
-            self.cache[customer] = record
-        return record
+    def get(self, key: str) -> V | None:
+        if key in self.cache:
+            return self.cache[key]
+        value, time = self._read(key)
+        self.stored[key] = time
+        if value is not None:
+            self.cache[key] = value
+        return value
 
-    def peek(self, customer: str) -> CustomerRecord | None:
-        if customer in self.cache:
-            return self.cache[customer]
-        return self._read(customer)[0]
+    def peek(self, key: str) -> V | None:
+        if key in self.cache:
+            return self.cache[key]
+        return self._read(key)[0]
 
-    def _remember(self, customer: str) -> None:
-        if customer not in self.stored:
-            self.stored[customer] = self._read(customer)[1]
+    def _remember(self, key: str) -> None:
+        if key not in self.stored:
+            self.stored[key] = self._read(key)[1]
 
-    def put(self, customer: str, record: CustomerRecord) -> None:
-        self._remember(customer)
-        self.cache[customer] = record
+    def put(self, key: str, value: V) -> None:
+        self._remember(key)
+        self.cache[key] = value
 
-    def delete(self, customer: str) -> None:
-        self._remember(customer)
-        self.cache[customer] = None
+    def delete(self, key: str) -> None:
+        self._remember(key)
+        self.cache[key] = None
 
-    # -- holders -----------------------------------------------------------------------
-    def holder(self, customer: str) -> int | None:
-        held = self.holders.get(customer)
-        if held is not None:
-            return held
-        raw = self.db.get(_HOLDER + customer.encode())
-        return None if raw is None else int(raw)
+    def _write(self, batch: WriteBatch) -> None:
+        """Add what else a flush writes."""
 
-    def set_holder(self, customer: str, seq: int) -> None:
-        self.holders[customer] = seq
-
-    # -- writing -----------------------------------------------------------------------
     def flush(self) -> None:
-        if not self.cache and not self.holders:
-            return
         batch = WriteBatch(raw_mode=True)
-        for customer, record in self.cache.items():
-            key = customer.encode()
-            before = self.stored[customer]
+        for name, value in self.cache.items():
+            key = name.encode()
+            before = self.stored[name]
             if before is not None:
-                batch.delete(_active_key(before, key))
-            if record is None:
+                batch.delete(_time_key(before, key))
+            if value is None:
                 if before is not None:
                     batch.delete(_RECORD + key)
                     self.size -= 1
                 continue
-            active = last_activity(record)
-            batch.put(_RECORD + key, orjson.dumps([record.orders, record.responses,
-                                                   record.first, active]))
-            batch.put(_active_key(active, key), b"")
+            raw, time = self.encode(value)
+            batch.put(_RECORD + key, raw)
+            batch.put(_time_key(time, key), b"")
             if before is None:
                 self.size += 1
-        for customer, seq in self.holders.items():
-            batch.put(_HOLDER + customer.encode(), str(seq).encode())
-        self.db.write(batch)
+        self._write(batch)
+        if len(batch):
+            self.db.write(batch)
         self.cache.clear()
         self.stored.clear()
-        self.holders.clear()
 
     # -- scans (of what was flushed) ---------------------------------------------------
     def _keys(self, prefix: bytes, start: bytes) -> Iterator[bytes]:
@@ -176,20 +181,20 @@ class RocksCustomerMap:
                 return
             yield key
 
-    def items(self) -> Iterator[tuple[str, CustomerRecord]]:
+    def items(self) -> Iterator[tuple[str, V]]:
         self.flush()
         for key, raw in self.db.items(from_key=_RECORD):
             key = cast(bytes, key)  # raw mode
             if not key.startswith(_RECORD):
                 return
-            orders, responses, first, _ = orjson.loads(cast(bytes, raw))
-            yield key[1:].decode(), CustomerRecord(orders, responses, first)
+            yield key[1:].decode(), self.decode(cast(bytes, raw))[0]
 
-    def inactive_before(self, horizon: int) -> list[str]:
+    def older_than(self, horizon: int) -> list[str]:
+        """Keys of the records whose time is before ``horizon``."""
         self.flush()
         end = _TIME.pack(horizon + _TIME_OFFSET)
         out = []
-        for key in self._keys(_ACTIVE, _ACTIVE):
+        for key in self._keys(_TIMED, _TIMED):
             if key[1:1 + _TIME.size] >= end:
                 break
             out.append(key[1 + _TIME.size:].decode())
@@ -208,9 +213,70 @@ class RocksCustomerMap:
 
     def close(self) -> None:
         self.cache.clear()
-        self.holders.clear()
         self.db.close()
         shutil.rmtree(self.path, ignore_errors=True)
 
     def __len__(self) -> int:
         return self.size
+
+
+class RocksCustomerMap(_TimedRecords[CustomerRecord]):
+    """:class:`~kpistream.state.customers.CustomerMap`: customers by id, timed by their last
+    activity (the retention sweep's order), with the changelog record holding each one."""
+
+    def __init__(self, path: Path, memory: RocksMemory) -> None:
+        super().__init__(path, memory)
+        self.holders: dict[str, int] = {}
+
+    def decode(self, raw: bytes) -> tuple[CustomerRecord, int]:
+        orders, responses, first, active = orjson.loads(raw)
+        for entry in orders.values():
+            entry[_CH:_COST] = map(intern, entry[_CH:_COST])
+        return CustomerRecord(orders, responses, first), active
+
+    def encode(self, value: CustomerRecord) -> tuple[bytes, int]:
+        active = last_activity(value)
+        return orjson.dumps([value.orders, value.responses, value.first, active]), active
+
+    def inactive_before(self, horizon: int) -> list[str]:
+        return self.older_than(horizon)
+
+    def holder(self, customer: str) -> int | None:
+        held = self.holders.get(customer)
+        if held is not None:
+            return held
+        raw = self.db.get(_HOLDER + customer.encode())
+        return None if raw is None else int(raw)
+
+    def set_holder(self, customer: str, seq: int) -> None:
+        self.holders[customer] = seq
+
+    def _write(self, batch: WriteBatch) -> None:
+        for customer, seq in self.holders.items():
+            batch.put(_HOLDER + customer.encode(), str(seq).encode())
+        self.holders.clear()
+
+
+class RocksIdMap(_TimedRecords[list[Any]]):
+    """:class:`~kpistream.state.aggregate.IdMap`: the aggregate's id records (orders, spend
+    and responses seen within the retention), timed for the id sweep."""
+
+    def decode(self, raw: bytes) -> tuple[list[Any], int]:
+        record = orjson.loads(raw)
+        return record, record_time(record)
+
+    def encode(self, value: list[Any]) -> tuple[bytes, int]:
+        return orjson.dumps(value), record_time(value)
+
+
+def partition_stores(settings: Settings) -> PartitionStores:
+    """Where the stages keep what grows with customers and orders (``state_store``): for
+    each partition a fresh map, in memory or in its own database under ``data_dir`` (one
+    memory budget for all of them)."""
+    if settings.state_store == "memory":
+        return PartitionStores(lambda p: DictIdMap(), lambda r: DictCustomerMap())
+    root = Path(settings.data_dir) / "state"
+    memory = RocksMemory(settings.rocksdb_memory_mb)
+    return PartitionStores(
+        lambda p: RocksIdMap(root / f"{settings.topic_events}-{p}", memory),
+        lambda r: RocksCustomerMap(root / f"{settings.topic_customers}-{r}", memory))

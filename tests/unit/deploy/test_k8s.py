@@ -172,7 +172,7 @@ def test_customer_store_is_on_node_disk_within_the_storage_limit(
     """The on-disk customer store lives under KPISTREAM_DATA_DIR: a disk-backed volume (not
     tmpfs, which would count as memory), bounded, and within the pod's ephemeral storage."""
     config = _one(manifests, "ConfigMap")["data"]
-    assert config.get("KPISTREAM_CUSTOMER_STORE", "rocksdb") == "rocksdb"
+    assert config.get("KPISTREAM_STATE_STORE", "rocksdb") == "rocksdb"
     mount = next(m for m in container["volumeMounts"]
                  if m["mountPath"] == config["KPISTREAM_DATA_DIR"])
     volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"]

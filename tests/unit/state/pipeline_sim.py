@@ -26,7 +26,7 @@ from kpistream.kpi.rows import RowPublisher
 from kpistream.settings import Settings
 from kpistream.stages.aggregate import customer_facts, rollup_messages
 from kpistream.stages.customers import customer_rollup_messages
-from kpistream.state.aggregate import PartitionAggregator
+from kpistream.state.aggregate import IdMaps, PartitionAggregator
 from kpistream.state.customers import CustomerMaps, CustomerState
 from kpistream.state.rollup import ATTRIBUTION_SEQ, RollupState
 from kpistream.state.store import DictPackLog
@@ -43,6 +43,7 @@ class Sim:
     rollup_log: DictPackLog = field(default_factory=DictPackLog)
     customer_log: DictPackLog = field(default_factory=DictPackLog)
     customer_maps: CustomerMaps | None = None  # default: in memory
+    id_maps: IdMaps | None = None  # default: in memory
 
     def __post_init__(self) -> None:
         # The stages count their sources (watermark, customer sources) by this setting.
@@ -57,7 +58,7 @@ class Sim:
         self.customers_topic: list[list[bytes]] = [[] for _ in range(self.partitions)]
         self.customers_done = [0] * self.partitions
         self.customers = CustomerState(self.settings, self.customer_log, self.customer_maps)
-        self.aggregator = PartitionAggregator(self.settings, self.aggregate_log)
+        self.aggregator = PartitionAggregator(self.settings, self.aggregate_log, self.id_maps)
         self.state = RollupState(self.settings, self.rollup_log)
         self.publisher = RowPublisher(self.settings, self.state)
         self.last_sent: dict[int, dict[int, tuple[int, int]]] = {}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kpistream.contracts.records import Order, Survey
-from kpistream.contracts.wire import CampaignDayCost, CustomerFacts, CustomerRecord
+from kpistream.contracts.wire import CampaignDayCost, CustomerFacts
 from kpistream.kpi.formulas import SUM_FIELDS
 from kpistream.settings import Settings
 from kpistream.state.customers import CustomerMaps, CustomerState, DictCustomerMap, first_order
@@ -221,29 +221,3 @@ def test_a_load_republishes_every_profile_a_bounded_number_at_a_time(make: MakeS
     assert sorted(set(published)) == [f"c{i:02}" for i in range(25)]
     assert len(rest) < 10 and restored.take_changes(0, 10) == []
     assert all(record is not None for _, record in first + second + rest)
-
-
-def test_the_disk_map_keeps_changes_made_in_place_and_indexes_activity(tmp_path: Path) -> None:
-    customers = RocksCustomerMap(tmp_path / "0", RocksMemory(8))
-    customers.put("a", CustomerRecord({"o1": [MIN, 1.0, "ch", "cmp", "vip"]}, {}, "o1"))
-    customers.put("b", CustomerRecord({"o2": [3 * MIN, 2.0, "ch", "cmp", "vip"]}, {}, "o2"))
-    customers.set_holder("a", 7)
-    customers.flush()
-    assert len(customers) == 2 and customers.inactive_before(2 * MIN) == ["a"]
-    record = customers.get("a")
-    assert record is not None
-    record.orders["o3"] = [5 * MIN, 3.0, "ch", "cmp", "vip"]  # changed in place
-    customers.flush()
-    again = customers.peek("a")
-    assert again is not None and set(again.orders) == {"o1", "o3"} and again.first == "o1"
-    assert customers.inactive_before(4 * MIN) == ["b"]  # a's old activity is gone
-    assert customers.holder("a") == 7 and customers.holder("b") is None
-    customers.delete("b")
-    assert customers.get("b") is None  # deleted before the flush already
-    customers.flush()
-    assert len(customers) == 1 and customers.keys_after("", 10) == ["a"]
-    customers.close()
-    # a new map never trusts what an earlier one left on disk
-    fresh = RocksCustomerMap(tmp_path / "0", RocksMemory(8))
-    assert len(fresh) == 0 and fresh.peek("a") is None and fresh.keys_after("", 10) == []
-    fresh.close()

@@ -16,7 +16,7 @@ from kpistream import reference
 from kpistream.contracts.records import Event, Order, Spend, Survey
 from kpistream.kpi.formulas import KPI_FIELDS
 from kpistream.settings import Settings
-from kpistream.state.rocks import RocksCustomerMap, RocksMemory
+from kpistream.state.rocks import RocksCustomerMap, RocksIdMap, RocksMemory
 
 BASE = 1_800_000_000_000
 MIN = 60_000
@@ -141,13 +141,14 @@ def test_duplicated_stream_and_crashes_give_the_same_rows(
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(events(90), max_size=80), st.integers(1, 3), st.randoms(use_true_random=False))
-def test_crashes_give_the_same_rows_and_profiles_with_customers_on_disk(
+def test_crashes_give_the_same_rows_and_profiles_with_state_on_disk(
         evs: list[Event], partitions: int, rng: random.Random) -> None:
-    """The same with the customer stage on its RocksDB store, rebuilt at every reload."""
+    """The same with customers and ids in RocksDB, rebuilt at every reload."""
     with tempfile.TemporaryDirectory() as root:
         memory = RocksMemory(8)
         sim = Sim(SETTINGS, partitions=partitions,
-                  customer_maps=lambda r: RocksCustomerMap(Path(root) / str(r), memory))
+                  customer_maps=lambda r: RocksCustomerMap(Path(root) / f"c{r}", memory),
+                  id_maps=lambda p: RocksIdMap(Path(root) / f"i{p}", memory))
         doubled = [copy for event in evs for copy in (event, event)]
         for event in doubled:
             sim.append(event)
