@@ -103,7 +103,8 @@ def register(app: faust.App, runtime: Runtime) -> PartitionAggregator:
         async for batch in stream.take_events(settings.stage_batch_size,
                                               settings.batch_within_s):
             now = runtime.now_ms()
-            parts = await guard.split(batch, partial(expected, now=now))
+            parts = await guard.split(batch, partial(expected, now=now),
+                                      partial(aggregator.loading, now_ms=now))
             for p, raw in parts.items():
                 items = [(offset, decode_event_pack(value)) for offset, value in raw]
                 result = aggregator.process(p, items, now)

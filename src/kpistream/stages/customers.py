@@ -56,7 +56,8 @@ def register(app: faust.App, runtime: Runtime) -> CustomerState:
         async for batch in stream.take_events(settings.stage_batch_size * settings.partitions,
                                               settings.batch_within_s):
             now = runtime.now_ms()
-            parts = await guard.split(batch, partial(state.expected, now_ms=now))
+            parts = await guard.split(batch, partial(state.expected, now_ms=now),
+                                      partial(state.loading, now_ms=now))
             for r, raw in parts.items():
                 items = [(offset, decode_customer_facts(value)) for offset, value in raw]
                 result = state.process(r, items, now)

@@ -12,9 +12,10 @@ committed offset of a partition can lie beyond records no agent ever saw.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from faust.types import TP
@@ -32,15 +33,23 @@ class GapGuard:
         self.log = log
         self.seeks: list[tuple[TP, int]] = []
 
-    async def split(self, events: Iterable[Any], expected: Callable[[int], int | None]
+    async def split(self, events: Iterable[Any], expected: Callable[[int], int | None],
+                    loading: Callable[[int], Iterator[None]] | None = None,
                     ) -> dict[int, list[tuple[int, bytes]]]:
         """Group a faust batch by partition; keep each partition's contiguous head and
         remember where to seek back for the rest. ``expected`` gives the next offset the
-        stage's state expects, None when it holds nothing of the partition yet."""
+        stage's state expects, None when it holds nothing of the partition yet.
+        ``loading(p)`` gives the steps of rebuilding partition p's state when it is not held
+        yet: they run here, letting the event loop in between, so a long rebuild never
+        starves heartbeats, timers or the other stages."""
         by_partition: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
         for event in events:
             by_partition[event.message.partition].append((event.message.offset,
                                                           event.message.value))
+        if loading is not None:
+            for partition in by_partition:
+                for _ in loading(partition):
+                    await asyncio.sleep(0)
         nexts = {partition: expected(partition) for partition in by_partition}
         unknown = [TP(self.topic, p) for p, offset in nexts.items() if offset is None]
         if unknown:

@@ -29,7 +29,7 @@ coordinates.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from sys import intern
 from typing import Any, Literal, Protocol
@@ -187,13 +187,25 @@ class PartitionAggregator:
         self.log = log
         self.id_maps: IdMaps = ids or (lambda p: DictIdMap())
         self.parts: dict[int, PartitionState] = {}
+        self.drops: dict[int, int] = {}  # per partition: how often it was dropped
 
     # -- ownership ---------------------------------------------------------------------
     def load(self, p: int, now_ms: int) -> PartitionState:
         """Rebuild partition p's state from its packs (after an assignment)."""
+        for _ in self._load_steps(p, now_ms):
+            pass
+        return self.parts[p]
+
+    def loading(self, p: int, now_ms: int) -> Iterator[None]:
+        """The rebuild of partition p in steps (none if it is held), for a caller that lets
+        other work run between them (see :meth:`CustomerState.loading`)."""
+        return iter(()) if p in self.parts else self._load_steps(p, now_ms)
+
+    def _load_steps(self, p: int, now_ms: int) -> Iterator[None]:
         old = self.parts.pop(p, None)
         if old is not None:
             old.ids.close()
+        drops = self.drops.get(p, 0)
         state = PartitionState(ids=self.id_maps(p))
         for seq, data in self.log.load(p):
             pack = decode_aggregate_pack(data)
@@ -207,6 +219,10 @@ class PartitionAggregator:
             state.marks, state.raw_partitions = pack.marks, pack.raw_partitions
             state.dropped_below = max(state.dropped_below, pack.dropped_below)
             state.packs[seq] = pack.keep_until
+            yield
+        if self.drops.get(p, 0) != drops:
+            state.ids.close()  # dropped meanwhile
+            return
         self.parts[p] = state
         # Buckets the live run never filled (expired when their events came) go at once; ids
         # and packs wait for the next sweep, as they would have without the restart. Campaign
@@ -216,10 +232,10 @@ class PartitionAggregator:
         # events of (``dropped_below``), so that what is re-sent is whole.
         self._expire_buckets(state, self.expiry_time(state, now_ms),
                              keep_from=state.dropped_below)
-        return state
 
     def drop(self, partitions: set[int]) -> None:
         for p in partitions:
+            self.drops[p] = self.drops.get(p, 0) + 1
             state = self.parts.pop(p, None)
             if state is not None:
                 state.ids.close()

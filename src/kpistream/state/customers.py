@@ -58,6 +58,7 @@ from kpistream.state.store import PackLog
 
 BucketKey = tuple[str, str, str, int]  # window, dimension, group, bucket
 _NEW = SUM_FIELDS.index("new_customers")
+LOAD_STEP = 2000  # customers counted between two steps of a rebuild
 # order entry fields
 _TS, _AMOUNT, _CH, _CA, _SE, _COST = range(6)
 
@@ -216,13 +217,27 @@ class CustomerState:
         self.log = log
         self.maps: CustomerMaps = maps or (lambda r: DictCustomerMap())
         self.parts: dict[int, CustomerPartition] = {}
+        self.drops: dict[int, int] = {}  # per partition: how often it was dropped
 
     # -- ownership ---------------------------------------------------------------------
     def load(self, r: int, now_ms: int) -> CustomerPartition:
         """Rebuild partition r from its changelog (after an assignment)."""
+        for _ in self._load_steps(r, now_ms):
+            pass
+        return self.parts[r]
+
+    def loading(self, r: int, now_ms: int) -> Iterator[None]:
+        """The rebuild of partition r in steps (none if it is held), for a caller that
+        lets other work run between them: a million customers take tens of seconds, longer
+        than a consumer's session timeout. A rebuild the partition was dropped during is
+        discarded."""
+        return iter(()) if r in self.parts else self._load_steps(r, now_ms)
+
+    def _load_steps(self, r: int, now_ms: int) -> Iterator[None]:
         old = self.parts.pop(r, None)
         if old is not None:
             old.customers.close()
+        drops = self.drops.get(r, 0)
         state = CustomerPartition(customers=self.maps(r))
         customers = state.customers
         deleted: set[str] = set()
@@ -247,19 +262,25 @@ class CustomerState:
             state.header = pack.seq
             state.high_water = pack.high_water
             customers.flush()
+            yield
         t = self.time(state, now_ms)
-        for _, record in customers.items():
+        for n, (_, record) in enumerate(customers.items()):
             if record.first is not None:
                 self._count(state, record.orders[record.first], 1, t, None)
+            if n % LOAD_STEP == LOAD_STEP - 1:
+                yield
+        if self.drops.get(r, 0) != drops:
+            customers.close()  # dropped meanwhile
+            return
         # Everything is published again, deletions included: the previous owner may have
         # died between writing a deletion to the changelog and to the sinks.
         state.changed = deleted
         state.republish_after = ""
         self.parts[r] = state
-        return state
 
     def drop(self, partitions: Iterable[int]) -> None:
         for r in partitions:
+            self.drops[r] = self.drops.get(r, 0) + 1
             state = self.parts.pop(r, None)
             if state is not None:
                 state.customers.close()

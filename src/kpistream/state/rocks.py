@@ -11,7 +11,7 @@ ids live on disk and in a bounded block cache instead of the Python heap (~1 KB 
 and ~300 bytes per order id as dicts and lists, docs/benchmarks.md).
 
 Keys (one keyspace, a prefix byte each):
-- ``r`` + key: the record (JSON), with its time;
+- ``r`` + key: the record's time (8 bytes) and the record (JSON);
 - ``t`` + time (8 bytes, big-endian, offset) + key: the sweep's index, so expiry reads only
   the records past the horizon;
 - ``h`` + customer (customer map only): seq of the changelog record holding the customer's
@@ -107,19 +107,26 @@ class _TimedRecords(Generic[V]):
         self.stored: dict[str, int | None] = {}  # their time on disk (None: not on disk)
         self.size = 0
 
-    # -- the record format -------------------------------------------------------------
-    def decode(self, raw: bytes) -> tuple[V, int]:
+    # -- the record format (stored after its time, so a rewrite reads no JSON) -----------
+    def decode(self, raw: bytes) -> V:
         raise NotImplementedError
 
     def encode(self, value: V) -> tuple[bytes, int]:
         raise NotImplementedError
 
     # -- records -----------------------------------------------------------------------
+    def _raw(self, key: str) -> bytes | None:
+        return cast(bytes | None, self.db.get(_RECORD + key.encode()))
+
+    @staticmethod
+    def _time(raw: bytes) -> int:
+        return int(_TIME.unpack_from(raw)[0]) - _TIME_OFFSET
+
     def _read(self, key: str) -> tuple[V | None, int | None]:
-        raw = self.db.get(_RECORD + key.encode())
+        raw = self._raw(key)
         if raw is None:
             return None, None
-        return self.decode(cast(bytes, raw))
+        return self.decode(raw[_TIME.size:]), self._time(raw)
 
     def get(self, key: str) -> V | None:
         if key in self.cache:
@@ -137,7 +144,8 @@ class _TimedRecords(Generic[V]):
 
     def _remember(self, key: str) -> None:
         if key not in self.stored:
-            self.stored[key] = self._read(key)[1]
+            raw = self._raw(key)
+            self.stored[key] = None if raw is None else self._time(raw)
 
     def put(self, key: str, value: V) -> None:
         self._remember(key)
@@ -163,7 +171,7 @@ class _TimedRecords(Generic[V]):
                     self.size -= 1
                 continue
             raw, time = self.encode(value)
-            batch.put(_RECORD + key, raw)
+            batch.put(_RECORD + key, _TIME.pack(time + _TIME_OFFSET) + raw)
             batch.put(_time_key(time, key), b"")
             if before is None:
                 self.size += 1
@@ -187,7 +195,7 @@ class _TimedRecords(Generic[V]):
             key = cast(bytes, key)  # raw mode
             if not key.startswith(_RECORD):
                 return
-            yield key[1:].decode(), self.decode(cast(bytes, raw))[0]
+            yield key[1:].decode(), self.decode(cast(bytes, raw)[_TIME.size:])
 
     def older_than(self, horizon: int) -> list[str]:
         """Keys of the records whose time is before ``horizon``."""
@@ -228,15 +236,15 @@ class RocksCustomerMap(_TimedRecords[CustomerRecord]):
         super().__init__(path, memory)
         self.holders: dict[str, int] = {}
 
-    def decode(self, raw: bytes) -> tuple[CustomerRecord, int]:
-        orders, responses, first, active = orjson.loads(raw)
+    def decode(self, raw: bytes) -> CustomerRecord:
+        orders, responses, first = orjson.loads(raw)
         for entry in orders.values():
             entry[_CH:_COST] = map(intern, entry[_CH:_COST])
-        return CustomerRecord(orders, responses, first), active
+        return CustomerRecord(orders, responses, first)
 
     def encode(self, value: CustomerRecord) -> tuple[bytes, int]:
-        active = last_activity(value)
-        return orjson.dumps([value.orders, value.responses, value.first, active]), active
+        return (orjson.dumps([value.orders, value.responses, value.first]),
+                last_activity(value))
 
     def inactive_before(self, horizon: int) -> list[str]:
         return self.older_than(horizon)
@@ -261,9 +269,8 @@ class RocksIdMap(_TimedRecords[list[Any]]):
     """:class:`~kpistream.state.aggregate.IdMap`: the aggregate's id records (orders, spend
     and responses seen within the retention), timed for the id sweep."""
 
-    def decode(self, raw: bytes) -> tuple[list[Any], int]:
-        record = orjson.loads(raw)
-        return record, record_time(record)
+    def decode(self, raw: bytes) -> list[Any]:
+        return cast(list[Any], orjson.loads(raw))
 
     def encode(self, value: list[Any]) -> tuple[bytes, int]:
         return orjson.dumps(value), record_time(value)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from kpistream.contracts.records import Order, Source, Spend
 from kpistream.contracts.wire import (
     ALL_READ,
@@ -12,6 +14,7 @@ from kpistream.contracts.wire import (
 )
 from kpistream.settings import Settings
 from kpistream.state.aggregate import PartitionAggregator
+from kpistream.state.rocks import RocksIdMap, RocksMemory
 from kpistream.state.store import DictPackLog
 
 T = 1_800_000_000_000
@@ -74,6 +77,30 @@ def test_state_rebuilt_from_packs_equals_the_live_state() -> None:
     rebuilt = aggregator(log).state(0, T)
     assert rebuilt.buckets == live.buckets and rebuilt.ids == live.ids
     assert rebuilt.counts == live.counts and rebuilt.applied == 1
+
+
+def test_a_rebuild_on_disk_runs_in_steps_and_equals_the_live_state(tmp_path: Path) -> None:
+    log = DictPackLog()
+    agg = aggregator(log)
+    agg.process(0, [(0, pack(order("a", T), order("b", T + 1)))], T)
+    agg.process(0, [(1, pack(order("a", T + 5, "cancelled"), first=2))], T)
+    live = agg.state(0, T)
+    memory = RocksMemory(8)
+    disk = PartitionAggregator(Settings(clock="event"), log,
+                               lambda p: RocksIdMap(tmp_path / str(p), memory))
+    steps = disk.loading(0, T)
+    assert next(steps, "done") is None and 0 not in disk.parts  # not visible until whole
+    assert list(steps) == [None]  # a step per pack
+    rebuilt = disk.parts[0]
+    assert rebuilt.buckets == live.buckets and rebuilt.counts == live.counts
+    assert {key: rebuilt.ids.get(key) for key in live.ids} == dict(live.ids)  # type: ignore[attr-defined]
+    assert len(rebuilt.ids) == len(live.ids)
+    disk.drop({0})
+    steps = disk.loading(0, T)
+    next(steps)
+    disk.drop({0})  # revoked while rebuilding: discarded
+    list(steps)
+    assert 0 not in disk.parts
 
 
 def test_cancellation_before_its_order_counts_nowhere() -> None:

@@ -221,3 +221,26 @@ def test_a_load_republishes_every_profile_a_bounded_number_at_a_time(make: MakeS
     assert sorted(set(published)) == [f"c{i:02}" for i in range(25)]
     assert len(rest) < 10 and restored.take_changes(0, 10) == []
     assert all(record is not None for _, record in first + second + rest)
+
+
+def test_a_rebuild_runs_in_steps_and_one_dropped_meanwhile_is_discarded(
+        make: MakeState) -> None:
+    log = DictPackLog()
+    state = make(SETTINGS, log)
+    for offset in range(3):
+        state.process(0, [(offset, CustomerFacts(0, [(offset, 0, 1, order(
+            f"o{offset}", MIN, customer=f"c{offset}"))]))], 0)
+    restored = make(SETTINGS, log)
+    steps = restored.loading(0, 0)
+    next(steps)
+    assert 0 not in restored.parts  # not visible before it is whole
+    assert sum(1 for _ in steps) >= 2  # a step per changelog record
+    assert names(restored) == {"c0", "c1", "c2"}
+    assert list(restored.loading(0, 0)) == []  # held: nothing to do
+    again = make(SETTINGS, log)
+    steps = again.loading(0, 0)
+    next(steps)
+    again.drop([0])  # revoked while rebuilding
+    list(steps)
+    assert 0 not in again.parts
+    assert again.expected(0, 0) == 3  # a later load starts afresh
