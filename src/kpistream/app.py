@@ -59,9 +59,10 @@ def create_app(settings: Settings | None = None,
     # no abbreviated units); it is kept out of /metrics, the rest of faust's sensors stay.
     registry.unregister(cast(Any, app.monitor)._metrics.events_runtime_latency)
     outbox = Outbox(app)
+    stores = partition_stores(settings)
     runtime = Runtime(settings, Topics.declare(app, settings),
-                      Tables.declare(app, settings, outbox), Metrics.create(registry), registry,
-                      outbox, now_ms, partition_stores(settings))
+                      Tables.declare(app, settings, outbox, stores.table_data),
+                      Metrics.create(registry), registry, outbox, now_ms, stores)
     readers: list[edge.EdgeReader] = []
 
     @app.service

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import shutil
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from sys import intern
@@ -55,12 +55,18 @@ _TIME_OFFSET = 1 << 63  # signed ms -> unsigned, so byte order is time order
 _CH, _COST = 2, 5  # order entry fields holding group names
 
 
+TableData = MutableMapping[bytes, Any]  # what a faust memory store keeps its values in
+
+
 @dataclass(frozen=True)
 class PartitionStores:
-    """A fresh map per partition: the aggregate's ids and the customer stage's customers."""
+    """A fresh map per partition: the aggregate's ids and the customer stage's customers;
+    and for a packed table (by name), where its faust store keeps the values (None: in the
+    faust memory store's dict)."""
 
     ids: IdMaps
     customers: CustomerMaps
+    table_data: Callable[[str], TableData] | None = None
 
 
 def _time_key(time: int, key: bytes) -> bytes:
@@ -286,4 +292,54 @@ def partition_stores(settings: Settings) -> PartitionStores:
     memory = RocksMemory(settings.rocksdb_memory_mb)
     return PartitionStores(
         lambda p: RocksIdMap(root / f"{settings.topic_events}-{p}", memory),
-        lambda r: RocksCustomerMap(root / f"{settings.topic_customers}-{r}", memory))
+        lambda r: RocksCustomerMap(root / f"{settings.topic_customers}-{r}", memory),
+        lambda name: RocksTableData(root / f"table-{name}", memory))
+
+
+class RocksTableData(TableData):
+    """The values of a faust memory-store table, on disk: the store keeps its logic (faust
+    restores every assigned partition from the changelog into it, and drops the keys of
+    partitions it loses), only the dict it writes into is a fresh RocksDB, so packed records
+    (a table's size grows with customers and orders within retention) leave the heap. Fresh
+    at every start, like the other databases here: a copy on disk is never trusted."""
+
+    def __init__(self, path: Path, memory: RocksMemory) -> None:
+        if path.exists():
+            shutil.rmtree(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = Rdict(str(path), memory.options())
+        write = WriteOptions()
+        write.disable_wal = True  # type: ignore[method-assign, assignment]
+        self.db.set_write_options(write)
+        self.size = 0
+
+    def __getitem__(self, key: bytes) -> Any:
+        raw = self.db.get(key)
+        if raw is None:
+            raise KeyError(key)
+        return raw or None  # b"": faust marked the key deleted (a tombstone being applied)
+
+    def __setitem__(self, key: bytes, value: Any) -> None:
+        if self.db.get(key) is None:
+            self.size += 1
+        self.db.put(key, b"" if value is None else value)
+
+    def __delitem__(self, key: bytes) -> None:
+        if self.db.get(key) is None:
+            raise KeyError(key)
+        self.db.delete(key)
+        self.size -= 1
+
+    def __iter__(self) -> Iterator[bytes]:
+        return (cast(bytes, key) for key in self.db.keys())  # noqa: SIM118 (Rdict is no iterable)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def with_prefix(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        for key, value in self.db.items(from_key=prefix):
+            key = cast(bytes, key)
+            if not key.startswith(prefix):
+                return
+            if value:
+                yield key, cast(bytes, value)

@@ -13,7 +13,7 @@ can expire keys of a partition. Each write is also recorded in the memory store'
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -24,6 +24,7 @@ from faust.types import TableT
 from kpistream.admin import PACKED_MAX_MESSAGE_BYTES
 from kpistream.outbox import Outbox
 from kpistream.settings import Settings
+from kpistream.state.rocks import RocksTableData, TableData
 from kpistream.state.store import SEP
 
 
@@ -77,8 +78,8 @@ class TablePackLog:
         return self.table.data
 
     @property
-    def _dict(self) -> dict[bytes, bytes]:
-        return cast(dict[bytes, bytes], self._store.data)
+    def _dict(self) -> MutableMapping[bytes, bytes]:
+        return cast(MutableMapping[bytes, bytes], self._store.data)
 
     @staticmethod
     def _key(partition: int, seq: int) -> bytes:
@@ -105,8 +106,10 @@ class TablePackLog:
 
     def load(self, partition: int) -> list[tuple[int, bytes]]:
         prefix = f"{partition}:".encode()
-        return sorted((int(key[len(prefix):]), value) for key, value in self._dict.items()
-                      if key.startswith(prefix))
+        data = self._dict
+        items = (data.with_prefix(prefix) if isinstance(data, RocksTableData) else
+                 ((key, value) for key, value in data.items() if key.startswith(prefix)))
+        return sorted((int(key[len(prefix):]), value) for key, value in items)
 
 
 @dataclass(frozen=True)
@@ -119,23 +122,30 @@ class Tables:
     rollup_table: TableT[Any, Any]
 
     @classmethod
-    def declare(cls, app: faust.App, settings: Settings, outbox: Outbox) -> Tables:
-        def table(name: str, help: str, serializer: str) -> TableT[Any, Any]:
+    def declare(cls, app: faust.App, settings: Settings, outbox: Outbox,
+                on_disk: Callable[[str], TableData] | None = None) -> Tables:
+        """``on_disk(name)``: where the tables that grow with customers and orders keep
+        their values (None: in memory)."""
+        def table(name: str, help: str, serializer: str,
+                  grows: bool = False) -> TableT[Any, Any]:
             # faust picks the changelog codec from key_type/value_type (bytes -> raw).
             raw = bytes if serializer == "raw" else None
-            return app.Table(name, default=None, partitions=settings.partitions,
-                             key_type=raw, value_type=raw,
-                             schema=faust.Schema(key_serializer=serializer,
-                                                 value_serializer=serializer), help=help,
-                             extra_topic_configs={
-                                 "max.message.bytes": str(PACKED_MAX_MESSAGE_BYTES)})
+            created = app.Table(name, default=None, partitions=settings.partitions,
+                                key_type=raw, value_type=raw,
+                                schema=faust.Schema(key_serializer=serializer,
+                                                    value_serializer=serializer), help=help,
+                                extra_topic_configs={
+                                    "max.message.bytes": str(PACKED_MAX_MESSAGE_BYTES)})
+            if grows and on_disk is not None:
+                cast(Any, created.data).data = on_disk(name)
+            return created
 
         aggregate = table("aggregate-packs", "applied batches of each events partition",
-                          "raw")
+                          "raw", grows=True)
         rollup = table("rollup-messages", "current roll-up messages of each row partition",
                        "raw")
         customers = table("customer-packs", "current customer versions of each customers "
-                          "partition", "raw")
+                          "partition", "raw", grows=True)
         return cls(
             aggregate=TablePackLog(aggregate, outbox),
             rollup=TablePackLog(rollup, outbox),

@@ -14,6 +14,7 @@ from kpistream.state.rocks import (
     RocksCustomerMap,
     RocksIdMap,
     RocksMemory,
+    RocksTableData,
     partition_stores,
 )
 
@@ -77,3 +78,19 @@ def test_the_setting_chooses_memory_or_disk(tmp_path: Path) -> None:
     assert ids.path.parent == customers.path.parent == tmp_path / "state"
     ids.close()
     customers.close()
+
+
+def test_table_data_behaves_like_the_dict_of_faust_memory_store(tmp_path: Path) -> None:
+    """faust's memory store applies a changelog batch with ``update`` (a tombstone as None),
+    then pops every key whose value is falsy (faust/stores/memory.py
+    ``apply_changelog_batch``); the stage reads a partition's records by key prefix."""
+    data = RocksTableData(tmp_path / "t", RocksMemory(8))
+    data.update([(b"0:1", b"pack-1"), (b"0:2", b"pack-2"), (b"1:1", b"other")])
+    data.update([(b"0:1", None)])  # a tombstone being applied
+    assert not data[b"0:1"]
+    assert data.pop(b"0:1", None) is None and b"0:1" not in data
+    assert len(data) == 2 and data.get(b"0:2") == b"pack-2" and data.get(b"0:9") is None
+    assert list(data.with_prefix(b"0:")) == [(b"0:2", b"pack-2")]
+    assert sorted(data) == [b"0:2", b"1:1"]
+    del data[b"1:1"]
+    assert len(data) == 1 and list(data.with_prefix(b"1:")) == []
