@@ -28,6 +28,7 @@ coordinates.
 
 from __future__ import annotations
 
+from array import array
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -152,7 +153,7 @@ class PartitionState:
     marks: dict[tuple[str, int], tuple[int | None, bool]] = field(default_factory=dict)
     raw_partitions: int = 0
     ids: IdMap = field(default_factory=DictIdMap)
-    buckets: dict[BucketKey, list[float]] = field(default_factory=dict)
+    buckets: dict[BucketKey, array[float]] = field(default_factory=dict)
     packs: dict[int, int] = field(default_factory=dict)  # seq -> keep_until
     dropped_below: int = NO_TIME  # events before it may have been in dropped packs
 
@@ -447,7 +448,9 @@ class PartitionAggregator:
                 key = (spec.name, dimension, group, bucket)
                 sums = buckets.get(key)
                 if sums is None:
-                    sums = buckets[key] = [0.0] * len(ZERO)
+                    # one C array of doubles per bucket, not a list of float objects
+                    # (~190 instead of ~570 bytes; a worker holds hundreds of thousands)
+                    sums = buckets[key] = array("d", ZERO)
                 for i, amount in vector:
                     sums[i] += amount
                 if touched is not None:
