@@ -7,6 +7,7 @@ forgotten at once when revoked, so each row is exported by exactly one worker.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from functools import partial
 from typing import Any, cast
@@ -164,8 +165,10 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
             state.drop([q])
             publisher.forget({q})
         for q in current:
-            if not state.loaded(q):
-                state.load(q, now)
+            for _ in state.loading(q, now):  # in steps: a large rebuild takes seconds
+                await asyncio.sleep(0)
+        # (a rebalance may have come meanwhile: publish what is still ours and whole)
+        current = {q for q in current & assigned(settings.topic_rollup) if state.loaded(q)}
         owned.clear()
         owned.update(current)
         if now / 1000 - last_sweep[0] >= SWEEP_EVERY_S:

@@ -30,7 +30,7 @@ def register(app: faust.App, runtime: Runtime, state: RollupState) -> None:
 
     def expected(q: int, now: int) -> int | None:
         if not state.loaded(q):
-            state.load(q, now)
+            state.load(q, now)  # (the guard has let it load in steps already)
         return state.expected(q)
 
     @app.agent(runtime.topics.rollup, name="kpistream.rollup")
@@ -38,7 +38,8 @@ def register(app: faust.App, runtime: Runtime, state: RollupState) -> None:
         async for batch in stream.take_events(settings.stage_batch_size * settings.partitions,
                                               settings.batch_within_s):
             now = runtime.now_ms()
-            parts = await guard.split(batch, partial(expected, now=now))
+            parts = await guard.split(batch, partial(expected, now=now),
+                                      partial(state.loading, now_ms=now))
             for q, raw in parts.items():
                 for offset, value in raw:
                     state.apply(q, offset, value, now)

@@ -33,7 +33,7 @@ loses it (the customer stage ignores a cost it holds).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import orjson
@@ -54,6 +54,7 @@ from kpistream.state.store import PackLog
 EntryKey = tuple[str, str, str, int, int]  # window, dimension, group, bucket, source
 # The changelog key of a partition's attribution record: below every roll-up offset.
 ATTRIBUTION_SEQ = -1
+LOAD_STEP = 10  # roll-up messages applied between two steps of a rebuild
 _ORDERS = SUM_FIELDS.index("orders")
 _SPEND = SUM_FIELDS.index("spend")
 
@@ -139,6 +140,7 @@ class RollupState:
         self.cache: dict[int, RowCache] = {}
         self.dirty: dict[int, set[tuple[RowId, str]]] = {}
         self.logs: dict[int, PartitionLog] = {}
+        self.rebuilding: dict[int, object] = {}  # partitions being rebuilt, by rebuild
         # With alerts on, buckets are kept until the detector has judged the minutes that
         # read them (it sets ``evaluated``), however far ahead a backlog moved the watermark.
         self.hold_for_alerts = hold_for_alerts
@@ -238,24 +240,56 @@ class RollupState:
 
     # -- assignment --------------------------------------------------------------------
     def loaded(self, q: int) -> bool:
-        return q in self.logs
+        return q in self.logs and q not in self.rebuilding
 
     def load(self, q: int, now_ms: int) -> None:
         """Rebuild partition q from its changelog (after an assignment)."""
+        for _ in self.loading(q, now_ms):
+            pass
+
+    def loading(self, q: int, now_ms: int) -> Iterator[None]:
+        """The rebuild of partition q in steps, for callers that let other work run between
+        them (a large roll-up took over 30 s): nothing if it is loaded; if another caller's
+        rebuild is under way, steps that wait for it. The partition counts as loaded only
+        once whole, and a rebuild it was dropped during stops."""
+        if self.loaded(q):
+            return iter(())
+        if q in self.rebuilding:
+            return self._await_rebuild(q)
+        return self._rebuild(q, now_ms)
+
+    def _await_rebuild(self, q: int) -> Iterator[None]:
+        while q in self.rebuilding:
+            yield
+
+    def _rebuild(self, q: int, now_ms: int) -> Iterator[None]:
         self.drop([q])
+        token = self.rebuilding[q] = object()
         self.logs[q] = PartitionLog()
         self.cache[q] = {}
         self.attribution[q] = AttributionDays()
-        for seq, data in self.log.load(q):
-            if seq == ATTRIBUTION_SEQ:
-                self.attribution[q] = AttributionDays.decode(data)
-                continue
-            self._apply(q, seq, decode_rollup(data), NO_TIME)
+        whole = False
+        try:
+            for n, (seq, data) in enumerate(self.log.load(q)):
+                if seq == ATTRIBUTION_SEQ:
+                    self.attribution[q] = AttributionDays.decode(data)
+                    continue
+                self._apply(q, seq, decode_rollup(data), NO_TIME)
+                if n % LOAD_STEP == LOAD_STEP - 1:
+                    yield
+                    if self.rebuilding.get(q) is not token:
+                        return  # dropped meanwhile
+            whole = True
+        finally:
+            if not whole and self.rebuilding.get(q) is token:
+                self.drop([q])  # abandoned half way: whoever comes next starts over
+        del self.rebuilding[q]
         self.sweep(q, now_ms)
         self.dirty[q] = {(row, w) for row, windows in self.cache[q].items() for w in windows}
 
     def drop(self, partitions: Iterable[int]) -> None:
         for q in partitions:
+            self.rebuilding.pop(q, None)
             self.cache.pop(q, None)
             self.dirty.pop(q, None)
             self.logs.pop(q, None)
