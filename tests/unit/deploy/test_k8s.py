@@ -156,9 +156,9 @@ def test_secret_files_and_tls_material_are_mounted_read_only(
 
 def test_resources(container: dict[str, Any]) -> None:
     resources = container["resources"]
-    assert resources["requests"] == {"cpu": "500m", "memory": "512Mi",
+    assert resources["requests"] == {"cpu": "500m", "memory": "1Gi",
                                      "ephemeral-storage": "1Gi"}
-    assert resources["limits"] == {"cpu": "2", "memory": "1Gi", "ephemeral-storage": "12Gi"}
+    assert resources["limits"] == {"cpu": "2", "memory": "2Gi", "ephemeral-storage": "12Gi"}
 
 
 def _quantity_gi(value: str) -> float:
