@@ -6,7 +6,10 @@ run and on the same broker and topics:
 1. plain: an aiokafka ``getmany`` + ``orjson.loads`` loop (the floor of any Python consumer);
 2. bare faust: a faust agent that only iterates the input topics (the ceiling of any design
    with faust agents on the raw input, DESIGN-NOTES §1);
-3. kpistream with 1 worker, then 2 workers (replay clock): events/s from the first record
+3. quix: a Quix Streams program computing the order rows as Quix's docs teach
+   (``benchmarks/peers/quix_rows.py``: what it computes and leaves out), in a virtualenv of
+   its own (``benchmarks/peers/requirements.txt``); events/s and peak RSS;
+4. kpistream with 1 worker, then 2 workers (replay clock): events/s from the first record
    judged to the last (``kpistream_events_total`` summed over outcomes and workers), Kafka
    records written per input event (end offsets of the internal and changelog topics before
    and after), peak RSS (VmHWM) and the live rows published.
@@ -45,6 +48,7 @@ from harness import (  # noqa: E402
     free_port,
     samples,
 )
+from peers.runner import quix_run  # noqa: E402
 
 from kpistream.generator.traffic import (  # noqa: E402
     Record,
@@ -210,6 +214,8 @@ def scenario(name: str, records: list[Record], bootstrap: str, redis_url: str,
     result: dict[str, float] = {"events": len(records)}
     result["plain"] = asyncio.run(plain_consume(bootstrap, topics, len(records)))
     result["bare_faust"] = bare_faust(bootstrap, topics, len(records), timeout_s)
+    quix = quix_run(bootstrap, topics, len(records), timeout_s, dep.settings.currency_rates)
+    result["quix"], result["quix_rss_mb"] = quix["rate"], quix["rss_mb"]
     one = kpistream_run(dep, 1, len(records), timeout_s)
     # Same input topics, a new deployment (own groups, internal topics, Redis prefix).
     dep2 = Deployment(base + "-2w", bootstrap, redis_url, extra={
@@ -221,6 +227,7 @@ def scenario(name: str, records: list[Record], bootstrap: str, redis_url: str,
     two = kpistream_run(dep2, 2, len(records), timeout_s)
     result.update({f"one_{k}": v for k, v in one.items()})
     result.update({f"two_{k}": v for k, v in two.items()})
+    result["one_per_quix"] = one["rate"] / result["quix"]
     return result
 
 
@@ -238,9 +245,11 @@ def traffic(seed: int, events: int, campaigns: int, channels: int, now: int) -> 
 
 def report(name: str, r: dict[str, float]) -> None:
     print(f"| {name} | {r['events']:,.0f} | {r['plain']:,.0f} | {r['bare_faust']:,.0f} | "
-          f"{r['one_rate']:,.0f} | {r['two_rate']:,.0f} | {r['one_rate'] / r['plain']:.3f} | "
-          f"{r['one_rate'] / r['bare_faust']:.1f} | {r['one_written_per_event']:.3f} | "
-          f"{r['one_rss_mb']:.0f} | {r['one_prometheus_rows']:,.0f} |", flush=True)
+          f"{r['quix']:,.0f} | {r['one_rate']:,.0f} | {r['two_rate']:,.0f} | "
+          f"{r['one_rate'] / r['plain']:.3f} | {r['one_rate'] / r['bare_faust']:.1f} | "
+          f"{r['one_per_quix']:.1f} | {r['one_written_per_event']:.3f} | "
+          f"{r['one_rss_mb']:.0f} | {r['quix_rss_mb']:.0f} | {r['one_prometheus_rows']:,.0f} |",
+          flush=True)
 
 
 def chart(results: dict[str, dict[str, float]], path: Path) -> None:
@@ -250,14 +259,15 @@ def chart(results: dict[str, dict[str, float]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     systems = [("plain aiokafka", "plain"), ("bare faust agent", "bare_faust"),
-               ("kpistream 1 worker", "one_rate"), ("kpistream 2 workers", "two_rate")]
+               ("Quix Streams (docs)", "quix"), ("kpistream 1 worker", "one_rate"),
+               ("kpistream 2 workers", "two_rate")]
     scenarios = {k: v for k, v in results.items() if k != "freshness"}
     fig, axes = plt.subplots(1, len(scenarios), figsize=(5 * len(scenarios), 4))
     for ax, (name, r) in zip(axes if len(scenarios) > 1 else [axes], scenarios.items(),
                              strict=True):
         values = [r[key] for _, key in systems]
         ax.bar([label for label, _ in systems], values,
-               color=["#888", "#c66", "#36c", "#139"])
+               color=["#888", "#c66", "#c93", "#36c", "#139"])
         ax.set_yscale("log")
         ax.set_title(name, fontsize=10)
         ax.set_ylabel("events/s (log)")
@@ -281,10 +291,10 @@ def main() -> int:
 
     print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cores, "
           f"Python {platform.python_version()}", flush=True)
-    print("| scenario | events | plain ev/s | bare faust ev/s | kpistream 1w ev/s | "
-          "kpistream 2w ev/s | 1w / plain | 1w / bare faust | records written/event | "
-          "peak RSS MB | Prometheus rows |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    print("| scenario | events | plain ev/s | bare faust ev/s | quix ev/s | kpistream 1w ev/s | "
+          "kpistream 2w ev/s | 1w / plain | 1w / bare faust | 1w / quix | "
+          "records written/event | peak RSS MB | quix peak RSS MB | Prometheus rows |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
     results: dict[str, Any] = {}
     for name, seed, events, campaigns, channels in [
             ("50 campaigns", 1, args.events, 50, 4),
