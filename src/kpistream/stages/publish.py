@@ -141,13 +141,17 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
         """Profiles of the customers partitions this worker owns that changed since the last
         tick (a partition publishes once its state is loaded, all of it at first)."""
         out: list[ProfileChange] = []
-        for r in sorted(assigned(settings.topic_customers)):
+        owned = sorted(assigned(settings.topic_customers))
+        # Republishing waits while a partition is being rebuilt: it costs about as much as
+        # the rebuild, and new changes (published at once) come through it.
+        rebuilt = not customers.rebuilding
+        for r in owned:
             part = customers.parts.get(r)
             if part is None:
                 continue
             cost_of = partial(customers.cost_of, part)
             for customer, record in customers.take_changes(
-                    r, settings.profile_publish_batch - len(out)):
+                    r, settings.profile_publish_batch - len(out), republish=rebuilt):
                 out.append(ProfileChange(customer, None if record is None else
                                          build_profile(customer, record, now, cost_of)))
             if len(out) >= settings.profile_publish_batch:

@@ -218,6 +218,7 @@ class CustomerState:
         self.maps: CustomerMaps = maps or (lambda r: DictCustomerMap())
         self.parts: dict[int, CustomerPartition] = {}
         self.drops: dict[int, int] = {}  # per partition: how often it was dropped
+        self.rebuilding: set[int] = set()  # partitions whose rebuild is under way
 
     # -- ownership ---------------------------------------------------------------------
     def load(self, r: int, now_ms: int) -> CustomerPartition:
@@ -234,6 +235,13 @@ class CustomerState:
         return iter(()) if r in self.parts else self._load_steps(r, now_ms)
 
     def _load_steps(self, r: int, now_ms: int) -> Iterator[None]:
+        self.rebuilding.add(r)
+        try:
+            yield from self._rebuild(r, now_ms)
+        finally:
+            self.rebuilding.discard(r)
+
+    def _rebuild(self, r: int, now_ms: int) -> Iterator[None]:
         old = self.parts.pop(r, None)
         if old is not None:
             old.customers.close()
@@ -285,16 +293,17 @@ class CustomerState:
             if state is not None:
                 state.customers.close()
 
-    def take_changes(self, r: int, limit: int) -> list[tuple[str, CustomerRecord | None]]:
+    def take_changes(self, r: int, limit: int, *, republish: bool = True
+                     ) -> list[tuple[str, CustomerRecord | None]]:
         """Up to ``limit`` customers of partition r whose profile is to be published: those
-        changed since the last call first, then the next of a republication after a load.
-        Records are for reading only."""
+        changed since the last call first, then (if ``republish``) the next of a
+        republication after a load. Records are for reading only."""
         state = self.parts.get(r)
         if state is None:
             return []
         names = sorted(state.changed)[:limit]
         state.changed.difference_update(names)
-        if state.republish_after is not None and len(names) < limit:
+        if republish and state.republish_after is not None and len(names) < limit:
             more = state.customers.keys_after(state.republish_after, limit - len(names))
             state.republish_after = more[-1] if len(more) == limit - len(names) else None
             names += more

@@ -209,6 +209,7 @@ def test_a_load_republishes_every_profile_a_bounded_number_at_a_time(make: MakeS
     state.process(0, [(0, CustomerFacts(0, facts))], 0)
     restored = make(SETTINGS, log)
     restored.state(0, 0)
+    assert restored.take_changes(0, 10, republish=False) == []  # held back
     first = restored.take_changes(0, 10)
     assert len(first) == 10
     # a customer changed meanwhile goes first, once
@@ -234,7 +235,9 @@ def test_a_rebuild_runs_in_steps_and_one_dropped_meanwhile_is_discarded(
     steps = restored.loading(0, 0)
     next(steps)
     assert 0 not in restored.parts  # not visible before it is whole
+    assert restored.rebuilding == {0}
     assert sum(1 for _ in steps) >= 2  # a step per changelog record
+    assert restored.rebuilding == set()
     assert names(restored) == {"c0", "c1", "c2"}
     assert list(restored.loading(0, 0)) == []  # held: nothing to do
     again = make(SETTINGS, log)
