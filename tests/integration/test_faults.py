@@ -178,11 +178,14 @@ def test_restart_with_a_wiped_and_with_a_stale_data_directory(deployment, tmp_pa
     with SIGTERM here: the crash itself is test_engine_exactness's; a graceful leave spares
     the session timeout.)"""
     dep = deployment()
+    # one directory for the three runs of "the same worker" (the harness gives each worker
+    # its own otherwise)
     data_dir = Path(dep.settings.data_dir)
+    same_dir = {"KPISTREAM_DATA_DIR": str(data_dir)}
     recs = traffic(seed=43, hours=0.5)
     outcome = expect(dep, recs)
     third = len(recs) // 3
-    first, _ = dep.start_worker()
+    first, _ = dep.start_worker(**same_dir)
     dep.produce(recs[:third])
     assert_rows_exact(dep, expect(dep, recs[:third]))
     stale = tmp_path / "stale"
@@ -191,7 +194,7 @@ def test_restart_with_a_wiped_and_with_a_stale_data_directory(deployment, tmp_pa
     first.wait(timeout=60)
     dep.workers.remove(first)
     shutil.rmtree(data_dir)  # wiped
-    second, _ = dep.start_worker()
+    second, _ = dep.start_worker(**same_dir)
     dep.produce(recs[third:2 * third])
     assert_rows_exact(dep, expect(dep, recs[:2 * third]))
     second.send_signal(signal.SIGTERM)
@@ -199,7 +202,7 @@ def test_restart_with_a_wiped_and_with_a_stale_data_directory(deployment, tmp_pa
     dep.workers.remove(second)
     shutil.rmtree(data_dir)
     shutil.copytree(stale, data_dir)  # stale: from before the second worker's work
-    port = dep.start_worker()[1]
+    port = dep.start_worker(**same_dir)[1]
     dep.produce(recs[2 * third:])
     assert_rows_exact(dep, outcome)
     wait_for_counts([port], expected_counts(outcome))
