@@ -81,6 +81,10 @@ class Outcome:
     unknown_orders: list[Event] = field(default_factory=list)
     #: ids of the orders :func:`classify` decided to retract (rule 3)
     retractions: set[str] = field(default_factory=set)
+    #: what the functions below derive from the judgements, kept while they do not change:
+    #: the tests ask for hundreds of rows of one outcome, each once per window position
+    _memo: dict[Any, Any] = field(default_factory=dict, init=False, repr=False,
+                                  compare=False)
 
     @property
     def retracted(self) -> frozenset[str]:
@@ -89,6 +93,22 @@ class Outcome:
         placed = {e.order_id for e in self.accepted
                   if isinstance(e, Order) and e.status == "placed"}
         return frozenset(placed & self.retractions)
+
+
+MEMO_ENTRIES = 512  # window positions kept per outcome (a test polls a few at a time)
+
+
+def _memoised(outcome: Outcome, key: Any, build: Callable[[], Any]) -> Any:
+    """``build()``, computed once per outcome and ``key`` as long as the outcome's lists
+    keep their lengths (:func:`classify` only appends)."""
+    memo = outcome._memo
+    stamp = (len(outcome.accepted), len(outcome.retractions))
+    if memo.get("stamp") != stamp or len(memo) > MEMO_ENTRIES:
+        memo.clear()
+        memo["stamp"] = stamp
+    if key not in memo:
+        memo[key] = build()
+    return memo[key]
 
 
 def _identity(event: Event) -> tuple[str, str]:
@@ -164,42 +184,82 @@ def group_of(event: Event, dimension: str) -> str | None:
 
 def counted_events(outcome: Outcome) -> list[Order | Spend | Survey]:
     """Accepted events that count: placed orders not retracted, spend, survey responses."""
-    retracted = outcome.retracted
-    out: list[Order | Spend | Survey] = []
-    for event in outcome.accepted:
-        if isinstance(event, Order):
-            if event.status == "placed" and event.order_id not in retracted:
+    return list(_counted(outcome))
+
+
+def _counted(outcome: Outcome) -> tuple[Order | Spend | Survey, ...]:
+    def build() -> tuple[Order | Spend | Survey, ...]:
+        retracted = outcome.retracted
+        out: list[Order | Spend | Survey] = []
+        for event in outcome.accepted:
+            if isinstance(event, Order):
+                if event.status == "placed" and event.order_id not in retracted:
+                    out.append(event)
+            else:
                 out.append(event)
-        else:
-            out.append(event)
-    return out
+        return tuple(out)
+    return _memoised(outcome, "counted", build)  # type: ignore[no-any-return]
 
 
 def first_orders(outcome: Outcome) -> dict[str, Order]:
     """Each customer's first counted order: earliest ``ts``, ties the smallest order_id."""
-    first: dict[str, Order] = {}
-    for event in counted_events(outcome):
-        if isinstance(event, Order) and event.customer_id is not None:
-            held = first.get(event.customer_id)
-            if held is None or (event.ts, event.order_id) < (held.ts, held.order_id):
-                first[event.customer_id] = event
-    return first
+    return dict(_first_orders(outcome))
+
+
+def _first_orders(outcome: Outcome) -> dict[str, Order]:
+    def build() -> dict[str, Order]:
+        first: dict[str, Order] = {}
+        for event in _counted(outcome):
+            if isinstance(event, Order) and event.customer_id is not None:
+                held = first.get(event.customer_id)
+                if held is None or (event.ts, event.order_id) < (held.ts, held.order_id):
+                    first[event.customer_id] = event
+        return first
+    return _memoised(outcome, "first", build)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class _Window:
+    """The counted events of ``[start, end)``, in processing order, and per row."""
+
+    events: list[Order | Spend | Survey]
+    by_row: dict[tuple[str, str], list[Order | Spend | Survey]]
+    new_customers: dict[tuple[str, str], int]
+
+
+def _window(outcome: Outcome, window_start: int, window_end: int) -> _Window:
+    def build() -> _Window:
+        events = [e for e in _counted(outcome) if window_start <= e.ts < window_end]
+        by_row: dict[tuple[str, str], list[Order | Spend | Survey]] = {}
+        for event in events:
+            for dimension in DIMENSIONS:
+                group = group_of(event, dimension)
+                if group is not None:
+                    by_row.setdefault((dimension, group), []).append(event)
+        new_customers: dict[tuple[str, str], int] = {}
+        for order in _first_orders(outcome).values():
+            if window_start <= order.ts < window_end:
+                for dimension in DIMENSIONS:
+                    group = group_of(order, dimension)
+                    if group is not None:
+                        key = (dimension, group)
+                        new_customers[key] = new_customers.get(key, 0) + 1
+        return _Window(events, by_row, new_customers)
+    return _memoised(outcome, ("window", window_start, window_end),  # type: ignore[no-any-return]
+                     build)
 
 
 def expected_row(outcome: Outcome, *, dimension: str, group: str, window_start: int,
                  window_end: int) -> WindowSums:
     """Sums of one row over the half-open interval ``[window_start, window_end)``."""
-    new_customers = sum(1 for order in first_orders(outcome).values()
-                        if window_start <= order.ts < window_end
-                        and group_of(order, dimension) == group)
+    if dimension not in DIMENSIONS:
+        raise ValueError(f"unknown dimension {dimension!r}")
+    window = _window(outcome, window_start, window_end)
+    new_customers = window.new_customers.get((dimension, group), 0)
     orders = nps = promoters = passives = detractors = 0
     ces_n = ces_easy = csat_n = csat_ok = csat_tx_n = csat_tx_ok = spend_records = 0
     revenue = spend = ces_sum = 0.0
-    for event in counted_events(outcome):
-        if not window_start <= event.ts < window_end:
-            continue
-        if group_of(event, dimension) != group:
-            continue
+    for event in window.by_row.get((dimension, group), []):
         if isinstance(event, Order):
             orders += 1
             revenue += event.amount or 0.0
@@ -244,9 +304,7 @@ def allocated_spend(outcome: Outcome, *, segment: str, window_start: int,
     campaign_orders: dict[str, int] = {}
     segment_orders: dict[str, int] = {}
     campaign_spend: dict[str, float] = {}
-    for event in counted_events(outcome):
-        if not window_start <= event.ts < window_end:
-            continue
+    for event in _window(outcome, window_start, window_end).events:
         if isinstance(event, Order):
             campaign_orders[event.campaign_id] = campaign_orders.get(event.campaign_id, 0) + 1
             if event.segment == segment:
@@ -265,13 +323,7 @@ def allocated_spend(outcome: Outcome, *, segment: str, window_start: int,
 def expected_rows(outcome: Outcome, *, window_start: int,
                   window_end: int) -> dict[tuple[str, str], WindowSums]:
     """Every (dimension, group) whose window holds at least one counted event, sorted."""
-    keys: set[tuple[str, str]] = set()
-    for event in counted_events(outcome):
-        if window_start <= event.ts < window_end:
-            for dimension in DIMENSIONS:
-                group = group_of(event, dimension)
-                if group is not None:
-                    keys.add((dimension, group))
+    keys = _window(outcome, window_start, window_end).by_row
     return {key: expected_row(outcome, dimension=key[0], group=key[1],
                               window_start=window_start, window_end=window_end)
             for key in sorted(keys)}

@@ -109,6 +109,7 @@ class _TimedRecords(Generic[V]):
         # The changelog is the log. (A property at run time; rocksdict's stub says method.)
         write.disable_wal = True  # type: ignore[method-assign, assignment]
         self.db.set_write_options(write)
+        self.closed = False
         self.cache: dict[str, V | None] = {}  # touched since the flush; None: deleted
         self.stored: dict[str, int | None] = {}  # their time on disk (None: not on disk)
         self.size = 0
@@ -226,6 +227,10 @@ class _TimedRecords(Generic[V]):
         return out
 
     def close(self) -> None:
+        """Close and delete the database (again: nothing)."""
+        if self.closed:
+            return
+        self.closed = True
         self.cache.clear()
         self.db.close()
         shutil.rmtree(self.path, ignore_errors=True)

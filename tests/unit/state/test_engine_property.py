@@ -7,6 +7,7 @@ import math
 import random
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -146,16 +147,28 @@ def test_crashes_give_the_same_rows_and_profiles_with_state_on_disk(
     """The same with customers and ids in RocksDB, rebuilt at every reload."""
     with tempfile.TemporaryDirectory() as root:
         memory = RocksMemory(8)
-        sim = Sim(SETTINGS, partitions=partitions,
-                  customer_maps=lambda r: RocksCustomerMap(Path(root) / f"c{r}", memory),
-                  id_maps=lambda p: RocksIdMap(Path(root) / f"i{p}", memory))
-        doubled = [copy for event in evs for copy in (event, event)]
-        for event in doubled:
-            sim.append(event)
-        sim.run_all(rng, crash_rate=0.3)
-        outcome = reference.classify(evs, retention_ms=SETTINGS.retention_ms)
-        assert_rows_match(sim, outcome)
-        assert_profiles_match(sim, outcome)
+        opened: list[RocksCustomerMap | RocksIdMap] = []
+
+        def store(kind: type[RocksCustomerMap] | type[RocksIdMap], name: str) -> Any:
+            opened.append(kind(Path(root) / name, memory))
+            return opened[-1]
+
+        try:
+            sim = Sim(SETTINGS, partitions=partitions,
+                      customer_maps=lambda r: store(RocksCustomerMap, f"c{r}"),
+                      id_maps=lambda p: store(RocksIdMap, f"i{p}"))
+            doubled = [copy for event in evs for copy in (event, event)]
+            for event in doubled:
+                sim.append(event)
+            sim.run_all(rng, crash_rate=0.3)
+            outcome = reference.classify(evs, retention_ms=SETTINGS.retention_ms)
+            assert_rows_match(sim, outcome)
+            assert_profiles_match(sim, outcome)
+        finally:
+            # A database dropped after its directory is gone waits on RocksDB's error
+            # recovery (seconds per example): close them while the directory exists.
+            for each in opened:
+                each.close()
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
