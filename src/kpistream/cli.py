@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fcntl
+import gc
 import json
 import logging
 import os
@@ -77,8 +78,18 @@ def _worker_cmd(settings: Settings, args: argparse.Namespace) -> int:
     lock = claim_data_dir(settings.data_dir)  # noqa: F841 (held while the worker runs)
     app = create_app(settings)
     worker = faust.Worker(app, loglevel=settings.log_level)
+    tune_gc(settings)
     worker.execute_from_commandline()
     return 0
+
+
+def tune_gc(settings: Settings) -> None:
+    """The worker's state is millions of small objects that live for the whole retention;
+    with Python's default thresholds the collector rescans them over and over. Startup
+    objects (libraries, the app) are frozen out of collections altogether."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*settings.gc_thresholds)
 
 
 def _generate_cmd(settings: Settings, args: argparse.Namespace) -> int:

@@ -204,6 +204,11 @@ class Settings(BaseSettings):
     profile_publish_batch: int = Field(
         20_000, ge=1, description="Most customer profiles built and published per publish "
         "tick (after a restart every profile is published again, this many at a time).")
+    gc_thresholds: Annotated[tuple[int, int, int], NoDecode] = Field(
+        (50_000, 20, 100), description="Worker: Python's garbage collector thresholds "
+        "(gen0 allocations, gen1 and gen2 multipliers; `gc.set_threshold`). The default "
+        "700,10,10 made full collections over the worker's state take about half of its "
+        "time (docs/benchmarks.md); startup objects are also frozen out of collections.")
     stage_batch_size: int = Field(
         8, ge=1, description="Packed internal records a stage applies as one batch (one "
         "changelog record).")
@@ -242,6 +247,21 @@ class Settings(BaseSettings):
             if value.lstrip().startswith("["):
                 return tuple(json.loads(value))
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("gc_thresholds", mode="before")
+    @classmethod
+    def _split_gc_thresholds(cls, value: Any) -> Any:
+        """``50000,20,100``."""
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(","))
+        return value
+
+    @field_validator("gc_thresholds")
+    @classmethod
+    def _check_gc_thresholds(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
+        if min(value) < 1:
+            raise ValueError("every threshold must be at least 1")
         return value
 
     @field_validator("windows")

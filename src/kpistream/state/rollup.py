@@ -67,7 +67,9 @@ class WindowBuckets:
     totals: dict[int, Sums] = field(default_factory=dict)
 
     def set(self, bucket: int, source: int, sums: Sums) -> None:
-        sources = self.by_source.setdefault(bucket, {})
+        sources = self.by_source.get(bucket)
+        if sources is None:
+            sources = self.by_source[bucket] = {}
         sources[source] = sums
         # zip/sum runs in C: this is the roll-up's hottest line.
         self.totals[bucket] = sums if len(sources) == 1 else shared_floats(
@@ -214,8 +216,14 @@ class RollupState:
             plog.entries[key] = (stamp, seq)
             plog.refs[seq] += 1
             row = (value.dimension, value.group)
-            rows.setdefault(row, {}).setdefault(value.window, WindowBuckets()).set(
-                value.bucket, source, value.sums)
+            # get-then-create: a setdefault default would build a WindowBuckets per value
+            windows = rows.get(row)
+            if windows is None:
+                windows = rows[row] = {}
+            buckets = windows.get(value.window)
+            if buckets is None:
+                buckets = windows[value.window] = WindowBuckets()
+            buckets.set(value.bucket, source, value.sums)
             dirty.add((row, value.window))
         mark = plog.marks.get(source)
         if mark is None or (stamp, seq) >= (mark.stamp, mark.seq):
