@@ -206,9 +206,10 @@ class Settings(BaseSettings):
         "tick (after a restart every profile is published again, this many at a time).")
     gc_thresholds: Annotated[tuple[int, int, int], NoDecode] = Field(
         (50_000, 20, 100), description="Worker: Python's garbage collector thresholds "
-        "(gen0 allocations, gen1 and gen2 multipliers; `gc.set_threshold`). The default "
-        "700,10,10 made full collections over the worker's state take about half of its "
-        "time (docs/benchmarks.md); startup objects are also frozen out of collections.")
+        "(gen0 allocations, gen1 and gen2 multipliers; `gc.set_threshold`). With Python's "
+        "700,10,10 the collector rescanned the state held in the heap so often that a worker "
+        "with state_store=memory ran 25% slower (docs/benchmarks.md); startup objects are "
+        "also frozen out of collections.")
     stage_batch_size: int = Field(
         8, ge=1, description="Packed internal records a stage applies as one batch (one "
         "changelog record).")
@@ -252,8 +253,10 @@ class Settings(BaseSettings):
     @field_validator("gc_thresholds", mode="before")
     @classmethod
     def _split_gc_thresholds(cls, value: Any) -> Any:
-        """``50000,20,100``."""
+        """``50000,20,100`` or a JSON list."""
         if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return tuple(json.loads(value))
             return tuple(part.strip() for part in value.split(","))
         return value
 

@@ -26,7 +26,11 @@ def test_default_thresholds_are_far_above_pythons() -> None:
     assert Settings().gc_thresholds[0] >= 10 * gc.get_threshold()[0]
 
 
-@pytest.mark.parametrize("text", ["0,10,10", "1000,10", "a,b,c"])
+@pytest.mark.parametrize("text", ["0,10,10", "1000,10", "a,b,c", "[1, 2]"])
 def test_bad_thresholds_are_a_clear_error(text: str) -> None:
     with pytest.raises(ValidationError, match="gc_thresholds"):
         Settings(gc_thresholds=text)  # type: ignore[arg-type]
+
+
+def test_thresholds_may_be_a_json_list() -> None:
+    assert Settings(gc_thresholds="[9000, 5, 50]").gc_thresholds == (9000, 5, 50)  # type: ignore[arg-type]
