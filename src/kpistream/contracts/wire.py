@@ -102,7 +102,9 @@ def decode_event_pack(data: bytes) -> EventPack:
 Sums = tuple[float, ...]
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is built per event or bucket value, and a frozen dataclass takes
+# ~2 µs to build instead of ~0.4 (one object.__setattr__ per field).
+@dataclass(slots=True)
 class BucketValue:
     """Absolute value of one bucket of one row held by one aggregate partition."""
 

@@ -52,7 +52,7 @@ from kpistream.state.buckets import (
     Sums,
     bucket_expired,
     bucket_start,
-    contribution,
+    contribution_items,
     rows_of,
 )
 from kpistream.state.store import PackLog
@@ -69,14 +69,16 @@ _P_TS, _AMOUNT, _CH, _CA, _SE, _C_TS, _MATCHED, _CUSTOMER = range(8)
 Effect = tuple[int, Event, int, int]  # sign, event, events offset, item index
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is built per event or bucket value, and a frozen dataclass takes
+# ~2 µs to build instead of ~0.4 (one object.__setattr__ per field).
+@dataclass(slots=True)
 class Verdict:
     outcome: Outcome
     event: Event
     source: Source
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, like Verdict
 class BucketUpdate:
     """Absolute value of one partial bucket, with the offset it includes up to."""
 
@@ -183,6 +185,9 @@ class PartitionAggregator:
         self.grace_ms = settings.grace_ms
         self.retention_ms = settings.retention_ms
         self.max_step_ms = max(spec.step_ms for spec in self.windows)
+        # per window: name, STEP and how far behind stream time a bucket stays (size+grace)
+        self.bucket_reach = [(spec.name, spec.step_ms, spec.size_ms + self.grace_ms)
+                             for spec in self.windows]
         self.live = settings.clock == "live"
         self.idle_lag_ms = settings.idle_lag_ms
         self.log = log
@@ -437,15 +442,17 @@ class PartitionAggregator:
 
     def _add(self, state: PartitionState, event: Event, sign: int,
              touched: set[BucketKey] | None, t_eff: int) -> None:
-        vector = [(i, sign * amount) for i, amount in enumerate(contribution(event)) if amount]
+        vector = [(i, sign * amount) for i, amount in contribution_items(event)]
         rows = rows_of(event)
         buckets = state.buckets
-        for spec in self.windows:
-            bucket = event.ts - event.ts % spec.step_ms
-            if t_eff != NO_TIME and bucket_expired(bucket, spec, t_eff, self.grace_ms):
+        ts = event.ts
+        for name, step, reach in self.bucket_reach:
+            bucket = ts - ts % step
+            # bucket_expired, inline: this runs for every window of every event
+            if t_eff != NO_TIME and bucket + step <= t_eff - reach:
                 continue
             for dimension, group in rows:
-                key = (spec.name, dimension, group, bucket)
+                key = (name, dimension, group, bucket)
                 sums = buckets.get(key)
                 if sums is None:
                     # one C array of doubles per bucket, not a list of float objects
