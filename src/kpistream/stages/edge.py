@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -87,6 +88,29 @@ class CommittedOffsets:
 
     def lag(self, tp: TopicPartition, end: int) -> int:
         return max(0, end - self.offsets.get((tp.topic, tp.partition), 0))
+
+
+async def gather_batch(getmany: Callable[..., Awaitable[dict[TopicPartition, list[Any]]]],
+                       batch_size: int, within_s: float,
+                       stopping: Callable[[], bool]) -> dict[TopicPartition, list[Any]]:
+    """One edge batch: up to ``batch_size`` records, gathered for up to ``within_s`` after
+    the first ones came (``getmany`` is the consumer's). A single ``getmany`` returns what
+    one fetch brought: at live rates a handful of records, and every batch costs each stage
+    a message per partition, so a worker fed 1,500 events/s live judged only ~700/s at
+    100% CPU (while it judges 6,000/s of a backlog)."""
+    fetched = await getmany(timeout_ms=int(within_s * 1000), max_records=batch_size)
+    count = sum(len(records) for records in fetched.values())
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while 0 < count < batch_size and not stopping():
+        left_ms = int((deadline - loop.time()) * 1000)
+        if left_ms <= 0:
+            break
+        more = await getmany(timeout_ms=left_ms, max_records=batch_size - count)
+        for tp, records in more.items():
+            fetched.setdefault(tp, []).extend(records)
+            count += len(records)
+    return fetched
 
 
 class EdgeReader(Service):
@@ -158,12 +182,10 @@ class EdgeReader(Service):
     async def _read_batches(self) -> None:
         assert self.consumer is not None
         consumer = self.consumer
-        settings = self.runtime.settings
         missing_since: float | None = None
         while not self.should_stop:
             try:
-                fetched = await consumer.getmany(timeout_ms=int(settings.batch_within_s * 1000),
-                                                 max_records=settings.batch_size)
+                fetched = await self._fetch(consumer)
             except UnknownTopicOrPartitionError as exc:
                 raise EdgeError(f"an input topic disappeared: {exc!r}") from exc
             except AUTHORIZATION_ERRORS as exc:
@@ -184,6 +206,11 @@ class EdgeReader(Service):
                 continue
             missing_since = None
             await self._process(fetched, raw_partitions)
+
+    async def _fetch(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Any]]:
+        settings = self.runtime.settings
+        return await gather_batch(consumer.getmany, settings.batch_size,
+                                  settings.batch_within_s, lambda: self.should_stop)
 
     def _not_authorised(self, exc: Exception) -> EdgeError:
         settings = self.runtime.settings
