@@ -83,6 +83,14 @@ class CommittedOffsets:
             for tp, offset in offsets.items():
                 self.offsets[(tp.topic, tp.partition)] = offset
 
+    def looked_up(self, epoch: int, tp: TopicPartition, offset: int) -> None:
+        """The group's committed offset, read from the broker: kept unless this edge already
+        knows a later one (its own commit may have been recorded while the lookup was
+        under way)."""
+        key = (tp.topic, tp.partition)
+        if epoch == self.epoch and offset > self.offsets.get(key, -1):
+            self.offsets[key] = offset
+
     def unknown(self, assignment: set[TopicPartition]) -> list[TopicPartition]:
         return sorted(tp for tp in assignment if (tp.topic, tp.partition) not in self.offsets)
 
@@ -311,17 +319,28 @@ class EdgeReader(Service):
 
     async def refresh_committed(self) -> None:
         """Learn the committed offsets of assigned partitions this edge has not committed
-        itself (assigned from another worker, or nothing read since the start)."""
+        itself (assigned from another worker, or nothing read since the start), and look
+        again at those it has read to their end but knows a commit behind: a commit that
+        failed across a rebalance (IllegalGeneration) is redone by whoever reads the
+        partition next, and the gauge must show that commit, not the failed one (a CI run
+        showed a lag of 169 on a partition the group had committed to its end)."""
         if self.consumer is None:
             return
-        for tp in self.committed.unknown(self.consumer.assignment()):
+        assignment = self.consumer.assignment()
+        check = set(self.committed.unknown(assignment))
+        for tp in assignment:
+            end, position = self.consumer.highwater(tp), self._position(tp)
+            if (end is not None and position is not None and position >= end
+                    and self.committed.lag(tp, end) > 0):
+                check.add(tp)
+        for tp in sorted(check):
             epoch = self.committed.epoch
             try:
                 offset = await self.consumer.committed(tp)
             except KafkaError:
                 continue
             if offset is not None:
-                self.committed.record(epoch, {tp: offset})
+                self.committed.looked_up(epoch, tp, offset)
 
     def lag(self) -> list[tuple[str, int, int]]:
         """(topic, partition, end - committed) of the raw partitions this edge reads."""

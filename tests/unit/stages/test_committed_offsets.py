@@ -41,3 +41,17 @@ def test_revoked_partitions_are_forgotten_and_others_kept() -> None:
 def test_an_unknown_partition_counts_its_whole_log_as_lag() -> None:
     offsets = CommittedOffsets()
     assert offsets.lag(ORDERS_4, 77) == 77
+
+
+def test_a_lookup_corrects_a_stale_offset_but_never_undoes_a_later_commit() -> None:
+    offsets = CommittedOffsets()
+    offsets.record(offsets.epoch, {SPEND_1: 831})  # this edge's last successful commit
+    started = offsets.epoch
+    offsets.looked_up(started, SPEND_1, 1000)  # the group committed to the end since
+    assert offsets.lag(SPEND_1, 1000) == 0
+    offsets.record(offsets.epoch, {ORDERS_4: 500})
+    offsets.looked_up(offsets.epoch, ORDERS_4, 420)  # a lookup older than the commit
+    assert offsets.lag(ORDERS_4, 500) == 0
+    offsets.rebalanced([])
+    offsets.looked_up(started, SPEND_1, 1200)  # answered across a rebalance: dropped
+    assert offsets.lag(SPEND_1, 1200) == 200
