@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None,
         broker_session_timeout=parse_duration_ms(settings.session_timeout) / 1000,
         broker_commit_interval=1.0,
         producer_max_request_size=DLQ_MAX_MESSAGE_BYTES,
+        producer_request_timeout=parse_duration_ms(settings.producer_request_timeout) / 1000,
     )
     registry = CollectorRegistry()
     setup_prometheus_sensors(app, registry=registry, name_prefix="faust")

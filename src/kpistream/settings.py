@@ -133,6 +133,11 @@ class Settings(BaseSettings):
     session_timeout: str = Field(
         "20s", description="Kafka consumer session timeout: how long a crashed worker's "
         "partitions wait before another worker takes them over.")
+    producer_request_timeout: str = Field(
+        "90s", description="How long the worker's producer waits for the broker to answer a "
+        "produce request before it reconnects and retries, and for a record to be sent at "
+        "all before the worker fails. faust's default (20 min) let one unanswered request "
+        "hold a worker, and its rebalance, for many minutes. Above a broker restart.")
 
     # --- topics ------------------------------------------------------------------------
     topic_orders: str = Field("orders", description="Input topic of orders.")
@@ -283,7 +288,7 @@ class Settings(BaseSettings):
     @field_validator("idle_lag", "grace", "customer_retention", "attribution_period",
                      "max_future",
                      "publish_interval", "sink_timeout", "batch_within", "log_interval",
-                     "session_timeout")
+                     "session_timeout", "producer_request_timeout")
     @classmethod
     def _check_duration(cls, value: str) -> str:
         parse_duration_ms(value)

@@ -46,6 +46,18 @@ def test_prometheus_collector_exports_every_gauge() -> None:
     assert names == {f"kpistream_{kpi.name}" for kpi in GAUGES}
 
 
+def test_prometheus_collector_exports_nothing_while_partitions_change_hands() -> None:
+    message = build_message("1h", "all", "all", 0, 3_600_000, WindowSums(orders=2), 1, "EUR")
+    handing_over = [True]
+    collector = KpiCollector(lambda: [message], 10, Metrics.create(CollectorRegistry()),
+                             handing_over=lambda: handing_over[0])
+    assert [f.samples for f in collector.collect()] == [[]] * len(GAUGES)
+    handing_over[0] = False
+    orders = {f.name: f.samples for f in collector.collect()}["kpistream_orders"]
+    assert [(s.labels, s.value) for s in orders] == [
+        ({"window": "1h", "dimension": "all", "group": "all"}, 2.0)]
+
+
 def test_client_rows_hold_every_field() -> None:
     names = {f.name for f in fields(KpiRow)}
     assert set(KPI_FIELDS) | set(ROW_FIELDS) | {"spend_allocated"} <= names

@@ -7,6 +7,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
+from kpistream.app import create_app
 from kpistream.settings import (
     Settings,
     WindowSpec,
@@ -122,3 +123,8 @@ def test_configuration_errors_name_the_variable(monkeypatch: pytest.MonkeyPatch)
 def test_security_settings_that_go_together(given: dict[str, str]) -> None:
     with pytest.raises(ValidationError):
         Settings(**given)
+
+
+def test_worker_producer_request_timeout_comes_from_the_settings() -> None:
+    app = create_app(Settings(producer_request_timeout="45s"))
+    assert app.conf.producer_request_timeout == 45.0

@@ -66,7 +66,8 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
                        "window named %r (alert_baseline_window)",
                        settings.alert_baseline_window)
     runtime.registry.register(KpiCollector(lambda: publisher.current_rows(set(owned)),
-                                           settings.prometheus_max_groups, metrics))
+                                           settings.prometheus_max_groups, metrics,
+                                           handing_over=lambda: bool(app.rebalancing)))
 
     def assigned(topic: str) -> set[int]:
         return {tp.partition for tp in app.consumer.assignment() if tp.topic == topic}
