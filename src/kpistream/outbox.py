@@ -21,6 +21,7 @@ class Outbox:
         self.app = app
         self.items: list[tuple[str, bytes | None, bytes | None, int | None]] = []
         self.inflight: list[asyncio.Future[Any]] = []
+        self.tracked: set[str] = set()
 
     def send(self, topic: str, key: bytes | None, value: bytes | None,
              partition: int | None = None) -> None:
@@ -32,8 +33,26 @@ class Outbox:
         items, self.items = self.items, []
         producer = self.app.producer
         for topic, key, value, partition in items:
+            if topic not in self.tracked:
+                self._track(producer, topic)
             self.inflight.append(await producer.send(topic, key, value, partition, None, None))
         waiting = list(self.inflight)
         if waiting:
             await asyncio.gather(*waiting)
             self.inflight = [f for f in self.inflight if not f.done()]
+
+    def _track(self, producer: Any, topic: str) -> None:
+        """Make the producer's metadata follow ``topic`` for good.
+
+        aiokafka's client refreshes metadata only for the topics it tracks, or for all of
+        them while it tracks none, and its send tracks a topic only if the metadata lacks
+        it (``AIOKafkaClient._wait_on_metadata``). faust refreshes the metadata after
+        declaring its topics, while none is tracked, so the topics that existed then are
+        sent to untracked; the first send to a topic made later (a changelog) tracks that
+        one alone, and the next refresh drops every other topic from the metadata. Records
+        already queued for those have no leader any more: their batches wait out the
+        producer request timeout and every agent writing to them stalls (a worker stuck
+        for minutes in faust's revocation, three CI failures)."""
+        producer._ensure_producer().client.add_topic(topic)
+        self.tracked.add(topic)
+
