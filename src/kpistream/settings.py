@@ -134,10 +134,10 @@ class Settings(BaseSettings):
         "20s", description="Kafka consumer session timeout: how long a crashed worker's "
         "partitions wait before another worker takes them over.")
     producer_request_timeout: str = Field(
-        "90s", description="How long the worker's producer waits for the broker to answer a "
-        "produce request before it reconnects and retries, and for a record to be sent at "
-        "all before the worker fails. faust's default (20 min) let one unanswered request "
-        "hold a worker, and its rebalance, for many minutes. Above a broker restart.")
+        "120s", description="How long the worker's producer waits for the broker to answer "
+        "a produce request before it reconnects and retries, and for a record to be sent at "
+        "all before the worker fails (Kafka's delivery.timeout.ms default). faust's 20 "
+        "minutes hide a stuck producer behind a worker that looks alive.")
 
     # --- topics ------------------------------------------------------------------------
     topic_orders: str = Field("orders", description="Input topic of orders.")
