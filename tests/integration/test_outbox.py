@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -18,12 +19,13 @@ from kpistream.settings import Settings
 pytestmark = pytest.mark.integration
 
 
-async def _topics_stay_known(bootstrap: str) -> None:
+async def _topics_stay_known(bootstrap: str, data_dir: Path) -> None:
     name = uuid.uuid4().hex[:6]
     early, late = f"outbox-early-{name}", f"outbox-late-{name}"
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
-    app = create_app(Settings(kafka_bootstrap=bootstrap, app_id=f"outbox-{name}"))
+    app = create_app(Settings(kafka_bootstrap=bootstrap, app_id=f"outbox-{name}",
+                              data_dir=str(data_dir)))
     try:
         await admin.create_topics([NewTopic(early, 2, 1)])
         await app.producer.start()
@@ -45,5 +47,5 @@ async def _topics_stay_known(bootstrap: str) -> None:
         await admin.close()
 
 
-def test_topics_written_before_a_new_one_keep_their_leaders(stack) -> None:
-    asyncio.run(_topics_stay_known(stack.bootstrap))
+def test_topics_written_before_a_new_one_keep_their_leaders(stack, tmp_path: Path) -> None:
+    asyncio.run(_topics_stay_known(stack.bootstrap, tmp_path))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -125,6 +126,6 @@ def test_security_settings_that_go_together(given: dict[str, str]) -> None:
         Settings(**given)
 
 
-def test_worker_producer_request_timeout_comes_from_the_settings() -> None:
-    app = create_app(Settings(producer_request_timeout="45s"))
+def test_worker_producer_request_timeout_comes_from_the_settings(tmp_path: Path) -> None:
+    app = create_app(Settings(producer_request_timeout="45s", data_dir=str(tmp_path)))
     assert app.conf.producer_request_timeout == 45.0
