@@ -33,7 +33,7 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from engine_bench import judged, peak_rss_mb  # noqa: E402
+from engine_bench import judged_rate, peak_rss_mb  # noqa: E402
 from harness import Deployment  # noqa: E402
 
 from kpistream.generator.producer import produce  # noqa: E402
@@ -108,20 +108,7 @@ def main() -> int:
     ranking = f"{settings.redis_prefix}:customers:by_revenue"
     try:
         proc, port = dep.start_worker()
-        first = last = None
-        deadline = time.monotonic() + args.timeout
-        while time.monotonic() < deadline:
-            done = judged([port])
-            now = time.perf_counter()
-            if first is None and done > 0:
-                first, first_done = now, done
-            if done >= events:
-                last = now
-                break
-            time.sleep(0.1)
-        if first is None or last is None:
-            raise SystemExit(f"judged {judged([port]):.0f} of {events} events")
-        rate = (events - first_done) / max(1e-9, last - first)
+        rate = judged_rate([port], events, args.timeout)
         published = wait(lambda: client.zcard(ranking) >= args.customers, args.timeout,
                          "every profile in Redis")
         rss = peak_rss_mb(proc.pid)
@@ -139,7 +126,7 @@ def main() -> int:
         restart = time.monotonic() - restart_started
         restart_rss = peak_rss_mb(restarted.pid)
     finally:
-        dep.stop()
+        dep.remove()
         client.close()
     result = {"customers": args.customers, "events": events, "rate": rate,
               "all_published_after_s": published, "peak_rss_mb": rss, "restart_s": restart,
