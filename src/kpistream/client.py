@@ -23,7 +23,9 @@ from aiokafka import AIOKafkaConsumer
 
 from kpistream.connections import kafka_options, redis_options
 from kpistream.kpi.catalogue import BY_NAME, KPI_FIELDS, SPEND_ALLOCATED
+from kpistream.kpi.profiles import RANKINGS
 from kpistream.settings import Settings
+from kpistream.sinks.profiles import profile_key, ranking_key
 
 __all__ = ["KpiRow", "RowDeleted", "get_row", "kafka_updates", "pubsub_updates"]
 
@@ -155,7 +157,7 @@ async def get_customer(redis: str | Settings, customer_id: str, *,
         prefix = redis.redis_prefix
     client = _redis(redis, decode_responses=True)
     try:
-        fields_ = await client.hgetall(f"{prefix}:customer:{customer_id}")
+        fields_ = await client.hgetall(profile_key(prefix, customer_id))
     finally:
         await client.aclose()
     return _profile_from_hash({str(k): str(v) for k, v in fields_.items()}) if fields_ else None
@@ -166,17 +168,17 @@ async def top_customers(redis: str | Settings, n: int = 10, *, by: str = "revenu
                         ) -> list[dict[str, Any]]:
     """The ``n`` customers with the highest ``by`` (``revenue`` or ``value_ratio``), overall
     or in one segment, best first, as profiles."""
-    if by not in ("revenue", "value_ratio"):
-        raise ValueError(f"by must be revenue or value_ratio, not {by!r}")
+    if by not in RANKINGS:
+        raise ValueError(f"by must be one of {', '.join(RANKINGS)}, not {by!r}")
     if isinstance(redis, Settings) and prefix == "kpi":
         prefix = redis.redis_prefix
-    key = f"{prefix}:customers:by_{by}" + (f":{segment}" if segment else "")
+    key = ranking_key(prefix, by, segment or None)
     client = _redis(redis, decode_responses=True)
     try:
         ids = await client.zrevrange(key, 0, max(0, n - 1))
         pipe = client.pipeline(transaction=False)
         for customer in ids:
-            pipe.hgetall(f"{prefix}:customer:{customer!s}")
+            pipe.hgetall(profile_key(prefix, str(customer)))
         hashes = await pipe.execute()
     finally:
         await client.aclose()

@@ -29,6 +29,7 @@ from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from kpistream.exceptions import KpistreamError
 from kpistream.settings import Settings
+from kpistream.sinks.profiles import PROFILE_SCRIPT, profile_payload
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -230,6 +231,9 @@ async def check_redis(settings: Settings) -> None:
             pipe.hset(probe, "ok", "1")
             pipe.delete(probe)
             await pipe.execute()
+        # the profile sink's script, on no change: EVALSHA and SCRIPT LOAD are allowed
+        await client.register_script(PROFILE_SCRIPT)(args=[settings.redis_prefix,
+                                                          profile_payload([])])
     except AuthenticationError as exc:
         raise ConnectionCheckError(
             f"{where}: authentication of user {user!r} failed (wrong username or password?): "

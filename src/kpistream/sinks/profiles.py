@@ -1,17 +1,26 @@
 """Redis sink of customer profiles (SPEC §8): one hash per customer and the sorted sets a CRM
 reads its "top customers" from, overall and per segment.
 
-Each flush reads the segment the stored profiles had (one pipelined round trip), then writes
-every change in MULTI/EXEC: the hash replaced (DEL + HSET), the customer scored in the sets of
-its current segment and removed from those of a segment it left; a deleted profile leaves
-every set. Changes that could not be written are kept, coalesced per customer, and retried
-after a short backoff; written chunks are not written again.
+Each chunk of changes is ONE command: a Lua script (``PROFILE_SCRIPT``) gets the chunk as one
+JSON argument and, per customer, reads the segment the stored profile had, replaces the hash
+(DEL + HSET), scores the customer in the sets of its current segment and removes it from
+those of a segment it left; a deleted profile leaves every set. A script runs atomically, as
+the MULTI/EXEC it replaces did. It replaced a read round trip and seven queued commands per
+customer, whose packing and replies in redis-py's pure-Python protocol code took 20 % of a
+worker's samples (docs/benchmarks.md, seventh session). The ACL user needs ``+evalsha
++script|load`` (docs/security.md). Like the row sink's MULTI/EXEC it needs one Redis, not a
+Cluster (the keys of a chunk are in many slots).
+
+Changes that could not be written are kept, coalesced per customer, and retried after a short
+backoff; written chunks are not written again.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
@@ -31,6 +40,63 @@ def ranking_key(prefix: str, field: str, segment: str | None = None) -> str:
     return base if segment is None else f"{base}:{segment}"
 
 
+# KEYS: none (built from the prefix, as ``profile_key`` and ``ranking_key`` do). ARGV[1]: the
+# prefix; ARGV[2]: the JSON ``profile_payload``. Scores travel as strings: cjson would turn a
+# number into a Lua double that ZADD formats with 14 digits.
+PROFILE_SCRIPT = """
+local prefix = ARGV[1]
+local null = cjson.null
+local payload = cjson.decode(ARGV[2])
+local rankings = payload[1]
+for _, change in ipairs(payload[2]) do
+  local customer, segment, fields, scores = change[1], change[2], change[3], change[4]
+  if segment == null then segment = nil end
+  local key = prefix .. ':customer:' .. customer
+  local old = redis.call('HGET', key, 'segment')
+  redis.call('DEL', key)
+  if fields ~= null then
+    local flat = {}
+    for name, value in pairs(fields) do
+      flat[#flat + 1] = name
+      flat[#flat + 1] = value
+    end
+    if #flat > 0 then redis.call('HSET', key, unpack(flat)) end
+  end
+  for r, ranking in ipairs(rankings) do
+    local base = prefix .. ':customers:by_' .. ranking
+    local score = scores[r]
+    if old and old ~= segment then redis.call('ZREM', base .. ':' .. old, customer) end
+    local targets = {base}
+    if segment then targets[2] = base .. ':' .. segment end
+    for _, target in ipairs(targets) do
+      if score == null then
+        redis.call('ZREM', target, customer)
+      else
+        redis.call('ZADD', target, score, customer)
+      end
+    end
+  end
+end
+return #payload[2]
+"""
+
+
+def profile_payload(changes: list[ProfileChange]) -> bytes:
+    """The script's argument: the ranking names, then per change ``[customer, segment,
+    hash fields, [score per ranking]]`` (segment, fields and scores null when absent; a
+    deleted profile has no fields)."""
+    out: list[list[Any]] = []
+    for change in changes:
+        message = change.message
+        if message is None:
+            out.append([change.customer_id, None, None, [None] * len(RANKINGS)])
+            continue
+        scores = [message.get(field) for field in RANKINGS]
+        out.append([change.customer_id, message.get("segment"), hash_fields(message),
+                    [None if score is None else repr(float(score)) for score in scores]])
+    return orjson.dumps([RANKINGS, out])
+
+
 class RedisProfileSink:
     name = "redis-profiles"
 
@@ -40,6 +106,7 @@ class RedisProfileSink:
         self.timeout = settings.sink_timeout_s
         self.pending: dict[str, ProfileChange] = {}
         self.backoff = Backoff(BACKOFF_INITIAL_S, BACKOFF_MAX_S)
+        self.script = client.register_script(PROFILE_SCRIPT)
 
     async def start(self) -> None:
         return None  # the row sink checks the worker's shared client
@@ -68,35 +135,7 @@ class RedisProfileSink:
         self.backoff.reset()
 
     async def _send(self, changes: list[ProfileChange]) -> None:
-        prefix = self.prefix
-        async with self.client.pipeline(transaction=False) as read:
-            for change in changes:
-                read.hget(profile_key(prefix, change.customer_id), "segment")
-            stored = await read.execute()
-        async with self.client.pipeline(transaction=True) as pipe:
-            for change, old in zip(changes, stored, strict=True):
-                customer = change.customer_id
-                old_segment = old.decode() if isinstance(old, bytes) else old
-                message = change.message
-                segment = None if message is None else message.get("segment")
-                key = profile_key(prefix, customer)
-                pipe.delete(key)
-                if message is not None:
-                    pipe.hset(key, mapping=hash_fields(message))  # type: ignore[arg-type]
-                for field in RANKINGS:
-                    score = None if message is None else message.get(field)
-                    if old_segment is not None and old_segment != segment:
-                        pipe.zrem(ranking_key(prefix, field, old_segment), customer)
-                    for target in (ranking_key(prefix, field),
-                                   None if segment is None else
-                                   ranking_key(prefix, field, segment)):
-                        if target is None:
-                            continue
-                        if score is None:
-                            pipe.zrem(target, customer)
-                        else:
-                            pipe.zadd(target, {customer: float(score)})
-            await pipe.execute()
+        await self.script(args=[self.prefix, profile_payload(changes)])
 
     async def close(self) -> None:
         """The client is the worker's, closed by its owner."""

@@ -265,24 +265,24 @@ def test_sink_set_honours_retry_after_and_counts_failures_per_sink() -> None:
     assert len(flaky.written) == len(healthy.written) == 1
 
 
-class ReplyingPipeline(FakePipeline):
-    async def execute(self) -> list[Any]:
-        await super().execute()
-        return [None] * len(self.commands)  # no profile stored yet
-
-
 class FlakyRedis(FakeRedis):
-    """Fails every ``fail_every``-th pipeline execution (a timeout under load)."""
+    """Its profile script fails every ``fail_every``-th call (a timeout under load)."""
 
     def __init__(self, fail_every: int) -> None:
         super().__init__()
         self.calls = 0
         self.fail_every = fail_every
+        self.scripted: list[bytes] = []
 
-    def pipeline(self, transaction: bool = True) -> FakePipeline:
-        self.calls += 1
-        self.down = self.calls % self.fail_every == 0
-        return ReplyingPipeline(self)
+    def register_script(self, script: str) -> Any:
+        async def call(keys: list[str] | None = None, args: list[Any] | None = None) -> int:
+            self.calls += 1
+            if self.calls % self.fail_every == 0:
+                raise RedisConnectionError("Timeout reading from socket")
+            assert args is not None
+            self.scripted.append(args[1])
+            return len(orjson.loads(args[1])[1])
+        return call
 
 
 def test_redis_profiles_backlog_makes_progress_across_failures() -> None:
@@ -299,6 +299,5 @@ def test_redis_profiles_backlog_makes_progress_across_failures() -> None:
         with contextlib.suppress(SinkUnavailable):
             run(sink.flush())
     assert not sink.pending
-    written = [k for batch in redis.executed for name, args, _ in batch if name == "delete"
-               for k in args]
+    written = [change[0] for payload in redis.scripted for change in orjson.loads(payload)[1]]
     assert len(written) == len(set(written)) == len(changes)
