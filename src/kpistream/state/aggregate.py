@@ -158,6 +158,9 @@ class PartitionState:
     buckets: dict[BucketKey, array[float]] = field(default_factory=dict)
     packs: dict[int, int] = field(default_factory=dict)  # seq -> keep_until
     dropped_below: int = NO_TIME  # events before it may have been in dropped packs
+    # the newest event time of any raw partition, as the marks say: the pipeline's stream
+    # time as far as this partition knows it (its own events may all be older)
+    seen_time: int = NO_TIME
 
     def header(self, seq: int) -> AggregatePack:
         return AggregatePack(seq, self.stream_time, dict(self.high_water), dict(self.counts),
@@ -223,6 +226,8 @@ class PartitionAggregator:
             state.applied, state.stream_time = pack.offset, pack.stream_time
             state.high_water, state.counts = pack.high_water, pack.counts
             state.marks, state.raw_partitions = pack.marks, pack.raw_partitions
+            state.seen_time = max((newest for newest, _ in pack.marks.values()
+                                   if newest is not None), default=NO_TIME)
             state.dropped_below = max(state.dropped_below, pack.dropped_below)
             state.packs[seq] = pack.keep_until
             yield
@@ -307,11 +312,15 @@ class PartitionAggregator:
                                            else max(body.ts, held[0]), False)
                     if held is None or held[0] is None or held[1] or held[0] <= low:
                         low = state.low_mark()  # this partition may have held it back
-                # Lateness is judged against stream time held back to the low mark, so an
-                # event of a raw partition read behind the others (a backlog) is judged as
-                # it would have been live.
-                t_eff = max(state.stream_time, floor)
-                t_judge = t_eff if low == ALL_READ else min(t_eff, low)
+                # Before judging: the event's own time cannot make it late.
+                if body.ts > state.seen_time:
+                    state.seen_time = body.ts
+                # Lateness (SPEC §3) is judged against the newest event time the pipeline
+                # has read, held back to the low mark, so an event of a raw partition read
+                # behind the others (a backlog) is judged as it would have been live; in
+                # live mode never against less than wall clock minus idle_lag.
+                t_seen = max(state.stream_time, state.seen_time)
+                t_judge = max(t_seen if low == ALL_READ else min(t_seen, low), floor)
                 if t_judge != NO_TIME and body.ts < t_judge - self.retention_ms:
                     outcome: Outcome = "late"
                 else:
@@ -329,6 +338,8 @@ class PartitionAggregator:
                 if held is not None and held[0] is not None:
                     newest = held[0] if newest is None else max(newest, held[0])
                 state.marks[key] = (newest, mark.at_end)
+                if newest is not None and newest > state.seen_time:
+                    state.seen_time = newest
         state.ids.flush()
         if last is not None:
             keep_until = NO_TIME

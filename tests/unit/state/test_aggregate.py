@@ -206,3 +206,36 @@ def test_dropping_packs_is_recorded_in_the_newest_pack_before_the_tombstones() -
     assert restored.dropped_below == threshold
     after = {key[3] for key in restored.buckets if key[:2] == ("24h", "campaign")}
     assert after == {T + 60 * HOUR}
+
+
+def test_live_mode_judges_lateness_against_wall_clock_whatever_the_low_mark() -> None:
+    """SPEC §3: in live mode T is never less than wall clock minus idle_lag. A first event
+    three days old, on a worker that has not heard of every raw partition yet (no low mark),
+    is late; one within the retention is not."""
+    agg = PartitionAggregator(Settings(clock="live"), DictPackLog())
+    now = T + 72 * HOUR
+    result = agg.process(0, [(0, EventPack(3, [], [
+        (Source("orders", 0, 0, None, "{}"), order("old", T)),
+        (Source("orders", 1, 0, None, "{}"), order("recent", now - 23 * HOUR))]))], now)
+    assert [v.outcome for v in result.verdicts] == ["late", "accepted"]
+    assert agg.state(0, now).low_mark() == NO_TIME
+
+
+def test_lateness_is_judged_against_what_the_edge_read_not_only_this_partition() -> None:
+    """Replay mode, an internal partition that has had no event yet: the edge's marks say the
+    pipeline has read up to T + 72 h and every raw partition is read to its end, so an order
+    older than that minus the retention is late here too (SPEC §3: the latest event time the
+    pipeline has seen)."""
+    agg = aggregator()
+    read = [RawMark("orders", 0, T + 72 * HOUR, True)]
+    agg.process(1, [(0, EventPack(1, read, []))], T)
+    result = agg.process(1, [(1, pack(order("old", T), order("fresh", T + 71 * HOUR),
+                                      first=5))], T)
+    assert [v.outcome for v in result.verdicts] == ["late", "accepted"]
+    # The same events where the marks say a raw partition is still read far behind (a
+    # backlog): held back to the low mark, neither is late.
+    behind = aggregator()
+    behind.process(1, [(0, EventPack(2, [*read, RawMark("orders", 1, T, False)], []))], T)
+    held = behind.process(1, [(1, pack(order("old", T), order("fresh", T + 71 * HOUR),
+                                       first=5))], T)
+    assert [v.outcome for v in held.verdicts] == ["accepted", "accepted"]
