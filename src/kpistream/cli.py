@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import IO
 
 from kpistream.exceptions import ConfigurationError, KpistreamError
+from kpistream.kpi.profiles import RANKINGS
 from kpistream.settings import Settings, describe_settings_error
 
 
@@ -23,7 +24,7 @@ def _settings_cmd(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _check_connections(settings: Settings, *, kafka: bool, redis: bool,
-                       redis_may_be_down: bool = False) -> None:
+                       redis_may_be_down: bool = False, redis_writes: bool = False) -> None:
     """Fail fast, naming the cause, on a wrong credential or certificate (SPEC §9). A worker
     starts while Redis is unreachable (its sinks catch up once Redis answers)."""
     from kpistream.connections import ConnectionCheckError, check_kafka, check_redis
@@ -33,7 +34,7 @@ def _check_connections(settings: Settings, *, kafka: bool, redis: bool,
             await check_kafka(settings)
         if redis:
             try:
-                await check_redis(settings)
+                await check_redis(settings, writes=redis_writes)
             except ConnectionCheckError as exc:
                 if not (exc.unreachable and redis_may_be_down):
                     raise
@@ -73,7 +74,8 @@ def _worker_cmd(settings: Settings, args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    _check_connections(settings, kafka=True, redis=True, redis_may_be_down=True)
+    _check_connections(settings, kafka=True, redis=True, redis_may_be_down=True,
+                       redis_writes=True)
     asyncio.run(ensure_topics(settings))
     lock = claim_data_dir(settings.data_dir)  # noqa: F841 (held while the worker runs)
     app = create_app(settings)
@@ -105,7 +107,7 @@ def _top_cmd(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _customers_cmd(settings: Settings, args: argparse.Namespace) -> int:
-    """One customer's profile, or the top customers by revenue or value ratio."""
+    """One customer's profile, or the top customers by one of the rankings."""
     from kpistream.client import get_customer, top_customers
 
     if args.customer_id:
@@ -121,9 +123,10 @@ def _customers_cmd(settings: Settings, args: argparse.Namespace) -> int:
     print(f"{'customer':<24} {'segment':<12} {'orders':>6} {'revenue':>10} {args.by:>11}")
     for profile in profiles:
         score = profile.get(args.by)
+        shown = "—" if score is None else f"{score:.2f}" if isinstance(score, float) else score
         print(f"{profile['customer_id']:<24.24} {profile.get('segment') or '—':<12.12} "
               f"{profile.get('orders', 0):>6} {profile.get('revenue', 0.0):>10.2f} "
-              f"{'—' if score is None else format(score, '.2f'):>11}")
+              f"{shown:>11}")
     return 0
 
 
@@ -202,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "customers (SPEC §8)")
     customers.add_argument("customer_id", nargs="?", default=None)
     customers.add_argument("--top", type=int, default=10, help="how many customers")
-    customers.add_argument("--by", choices=["revenue", "value_ratio"], default="revenue")
+    customers.add_argument("--by", choices=RANKINGS, default="revenue")
     customers.add_argument("--segment", default=None, help="only customers of this segment")
     health = sub.add_parser("health", help="exit 0 when this host's worker answers /metrics")
     health.add_argument("--timeout", type=float, default=4.0, help="seconds")

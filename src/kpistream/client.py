@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 
 from kpistream.connections import kafka_options, redis_options
+from kpistream.contracts.schemas import load_schema
 from kpistream.kpi.catalogue import BY_NAME, KPI_FIELDS, SPEND_ALLOCATED
 from kpistream.kpi.profiles import RANKINGS
 from kpistream.settings import Settings
@@ -140,13 +141,27 @@ async def get_row(redis: str | Settings, window: str, dimension: str, group: str
     return KpiRow.from_hash({str(k): str(v) for k, v in fields_.items()}) if fields_ else None
 
 
+def _json_types(schema: str) -> dict[str, str]:
+    """Per property of a shipped schema, its JSON type other than null."""
+    types: dict[str, str] = {}
+    for name, spec in load_schema(schema)["properties"].items():
+        kinds = spec.get("type", [])
+        kinds = [kinds] if isinstance(kinds, str) else kinds
+        types[name] = next((k for k in kinds if k != "null"), "string")
+    return types
+
+
+PROFILE_TYPES = _json_types("customer_profile")
+
+
 def _profile_from_hash(fields_: Mapping[str, str]) -> dict[str, Any]:
     """Profile fields with their JSON types (the hash holds decimal strings)."""
-    integers = {"orders", "first_order_at", "last_order_at", "nps_last", "ces_last",
-                "csat_last", "last_activity_at", "updated_at"}
-    floats = {"revenue", "aov"}
-    return {name: int(value) if name in integers else float(value) if name in floats
-            else value for name, value in fields_.items()}
+    out: dict[str, Any] = {}
+    for name, value in fields_.items():
+        kind = PROFILE_TYPES.get(name, "string")
+        out[name] = int(value) if kind == "integer" else float(value) if kind == "number" \
+            else value
+    return out
 
 
 async def get_customer(redis: str | Settings, customer_id: str, *,

@@ -215,9 +215,11 @@ def redis_sync_client(settings: Settings) -> redis.Redis:
                                 **redis_options(settings))
 
 
-async def check_redis(settings: Settings) -> None:
-    """PING as the configured user, then a write of the sinks' kind on a key of the prefix
-    (a channel cannot be checked without publishing to its subscribers)."""
+async def check_redis(settings: Settings, *, writes: bool = True) -> None:
+    """PING as the configured user; with ``writes`` (a worker), then a write of the sinks'
+    kind on a key of the prefix and the profile script on no change (a channel cannot be
+    checked without publishing to its subscribers). Commands that only read (``top``,
+    ``customers``) run as a read-only user (docs/security.md): PING only."""
     client = aioredis.Redis.from_url(
         settings.redis_url.get_secret_value(), socket_timeout=CHECK_TIMEOUT_S,
         socket_connect_timeout=CHECK_TIMEOUT_S, **redis_options(settings))
@@ -226,6 +228,8 @@ async def check_redis(settings: Settings) -> None:
     _check_certificate("KPISTREAM_REDIS_SSL_CERTFILE", settings.redis_ssl_certfile, where)
     try:
         await client.ping()
+        if not writes:
+            return
         probe = f"{settings.redis_prefix}:check"
         async with client.pipeline(transaction=True) as pipe:
             pipe.hset(probe, "ok", "1")

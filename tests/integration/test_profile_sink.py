@@ -6,7 +6,12 @@ customers whose last profile is scored in it, as SPEC §8 lays out the keys."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import re
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -93,3 +98,65 @@ def test_script_leaves_exactly_the_last_profiles_and_their_rankings(stack, fresh
     finally:
         sync.delete(*(profile_key(prefix, c) for c in customers),
                     *(ranking_key(prefix, f, s) for f in RANKINGS for s in SEGMENTS))
+
+
+def read_only_rule(prefix: str) -> list[str]:
+    """docs/security.md's rule for users of `top`, `customers` and the client."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    match = re.search(r"give them a user of their own with `([^`]+)`", text.replace("\n", " "))
+    assert match, "docs/security.md lost the read-only rule"
+    return [token.replace("~kpi:*", f"~{prefix}:*") for token in match.group(1).split()]
+
+
+def test_customers_command_ranks_by_each_ranking_as_a_read_only_user(stack,
+                                                                      fresh_names) -> None:
+    """`kpistream customers --top N --by X [--segment S]` for revenue, value_ratio and orders
+    (SPEC §7), and one profile by id, run as the documented read-only ACL user."""
+    prefix, user, password = f"pc{fresh_names}", f"reader-{fresh_names}", "s3cret-reader"
+    profiles = [
+        {"customer_id": "a", "segment": "vip", "orders": 5, "revenue": 100.0,
+         "value_ratio": 2.5, "marketing_cost": 40.0, "costed_orders": 5, "schema_version": 1},
+        {"customer_id": "b", "segment": "vip", "orders": 1, "revenue": 300.0,
+         "value_ratio": None, "marketing_cost": 0.0, "costed_orders": 0, "schema_version": 1},
+        {"customer_id": "c", "segment": "new", "orders": 2, "revenue": 50.0,
+         "value_ratio": 7.25, "marketing_cost": 8.0, "costed_orders": 2, "schema_version": 1},
+    ]
+    admin = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+
+    async def seed() -> None:
+        client = aioredis.Redis.from_url(stack.redis_url)
+        try:
+            sink = RedisProfileSink(Settings(redis_prefix=prefix), client)
+            sink.write(Publication([], profiles=[ProfileChange(p["customer_id"], p)
+                                                 for p in profiles]))
+            await sink.flush()
+        finally:
+            await client.aclose()
+
+    def customers(*args: str) -> list[str]:
+        url = stack.redis_url.replace("redis://", f"redis://{user}:{password}@")
+        env = {**os.environ, "KPISTREAM_REDIS_URL": url, "KPISTREAM_REDIS_PREFIX": prefix}
+        done = subprocess.run([sys.executable, "-m", "kpistream", "customers", *args], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout.splitlines()
+
+    def ranked(*args: str) -> list[tuple[str, str]]:
+        lines = customers(*args)
+        return [(line.split()[0], line.split()[-1]) for line in lines[1:]]
+
+    asyncio.run(seed())
+    admin.execute_command("ACL", "SETUSER", user, "reset", "on", f">{password}",
+                          *read_only_rule(prefix))
+    try:
+        assert ranked("--top", "3", "--by", "revenue") == [("b", "300.00"), ("a", "100.00"),
+                                                           ("c", "50.00")]
+        assert ranked("--top", "3", "--by", "value_ratio") == [("c", "7.25"), ("a", "2.50")]
+        assert ranked("--top", "2", "--by", "orders") == [("a", "5"), ("c", "2")]
+        assert ranked("--by", "orders", "--segment", "vip") == [("a", "5"), ("b", "1")]
+        shown = dict(line.split(None, 1) for line in customers("c"))
+        assert shown["value_ratio"].strip() == "7.25" and shown["costed_orders"].strip() == "2"
+    finally:
+        admin.execute_command("ACL", "DELUSER", user)
+        admin.delete(*(profile_key(prefix, p["customer_id"]) for p in profiles),
+                     *(ranking_key(prefix, f, s) for f in RANKINGS for s in SEGMENTS))

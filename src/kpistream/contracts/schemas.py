@@ -1,4 +1,4 @@
-"""The JSON Schemas (draft-07) that ship in the package under ``contracts/schemas/``.
+"""The JSON Schemas (draft-07) that ship in the package under ``kpistream/schemas/`` (SPEC §5).
 
 They are the contract of SPEC.md §1, §2, §5 and §6: ingest validation compiles the three input
 schemas, the docs and tests use the output ones. ``load_schema("orders")`` returns a fresh
@@ -26,7 +26,7 @@ SCHEMA_NAMES: tuple[str, ...] = (*INPUT_SCHEMAS.values(), *OUTPUT_SCHEMAS)
 
 @cache
 def _schema_bytes(name: str) -> bytes:
-    return (resources.files("kpistream.contracts") / "schemas" / f"{name}.json").read_bytes()
+    return (resources.files("kpistream") / "schemas" / f"{name}.json").read_bytes()
 
 
 def load_schema(name: str) -> dict[str, Any]:

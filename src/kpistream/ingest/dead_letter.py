@@ -2,7 +2,7 @@
 
 The original value is quoted as UTF-8 text in ``value``; bytes that are not valid UTF-8 go to
 ``value_base64`` instead (and ``value`` is null), so nothing is lost and the record stays valid
-JSON. The schema is ``contracts/schemas/dlq.json``.
+JSON. The schema is ``kpistream/schemas/dlq.json``.
 """
 
 from __future__ import annotations

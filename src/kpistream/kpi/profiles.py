@@ -26,8 +26,9 @@ PROFILE_FIELDS: tuple[str, ...] = (
     "costed_revenue", "cpo", "acquisition_cost", "value_ratio", "nps_last", "nps_category",
     "ces_last", "csat_last", "last_activity_at", "updated_at",
 )
-# Scores of the sorted sets a CRM reads "top customers" from (SPEC §8).
-RANKINGS: tuple[str, ...] = ("revenue", "value_ratio")
+# Scores of the sorted sets a CRM reads "top customers" from: SPEC §8 names revenue and
+# value_ratio; orders is the third ranking `kpistream customers --by` offers (SPEC §7).
+RANKINGS: tuple[str, ...] = ("revenue", "value_ratio", "orders")
 
 _TS, _AMOUNT, _CH, _CA, _SE = range(5)
 
