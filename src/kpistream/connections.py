@@ -260,7 +260,8 @@ async def check_redis(settings: Settings, *, writes: bool = True) -> None:
 def _redis_location(settings: Settings) -> str:
     url = settings.redis_url.get_secret_value()
     scheme, _, rest = url.partition("://")
-    return f"{scheme}://{rest.rpartition('@')[2]}"  # user and password left out
+    # user, password and query (``?password=`` is one too) left out
+    return f"{scheme}://{rest.rpartition('@')[2].partition('?')[0]}"
 
 
 # --- web port ----------------------------------------------------------------------------

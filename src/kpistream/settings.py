@@ -464,6 +464,11 @@ def _env_ci(name: str) -> str | None:
     return next((value for key, value in os.environ.items() if key.upper() == upper), None)
 
 
+# query parameters of a URL that carry a credential (redis-py reads ``?password=``)
+_SECRET_QUERY = re.compile(r"([?&][^=&#]*(?:pass|secret|token|key)[^=&#]*=)[^&#]*", re.I)
+
+
 def _mask_url(url: str) -> str:
-    """Hide a password in ``scheme://user:password@host`` but keep the rest readable."""
-    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+    """Hide a password in ``scheme://user:password@host`` or in a query parameter
+    (``?password=``) but keep the rest readable."""
+    return _SECRET_QUERY.sub(r"\1***", re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url))

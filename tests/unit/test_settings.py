@@ -53,6 +53,14 @@ def test_secrets_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "hunter2" not in repr(Settings())
 
 
+def test_a_password_in_the_url_query_is_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KPISTREAM_REDIS_URL",
+                       "rediss://cache:6380/0?password=hunter2&ssl_cert_reqs=required")
+    masked = Settings().masked()
+    assert masked["redis_url"] == "rediss://cache:6380/0?password=***&ssl_cert_reqs=required"
+    assert "hunter2" not in repr(Settings())
+
+
 def test_currency_rates_must_be_positive_iso_codes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KPISTREAM_CURRENCY_RATES", '{"EUR": 1, "usd": 0.9}')
     with pytest.raises(ValidationError):
