@@ -15,14 +15,20 @@
 - :class:`CustomerPack`: the customer stage's changelog record: the new versions of the
   customers one batch changed, and the partition's header.
 
-All of them are JSON arrays (orjson): compact, and readable with any Kafka tool when debugging.
+All of them but the roll-up message are JSON arrays (orjson): compact, and readable with any
+Kafka tool when debugging. The roll-up message is binary (see ``encode_rollup``: most of the
+values kpistream moves are in it).
 """
 
 from __future__ import annotations
 
+import struct
+import sys
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from sys import intern
-from typing import Any
+from typing import Any, overload
 
 import orjson
 
@@ -100,6 +106,7 @@ def decode_event_pack(data: bytes) -> EventPack:
 
 
 Sums = tuple[float, ...]
+SumsVector = Sequence[float]  # a tuple, or an array of doubles as the roll-up holds them
 
 
 # Not frozen: one is built per event or bucket value, and a frozen dataclass takes
@@ -112,7 +119,49 @@ class BucketValue:
     dimension: str
     group: str
     bucket: int
-    sums: Sums
+    sums: SumsVector
+
+
+class BucketValues(Sequence[BucketValue]):
+    """The values of a decoded roll-up message, in columns: every name once, three name
+    indexes and a bucket per value, and all sums end to end, ``width`` doubles each. Read
+    by :meth:`columns` (the roll-up's loop); indexing builds :class:`BucketValue` objects."""
+
+    __slots__ = ("buckets", "keys", "names", "sums", "width")
+
+    def __init__(self, names: list[str], keys: array[int], buckets: array[int],
+                 sums: array[float], width: int) -> None:
+        self.names, self.keys, self.buckets, self.sums, self.width = (names, keys, buckets,
+                                                                       sums, width)
+
+    def __len__(self) -> int:
+        return len(self.buckets)
+
+    @overload
+    def __getitem__(self, i: int) -> BucketValue: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[BucketValue]: ...
+
+    def __getitem__(self, i: int | slice) -> BucketValue | list[BucketValue]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        names, keys, w = self.names, self.keys, self.width
+        return BucketValue(names[keys[3 * i]], names[keys[3 * i + 1]], names[keys[3 * i + 2]],
+                           self.buckets[i], tuple(self.sums[i * w:(i + 1) * w]))
+
+    def columns(self) -> Iterator[tuple[str, str, str, int, array[float]]]:
+        """(window, dimension, group, bucket, sums) per value; each ``sums`` is an array of
+        its own (a C copy: no float object per field)."""
+        names, sums, w = self.names, self.sums, self.width
+        keys = iter(self.keys)
+        j = 0
+        for window, dimension, group, bucket in zip(keys, keys, keys, self.buckets,
+                                                    strict=True):
+            yield names[window], names[dimension], names[group], bucket, sums[j:j + w]
+            j += w
 
 
 @dataclass(slots=True)
@@ -121,33 +170,105 @@ class RollupMessage:
     stamp: int
     event_time: int
     low_mark: int
-    values: list[BucketValue] = field(default_factory=list)
+    values: Sequence[BucketValue] = field(default_factory=list)
+
+
+# The roll-up topic carries the one binary format among the internal records: it holds most
+# of the values kpistream moves (~150 bucket values per message, 16 doubles each), and as JSON
+# their decoding was the roll-up's largest cost (~1.7 µs a value, half of it building float
+# objects; docs/benchmarks.md, seventh session). Layout, little-endian:
+#   header  version u8, source i32, stamp i64, event time i64, low mark i64,
+#           names u32, values u32, width u16
+#   names   per name: length u32, UTF-8 bytes (windows, dimensions and groups, each once)
+#   keys    per value: window, dimension and group name indexes, u32 each
+#   buckets per value: i64
+#   sums    per value: ``width`` float64
+# A record that starts with ``[`` is the JSON format of earlier versions, still read.
+ROLLUP_VERSION = 1
+_ROLLUP_HEADER = struct.Struct("<BiqqqIIH")
+_NAME_LENGTH = struct.Struct("<I")
+_NATIVE_LITTLE = sys.byteorder == "little"
+assert array("I").itemsize == 4 and array("q").itemsize == 8 and array("d").itemsize == 8
+
+
+def _little(values: array[Any]) -> bytes:
+    if not _NATIVE_LITTLE:
+        values = array(values.typecode, values)
+        values.byteswap()
+    return values.tobytes()
+
+
+def _from_little(typecode: str, data: memoryview) -> array[Any]:
+    values = array(typecode)
+    values.frombytes(data)
+    if not _NATIVE_LITTLE:
+        values.byteswap()
+    return values
 
 
 def encode_rollup(message: RollupMessage) -> bytes:
-    return orjson.dumps([message.source, message.stamp, message.event_time, message.low_mark,
-                         [[v.window, v.dimension, v.group, v.bucket, *v.sums]
-                          for v in message.values]])
-
-
-# Whole-number sums (counts, and every field a bucket does not use, which is most of them)
-# decode to these shared objects instead of a new float each: the roll-up holds a sums vector
-# per bucket per source for as long as the largest window, and 24 bytes per float were most
-# of its memory.
-SHARED_FLOATS: dict[float, float] = {float(i): float(i) for i in range(4097)}
-
-
-def shared_floats(sums: Sums | list[float]) -> Sums:
-    """``sums`` with its whole numbers replaced by the shared objects (equal values)."""
-    return tuple(map(SHARED_FLOATS.get, sums, sums))
+    names: list[str] = []
+    index: dict[str, int] = {}
+    keys: array[int] = array("I")
+    buckets: array[int] = array("q")
+    sums: array[float] = array("d")
+    width = 0
+    for value in message.values:
+        for name in (value.window, value.dimension, value.group):
+            i = index.get(name)
+            if i is None:
+                i = index[name] = len(names)
+                names.append(name)
+            keys.append(i)
+        buckets.append(value.bucket)
+        if not width:
+            width = len(value.sums)
+        elif len(value.sums) != width:
+            raise ValueError(f"roll-up values of {width} and of {len(value.sums)} sums")
+        sums.extend(value.sums)
+    parts = [_ROLLUP_HEADER.pack(ROLLUP_VERSION, message.source, message.stamp,
+                                 message.event_time, message.low_mark, len(names),
+                                 len(buckets), width)]
+    for name in names:
+        encoded = name.encode()
+        parts += (_NAME_LENGTH.pack(len(encoded)), encoded)
+    parts += (_little(keys), _little(buckets), _little(sums))
+    return b"".join(parts)
 
 
 def decode_rollup(data: bytes) -> RollupMessage:
     """Names are interned: the roll-up keys every held value by them."""
+    if data[:1] == b"[":
+        return decode_rollup(encode_rollup(_decode_rollup_json(data)))
+    version, source, stamp, event_time, low_mark, n_names, n_values, width = (
+        _ROLLUP_HEADER.unpack_from(data))
+    if version != ROLLUP_VERSION:
+        raise ValueError(f"roll-up message of format version {version}, "
+                         f"this worker reads {ROLLUP_VERSION}")
+    view = memoryview(data)
+    pos = _ROLLUP_HEADER.size
+    names = []
+    for _ in range(n_names):
+        (length,) = _NAME_LENGTH.unpack_from(data, pos)
+        pos += _NAME_LENGTH.size
+        names.append(intern(str(view[pos:pos + length], "utf-8")))
+        pos += length
+    columns = []
+    for typecode, size in (("I", 12 * n_values), ("q", 8 * n_values),
+                           ("d", 8 * n_values * width)):
+        columns.append(_from_little(typecode, view[pos:pos + size]))
+        pos += size
+    if pos != len(data):
+        raise ValueError(f"roll-up message of {len(data)} bytes, its header says {pos}")
+    keys, buckets, sums = columns
+    return RollupMessage(source, stamp, event_time, low_mark,
+                         BucketValues(names, keys, buckets, sums, width))
+
+
+def _decode_rollup_json(data: bytes) -> RollupMessage:
     source, stamp, event_time, low_mark, values = orjson.loads(data)
     return RollupMessage(source, stamp, event_time, low_mark,
-                         [BucketValue(intern(v[0]), intern(v[1]), intern(v[2]), v[3],
-                                      shared_floats(v[4:])) for v in values])
+                         [BucketValue(v[0], v[1], v[2], v[3], tuple(v[4:])) for v in values])
 
 
 @dataclass(slots=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import faust
 
@@ -52,10 +52,12 @@ def rollup_messages(p: int, result: BatchResult, partitions: int,
     messages: dict[int, RollupMessage] = {}
     for row, updates in result.updates.items():
         q = row_partition(row, partitions)
-        message = messages.setdefault(q, RollupMessage(p, stamp, result.stream_time,
-                                                       result.low_mark))
-        message.values.extend(BucketValue(u.window, row[0], row[1], u.bucket, u.sums)
-                              for u in updates)
+        message = messages.get(q)
+        if message is None:
+            message = messages[q] = RollupMessage(p, stamp, result.stream_time,
+                                                  result.low_mark, [])
+        values = cast(list[BucketValue], message.values)  # built here as a list
+        values.extend(BucketValue(u.window, row[0], row[1], u.bucket, u.sums) for u in updates)
     marks = (result.stream_time, result.low_mark)
     for q in range(partitions):
         if q not in messages and last_sent.get(q) != marks:

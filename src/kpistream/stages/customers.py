@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import faust
 
@@ -38,10 +38,11 @@ def customer_rollup_messages(r: int, result: CustomerResult,
     messages: dict[int, RollupMessage] = {}
     for row, updates in result.updates.items():
         q = row_partition(row, partitions)
-        message = messages.setdefault(q, RollupMessage(partitions + r, stamp, NO_TIME,
-                                                       ALL_READ))
-        message.values.extend(BucketValue(u.window, row[0], row[1], u.bucket, u.sums)
-                              for u in updates)
+        message = messages.get(q)
+        if message is None:
+            message = messages[q] = RollupMessage(partitions + r, stamp, NO_TIME, ALL_READ, [])
+        values = cast(list[BucketValue], message.values)  # built here as a list
+        values.extend(BucketValue(u.window, row[0], row[1], u.bucket, u.sums) for u in updates)
     return messages
 
 

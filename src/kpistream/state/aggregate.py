@@ -42,6 +42,7 @@ from kpistream.contracts.wire import (
     AggregatePack,
     CustomerFact,
     EventPack,
+    SumsVector,
     decode_aggregate_pack,
     encode_aggregate_pack,
 )
@@ -49,7 +50,6 @@ from kpistream.settings import Settings
 from kpistream.state.buckets import (
     ZERO,
     RowId,
-    Sums,
     bucket_expired,
     bucket_start,
     contribution_items,
@@ -85,7 +85,7 @@ class BucketUpdate:
     window: str
     bucket: int
     offset: int
-    sums: Sums
+    sums: SumsVector
 
 
 @dataclass(slots=True)
@@ -404,8 +404,8 @@ class PartitionAggregator:
             if sums is None:
                 continue
             window, dimension, group, bucket = key
-            updates[(dimension, group)].append(BucketUpdate(window, bucket, stamp,
-                                                            tuple(sums)))
+            # a copy (C memcpy): the bucket goes on changing
+            updates[(dimension, group)].append(BucketUpdate(window, bucket, stamp, sums[:]))
         return dict(updates)
 
     def _apply(self, state: PartitionState, event: Event, t_eff: int, touched: set[BucketKey],

@@ -33,6 +33,7 @@ loses it (the customer stage ignores a cost it holds).
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -41,10 +42,11 @@ import orjson
 from kpistream.contracts.wire import (
     ALL_READ,
     NO_TIME,
+    BucketValues,
     CampaignDayCost,
     RollupMessage,
+    SumsVector,
     decode_rollup,
-    shared_floats,
 )
 from kpistream.kpi.formulas import SUM_FIELDS
 from kpistream.settings import Settings, WindowSpec
@@ -67,13 +69,15 @@ class WindowBuckets:
     aggregate batch): summing at each one was the roll-up's hottest line (18 % of a
     worker's samples while it drained a backlog, docs/benchmarks.md)."""
 
-    by_source: dict[int, dict[int, Sums]] = field(default_factory=dict)
-    summed: dict[int, Sums] = field(default_factory=dict)
+    # arrays of doubles as decoded (no float object per field: the roll-up holds a vector
+    # per bucket per source for as long as the largest window)
+    by_source: dict[int, dict[int, SumsVector]] = field(default_factory=dict)
+    summed: dict[int, SumsVector] = field(default_factory=dict)
     # buckets set since the last read, in the order they were first set: a new bucket
     # enters ``summed`` in that order, as it would have if summed at once
     stale: dict[int, None] = field(default_factory=dict)
 
-    def set(self, bucket: int, source: int, sums: Sums) -> None:
+    def set(self, bucket: int, source: int, sums: SumsVector) -> None:
         sources = self.by_source.get(bucket)
         if sources is None:
             sources = self.by_source[bucket] = {}
@@ -81,7 +85,7 @@ class WindowBuckets:
         self.stale[bucket] = None
 
     @property
-    def totals(self) -> dict[int, Sums]:
+    def totals(self) -> dict[int, SumsVector]:
         """Per bucket, the sum over its sources (in the order buckets were first set)."""
         if self.stale:
             by_source, summed = self.by_source, self.summed
@@ -89,8 +93,7 @@ class WindowBuckets:
                 sources = by_source[bucket]
                 # zip/sum runs in C
                 summed[bucket] = (next(iter(sources.values())) if len(sources) == 1 else
-                                  shared_floats(tuple(map(sum, zip(*sources.values(),
-                                                                   strict=True)))))
+                                  array("d", map(sum, zip(*sources.values(), strict=True))))
             self.stale.clear()
         return self.summed
 
@@ -226,12 +229,14 @@ class RollupState:
         plog.dead.discard(seq)
         plog.last_seq = seq if plog.last_seq is None else max(plog.last_seq, seq)
         reaches = self.bucket_reach
-        for value in message.values:
-            reach = reaches.get(value.window)
+        values = message.values
+        assert isinstance(values, BucketValues)  # as decoded
+        for window, dimension, group, bucket, sums in values.columns():
+            reach = reaches.get(window)
             # bucket_expired, inline: this runs for every value of every message
-            if reach is None or (t != NO_TIME and value.bucket + reach[0] <= t - reach[1]):
+            if reach is None or (t != NO_TIME and bucket + reach[0] <= t - reach[1]):
                 continue
-            key = (value.window, value.dimension, value.group, value.bucket, source)
+            key = (window, dimension, group, bucket, source)
             held = plog.entries.get(key)
             if held is not None:
                 if held[0] >= stamp:
@@ -239,16 +244,16 @@ class RollupState:
                 plog.release(held[1])
             plog.entries[key] = (stamp, seq)
             plog.refs[seq] += 1
-            row = (value.dimension, value.group)
+            row = (dimension, group)
             # get-then-create: a setdefault default would build a WindowBuckets per value
             windows = rows.get(row)
             if windows is None:
                 windows = rows[row] = {}
-            buckets = windows.get(value.window)
+            buckets = windows.get(window)
             if buckets is None:
-                buckets = windows[value.window] = WindowBuckets()
-            buckets.set(value.bucket, source, value.sums)
-            dirty.add((row, value.window))
+                buckets = windows[window] = WindowBuckets()
+            buckets.set(bucket, source, sums)
+            dirty.add((row, window))
         mark = plog.marks.get(source)
         if mark is None or (stamp, seq) >= (mark.stamp, mark.seq):
             plog.marks[source] = SourceMark(stamp, seq, message.event_time, message.low_mark)

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from kpistream.contracts.records import Order, Source, Spend, Survey
 from kpistream.contracts.wire import (
+    ALL_READ,
+    NO_TIME,
     AggregatePack,
     BucketValue,
+    BucketValues,
     CampaignDayCost,
     CustomerFacts,
     CustomerPack,
@@ -52,12 +59,44 @@ def test_event_pack_round_trip(raw_partitions: int, pack_marks: list[RawMark],
     assert decode_event_pack(encode_event_pack(pack)) == pack
 
 
-@given(st.integers(0, 100), times, times, times,
-       st.lists(st.builds(BucketValue, text, text, text, times, sums), max_size=6))
+marked_times = times | st.sampled_from([NO_TIME, ALL_READ, -1])
+names = st.sampled_from(["5m", "1h", "all", "campaign", "c-1"]) | st.text(max_size=12)
+
+
+def fields_of(message: RollupMessage) -> tuple[Any, ...]:
+    return (message.source, message.stamp, message.event_time, message.low_mark,
+            list(message.values))
+
+
+@given(st.integers(0, 100), marked_times, marked_times, marked_times,
+       st.lists(st.builds(BucketValue, names, names, names, times, sums), max_size=6))
 def test_rollup_message_round_trip(source: int, stamp: int, event_time: int, low: int,
                                    values: list[BucketValue]) -> None:
     message = RollupMessage(source, stamp, event_time, low, values)
-    assert decode_rollup(encode_rollup(message)) == message
+    decoded = decode_rollup(encode_rollup(message))
+    assert fields_of(decoded) == fields_of(message)
+    assert isinstance(decoded.values, BucketValues)
+    assert [(v.window, v.dimension, v.group, v.bucket, v.sums) for v in values] == [
+        (w, d, g, b, tuple(s)) for w, d, g, b, s in decoded.values.columns()]
+    # the JSON format of earlier versions (a changelog written before) still reads
+    legacy = orjson.dumps([source, stamp, event_time, low,
+                           [[v.window, v.dimension, v.group, v.bucket, *v.sums]
+                            for v in values]])
+    assert fields_of(decode_rollup(legacy)) == fields_of(message)
+
+
+def test_a_damaged_rollup_message_is_an_error_naming_it() -> None:
+    data = encode_rollup(RollupMessage(1, 2, 3, 4, [BucketValue("5m", "all", "all", 0,
+                                                                (1.0,) * 16)]))
+    with pytest.raises(ValueError, match="header says"):
+        decode_rollup(data[:-8])
+    with pytest.raises(ValueError, match="format version 9"):
+        decode_rollup(b"\x09" + data[1:])
+    with pytest.raises(ValueError, match="of 16 and of 2 sums"):
+        encode_rollup(RollupMessage(1, 2, 3, 4, [BucketValue("5m", "all", "all", 0,
+                                                             (1.0,) * 16),
+                                                 BucketValue("5m", "all", "all", 1,
+                                                             (1.0, 2.0))]))
 
 
 @given(times, times,
