@@ -143,7 +143,7 @@ class Tables:
         aggregate = table("aggregate-packs", "applied batches of each events partition",
                           "raw", grows=True)
         rollup = table("rollup-messages", "current roll-up messages of each row partition",
-                       "raw")
+                       "raw", grows=True)
         customers = table("customer-packs", "current customer versions of each customers "
                           "partition", "raw", grows=True)
         return cls(
