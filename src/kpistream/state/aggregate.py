@@ -67,6 +67,7 @@ __all__ = ["NO_TIME", "BatchResult", "BucketUpdate", "PartitionAggregator", "Ver
 # order id-record fields
 _P_TS, _AMOUNT, _CH, _CA, _SE, _C_TS, _MATCHED, _CUSTOMER = range(8)
 Effect = tuple[int, Event, int, int]  # sign, event, events offset, item index
+NEVER = 2**63  # a reach no bucket is ever behind by
 
 
 # Not frozen: one is built per event or bucket value, and a frozen dataclass takes
@@ -216,13 +217,24 @@ class PartitionAggregator:
             old.ids.close()
         drops = self.drops.get(p, 0)
         state = PartitionState(ids=self.id_maps(p))
-        for seq, data in self.log.load(p):
+        packs = self.log.load(p)
+        # Buckets that expire as soon as the rebuild ends (below) are not filled at all: the
+        # newest pack's header says when that is. The largest window is filled whole, as its
+        # campaign buckets may stay past their expiry (attribution days). With a day in
+        # retention this skips most of the two smaller windows' work.
+        t_end = NO_TIME
+        if packs:
+            t_end = self.expiry_time(self._header_state(decode_aggregate_pack(packs[-1][1])),
+                                     now_ms)
+        reaches = [(name, step, NEVER if name == self.attribution_window else reach)
+                   for name, step, reach in self.bucket_reach]
+        for seq, data in packs:
             pack = decode_aggregate_pack(data)
             for key, record in pack.ids:
                 state.ids.put(key, record)
             state.ids.flush()
             for sign, event, _, _ in pack.effects:
-                self._add(state, event, sign, None, NO_TIME)
+                self._add(state, event, sign, None, t_end, reaches)
             state.applied, state.stream_time = pack.offset, pack.stream_time
             state.high_water, state.counts = pack.high_water, pack.counts
             state.marks, state.raw_partitions = pack.marks, pack.raw_partitions
@@ -243,6 +255,12 @@ class PartitionAggregator:
         # events of (``dropped_below``), so that what is re-sent is whole.
         self._expire_buckets(state, self.expiry_time(state, now_ms),
                              keep_from=state.dropped_below)
+
+    @staticmethod
+    def _header_state(pack: AggregatePack) -> PartitionState:
+        """What a pack's header says of its partition's times (no ids, no buckets)."""
+        return PartitionState(applied=pack.offset, stream_time=pack.stream_time,
+                              marks=pack.marks, raw_partitions=pack.raw_partitions)
 
     def drop(self, partitions: set[int]) -> None:
         for p in partitions:
@@ -452,12 +470,13 @@ class PartitionAggregator:
         return "accepted"
 
     def _add(self, state: PartitionState, event: Event, sign: int,
-             touched: set[BucketKey] | None, t_eff: int) -> None:
+             touched: set[BucketKey] | None, t_eff: int,
+             reaches: list[tuple[str, int, int]] | None = None) -> None:
         vector = [(i, sign * amount) for i, amount in contribution_items(event)]
         rows = rows_of(event)
         buckets = state.buckets
         ts = event.ts
-        for name, step, reach in self.bucket_reach:
+        for name, step, reach in reaches or self.bucket_reach:
             bucket = ts - ts % step
             # bucket_expired, inline: this runs for every window of every event
             if t_eff != NO_TIME and bucket + step <= t_eff - reach:

@@ -239,3 +239,27 @@ def test_lateness_is_judged_against_what_the_edge_read_not_only_this_partition()
     held = behind.process(1, [(1, pack(order("old", T), order("fresh", T + 71 * HOUR),
                                        first=5))], T)
     assert [v.outcome for v in held.verdicts] == ["accepted", "accepted"]
+
+
+def test_a_rebuild_skips_only_buckets_that_expire_when_it_ends() -> None:
+    """A rebuild does not fill the buckets of the smaller windows that the end of the rebuild
+    expires anyway: the rebuilt buckets equal the live ones expired as a rebuild expires them
+    (campaign buckets of the largest window kept for attribution days included)."""
+    log = DictPackLog()
+    live = aggregator(log)
+    events = [Order(f"o{i}", T + i * 7 * 60_000, "placed", "c", 5.0, f"ch{i % 3}", f"c{i % 4}",
+                    f"s{i % 2}") for i in range(300)]  # 35 hours
+    read = [RawMark("orders", 0, events[-1].ts, True)]
+    for n in range(0, 300, 20):
+        live.process(0, [(n, pack(*events[n:n + 20], first=n,
+                                  marks=read if n == 280 else None))], T)
+    state = live.state(0, T)
+    live._expire_buckets(state, live.expiry_time(state, T), keep_from=state.dropped_below)
+    rebuilt = aggregator(DictPackLog())
+    rebuilt.log.data = dict(log.data)
+    again = rebuilt.state(0, T)
+    assert {k: list(v) for k, v in again.buckets.items()} == {
+        k: list(v) for k, v in state.buckets.items()}
+    assert any(k[0] == "5m" for k in again.buckets)  # the newest buckets of every window
+    assert any(k[:2] == ("24h", "campaign") and k[3] < events[-1].ts - 25 * HOUR
+               for k in again.buckets)  # an expired campaign bucket, kept for attribution
