@@ -396,6 +396,9 @@ class CustomerPack:
     moves: list[OrderEntry] = field(default_factory=list)
     # final campaign day costs that arrived in this batch: (campaign, day) -> cpo
     costs: list[tuple[str, int, float]] = field(default_factory=list)
+    # the low mark of every aggregate partition heard of (records of earlier versions have
+    # none: the stage then reads the topic again from the record after the header)
+    low_marks: dict[int, int] = field(default_factory=dict)
 
 
 def encode_customer_pack(pack: CustomerPack) -> bytes:
@@ -406,12 +409,14 @@ def encode_customer_pack(pack: CustomerPack) -> bytes:
          for customer, record in pack.customers],
         pack.moves,
         [list(cost) for cost in pack.costs],
+        [[p, low] for p, low in pack.low_marks.items()],
     ])
 
 
 def decode_customer_pack(data: bytes) -> CustomerPack:
-    seq, stream_time, high_water, customers, moves, costs = orjson.loads(data)
+    seq, stream_time, high_water, customers, moves, costs, *rest = orjson.loads(data)
     return CustomerPack(seq, stream_time, {p: (o, i) for p, o, i in high_water},
                         [(customer, None if body is None else CustomerRecord(*body))
                          for customer, body in customers], moves,
-                        [(c, d, cpo) for c, d, cpo in costs])
+                        [(c, d, cpo) for c, d, cpo in costs],
+                        {p: low for p, low in rest[0]} if rest else {})

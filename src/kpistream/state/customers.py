@@ -269,6 +269,7 @@ class CustomerState:
             state.applied, state.stream_time = pack.seq, pack.stream_time
             state.header = pack.seq
             state.high_water = pack.high_water
+            state.low_marks.update(pack.low_marks)
             customers.flush()
             yield
         t = self.time(state, now_ms)
@@ -378,14 +379,19 @@ class CustomerState:
         if new_costs:
             state.customers.flush()  # the scan sees what was flushed
             state.changed |= self._costed_customers(state, new_costs)
-        if last is not None and (changed or moves or new_costs):
+        # A record for every applied batch, also one that changed only low marks (a header
+        # with them): a partition rebuilt from the changelog then expects the offset after
+        # the last batch its previous owner committed. (Without it the new owner had to seek
+        # back over the batches of low marks, and faust sometimes delivered nothing after
+        # that seek: commits of the partition stalled.)
+        if last is not None:
             for customer in changed:
                 record = state.customers.get(customer)
                 if record is not None:
                     self._stamp(state, record)
             pack = CustomerPack(last, state.stream_time, dict(state.high_water),
                                 [(c, state.customers.get(c)) for c in sorted(changed)], moves,
-                                new_costs)
+                                new_costs, dict(state.low_marks))
             self.log.put(r, last, encode_customer_pack(pack))
             state.refs.setdefault(last, 0)
             if new_costs:
@@ -399,7 +405,6 @@ class CustomerState:
             state.expired.clear()
         state.customers.flush()
         if last is not None:
-            # A batch of low marks only writes nothing: after a restart it is read again.
             state.applied = last
         if replayed_from is not None:  # the first run's roll-up messages may be lost
             touched |= self._moved_since(r, state, replayed_from)

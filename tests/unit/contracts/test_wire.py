@@ -140,8 +140,13 @@ records = st.builds(
                                                      st.integers(0, 10_000)), max_size=4),
        st.lists(st.tuples(text, st.none() | records), max_size=4),
        st.lists(st.tuples(times, amounts, text, text, text).map(list), max_size=3),
-       st.lists(st.tuples(text, times, amounts), max_size=3))
+       st.lists(st.tuples(text, times, amounts), max_size=3),
+       st.dictionaries(st.integers(0, 99), marked_times, max_size=4))
 def test_customer_pack_round_trip(seq: int, stream_time: int, high_water: dict,
-                                  customers: list, moves: list, pack_costs: list) -> None:
-    pack = CustomerPack(seq, stream_time, high_water, customers, moves, pack_costs)
+                                  customers: list, moves: list, pack_costs: list,
+                                  low_marks: dict) -> None:
+    pack = CustomerPack(seq, stream_time, high_water, customers, moves, pack_costs, low_marks)
     assert decode_customer_pack(encode_customer_pack(pack)) == pack
+    # a record of an earlier version, without low marks, still reads
+    legacy = orjson.loads(encode_customer_pack(pack))[:6]
+    assert decode_customer_pack(orjson.dumps(legacy)).low_marks == {}

@@ -247,3 +247,21 @@ def test_a_rebuild_runs_in_steps_and_one_dropped_meanwhile_is_discarded(
     list(steps)
     assert 0 not in again.parts
     assert again.expected(0, 0) == 3  # a later load starts afresh
+
+
+def test_a_batch_of_low_marks_only_is_recorded_so_a_new_owner_expects_the_next_offset(
+        make: MakeState) -> None:
+    """A batch that changes only low marks still writes a header record with them: a worker
+    that takes the partition over rebuilds the low marks and expects the offset after the
+    last batch its previous owner committed, so it never has to seek back over it."""
+    settings = Settings(windows=("1h/1m",), clock="event", partitions=2)
+    state = make(settings)
+    state.process(0, [(0, CustomerFacts(0, [(1, 0, 1, order("o1", 0))], low_mark=10 * MIN))],
+                  0)
+    state.process(0, [(1, CustomerFacts(0, [], low_mark=20 * MIN)),
+                      (2, CustomerFacts(1, [], low_mark=30 * MIN))], 0)
+    successor = make(settings, state.log)
+    successor.load(0, 0)
+    assert successor.expected(0, 0) == 3
+    assert successor.parts[0].low_marks == {0: 20 * MIN, 1: 30 * MIN}
+    assert names(successor) == {"c1"}
