@@ -33,6 +33,7 @@ from typing import Any, overload
 import orjson
 
 from kpistream.contracts.records import Event, Order, Source, Spend, Survey
+from kpistream.encoding import json_bytes
 
 NO_TIME = -(2**62)
 ALL_READ = 2**62  # low mark of a partition whose every raw input partition is read to its end
@@ -90,7 +91,7 @@ def encode_event_pack(pack: EventPack) -> bytes:
                   source.value_base64]
         items.append([*coords, body] if isinstance(body, str) else [*coords,
                                                                      event_fields(body)])
-    return orjson.dumps([pack.raw_partitions,
+    return json_bytes([pack.raw_partitions,
                          [[m.topic, m.partition, m.newest_ts, m.at_end] for m in pack.marks],
                          items])
 
@@ -292,7 +293,7 @@ class AggregatePack:
 
 
 def encode_aggregate_pack(pack: AggregatePack) -> bytes:
-    return orjson.dumps([
+    return json_bytes([
         pack.offset, pack.stream_time,
         [[t, p, o] for (t, p), o in pack.high_water.items()],
         [[t, outcome, n] for (t, outcome), n in pack.counts.items()],
@@ -353,7 +354,7 @@ class CustomerFacts:
 
 
 def encode_customer_facts(message: CustomerFacts) -> bytes:
-    return orjson.dumps([message.source, [[o, i, sign, event_fields(event)]
+    return json_bytes([message.source, [[o, i, sign, event_fields(event)]
                                           for o, i, sign, event in message.facts],
                          message.low_mark,
                          [[c.campaign, c.day, c.cpo, c.spend, c.orders]
@@ -402,7 +403,7 @@ class CustomerPack:
 
 
 def encode_customer_pack(pack: CustomerPack) -> bytes:
-    return orjson.dumps([
+    return json_bytes([
         pack.seq, pack.stream_time,
         [[p, o, i] for p, (o, i) in pack.high_water.items()],
         [[customer, None if record is None else [record.orders, record.responses]]

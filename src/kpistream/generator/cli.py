@@ -6,9 +6,9 @@ import argparse
 import asyncio
 import sys
 
-import orjson
 from rich.progress import Progress
 
+from kpistream.encoding import json_bytes
 from kpistream.generator.producer import produce
 from kpistream.generator.traffic import (
     HOUR_MS,
@@ -79,7 +79,7 @@ def run_generate(settings: Settings, args: argparse.Namespace) -> int:
     if args.jsonl:
         with open(args.jsonl, "wb") as out:
             for record in records:
-                out.write(orjson.dumps({"kind": record.kind, "value": record.value}) + b"\n")
+                out.write(json_bytes({"kind": record.kind, "value": record.value}) + b"\n")
         print(f"wrote {len(records)} records to {args.jsonl}")
         return 0
     with Progress() as progress:

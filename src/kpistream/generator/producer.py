@@ -6,10 +6,10 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 
-import orjson
 from aiokafka import AIOKafkaProducer
 
 from kpistream.connections import kafka_options
+from kpistream.encoding import json_bytes
 from kpistream.generator.traffic import Record, event_time_ms
 from kpistream.settings import Settings
 
@@ -43,7 +43,7 @@ async def produce(settings: Settings, records: Iterable[Record], *,
             if keyed:
                 ident = next((str(v) for k, v in record.value.items() if k.endswith("_id")), None)
                 key = ident.encode() if ident else None
-            await producer.send(topic_of(settings, record.kind), orjson.dumps(record.value),
+            await producer.send(topic_of(settings, record.kind), json_bytes(record.value),
                                 key=key)
             sent += 1
             if on_sent is not None:

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import base64
 
-import orjson
-
 from kpistream.contracts.records import Source
+from kpistream.encoding import json_bytes
 from kpistream.ingest.validate import ErrorCode
 from kpistream.observability.logs import RateLimitedLog
 from kpistream.outbox import Outbox
@@ -41,7 +40,7 @@ def source_from_message(
 
 def dlq_record(error: ErrorCode, detail: str, source: Source, received_at: int) -> bytes:
     """The JSON value of a dead-letter record."""
-    return orjson.dumps({
+    return json_bytes({
         "error": error,
         "detail": detail,
         "topic": source.topic,

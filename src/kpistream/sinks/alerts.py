@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 
-import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from kpistream.encoding import json_bytes
 from kpistream.settings import Settings
 from kpistream.sinks.base import AlertMessage, Backoff, Publication
 from kpistream.sinks.redis import BACKOFF_INITIAL_S, BACKOFF_MAX_S, redis_failure
@@ -40,7 +40,7 @@ class RedisAlertSink:
         try:
             async with self.client.pipeline(transaction=True) as pipe:
                 for message in batch:
-                    body = orjson.dumps(message)
+                    body = json_bytes(message)
                     hash_key = f"{prefix}:alert:{message['dimension']}:{message['group']}"
                     pipe.xadd(f"{prefix}:alerts", {"alert": body},
                               maxlen=self.settings.alert_redis_stream_maxlen, approximate=True)

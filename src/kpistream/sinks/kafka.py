@@ -7,9 +7,9 @@ on the compacted topic; an alert message may repeat and carries its episode's id
 
 from __future__ import annotations
 
-import orjson
 from aiokafka.errors import KafkaError
 
+from kpistream.encoding import json_bytes
 from kpistream.outbox import Outbox
 from kpistream.settings import Settings
 from kpistream.sinks.base import Backoff, Publication, SinkUnavailable
@@ -35,13 +35,13 @@ class KafkaOutputSink:
     def write(self, publication: Publication) -> None:
         for change in publication.rows:
             key = f"{change.window}|{change.dimension}|{change.group}".encode()
-            value = orjson.dumps(change.message) if change.message is not None else None
+            value = json_bytes(change.message) if change.message is not None else None
             self.pending.append((self.rows_topic, key, value))
         for message in publication.alerts:
             key = f"{message['dimension']}|{message['group']}".encode()
-            self.pending.append((self.alerts_topic, key, orjson.dumps(message)))
+            self.pending.append((self.alerts_topic, key, json_bytes(message)))
         for profile in publication.profiles:
-            value = None if profile.message is None else orjson.dumps(profile.message)
+            value = None if profile.message is None else json_bytes(profile.message)
             self.pending.append((self.profiles_topic, profile.customer_id.encode(), value))
 
     async def flush(self) -> None:

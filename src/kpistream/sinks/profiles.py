@@ -20,10 +20,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from kpistream.encoding import json_bytes
 from kpistream.kpi.profiles import RANKINGS, ProfileChange
 from kpistream.kpi.rows import hash_fields
 from kpistream.settings import Settings
@@ -94,7 +94,7 @@ def profile_payload(changes: list[ProfileChange]) -> bytes:
         scores = [message.get(field) for field in RANKINGS]
         out.append([change.customer_id, message.get("segment"), hash_fields(message),
                     [None if score is None else repr(float(score)) for score in scores]])
-    return orjson.dumps([RANKINGS, out])
+    return json_bytes([RANKINGS, out])
 
 
 class RedisProfileSink:

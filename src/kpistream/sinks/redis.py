@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from kpistream.encoding import json_bytes
 from kpistream.kpi.rows import RowChange, hash_fields
 from kpistream.settings import Settings
 from kpistream.sinks.base import Backoff, Publication, SinkUnavailable
@@ -96,7 +96,7 @@ class RedisRowSink:
                     pipe.sadd(index, change.group)
                 else:
                     pipe.srem(index, change.group)
-                payload = orjson.dumps(change.message if change.message is not None else {
+                payload = json_bytes(change.message if change.message is not None else {
                     "window": change.window, "dimension": change.dimension,
                     "group": change.group, "deleted": True, "schema_version": 1})
                 pipe.publish(self.channel, payload)

@@ -43,6 +43,7 @@ from rocksdict import (
 )
 
 from kpistream.contracts.wire import CustomerRecord
+from kpistream.encoding import json_bytes
 from kpistream.settings import Settings
 from kpistream.state.aggregate import DictIdMap, IdMaps, record_time
 from kpistream.state.customers import CustomerMaps, DictCustomerMap, last_activity
@@ -260,7 +261,7 @@ class RocksCustomerMap(_TimedRecords[CustomerRecord]):
         return CustomerRecord(orders, responses, first)
 
     def encode(self, value: CustomerRecord) -> tuple[bytes, int]:
-        return (orjson.dumps([value.orders, value.responses, value.first]),
+        return (json_bytes([value.orders, value.responses, value.first]),
                 last_activity(value))
 
     def inactive_before(self, horizon: int) -> list[str]:
@@ -290,7 +291,7 @@ class RocksIdMap(_TimedRecords[list[Any]]):
         return cast(list[Any], orjson.loads(raw))
 
     def encode(self, value: list[Any]) -> tuple[bytes, int]:
-        return orjson.dumps(value), record_time(value)
+        return json_bytes(value), record_time(value)
 
 
 def partition_stores(settings: Settings) -> PartitionStores:

@@ -48,6 +48,7 @@ from kpistream.contracts.wire import (
     SumsVector,
     decode_rollup,
 )
+from kpistream.encoding import json_bytes
 from kpistream.kpi.formulas import SUM_FIELDS
 from kpistream.settings import Settings, WindowSpec
 from kpistream.state.buckets import RowId, Sums, bucket_expired, total, window_end
@@ -142,7 +143,7 @@ class AttributionDays:
     final: list[CampaignDayCost] = field(default_factory=list)  # to send, not yet acked
 
     def encode(self) -> bytes:
-        return orjson.dumps([self.folded_through,
+        return json_bytes([self.folded_through,
                              [[c, d, *sums] for (c, d), sums in self.days.items()]])
 
     @classmethod

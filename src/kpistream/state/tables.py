@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
-import orjson
 from faust.types import TableT
 
 from kpistream.admin import PACKED_MAX_MESSAGE_BYTES
+from kpistream.encoding import json_bytes
 from kpistream.outbox import Outbox
 from kpistream.settings import Settings
 from kpistream.state.rocks import RocksTableData, TableData
@@ -52,13 +52,13 @@ class TableStore:
     def put(self, partition: int, key: str, value: list[Any]) -> None:
         self._dict[key] = value
         self._store._key_partition[key] = partition
-        self.outbox.send(self._changelog(), orjson.dumps(key), orjson.dumps(value), partition)
+        self.outbox.send(self._changelog(), json_bytes(key), json_bytes(value), partition)
 
     def delete(self, partition: int, key: str) -> None:
         if self._dict.pop(key, None) is None:
             return
         self._store._key_partition.pop(key, None)
-        self.outbox.send(self._changelog(), orjson.dumps(key), None, partition)
+        self.outbox.send(self._changelog(), json_bytes(key), None, partition)
 
     def keys_of(self, partition: int) -> Iterator[str]:
         prefix = f"{partition}{SEP}"
