@@ -14,6 +14,7 @@ from kpistream.contracts.wire import (
 )
 from kpistream.settings import Settings
 from kpistream.state.aggregate import PartitionAggregator
+from kpistream.state.buckets import bucket_expired
 from kpistream.state.rocks import RocksIdMap, RocksMemory
 from kpistream.state.store import DictPackLog
 
@@ -48,13 +49,35 @@ def test_one_changelog_record_per_batch_whatever_the_rows() -> None:
 def test_replayed_batch_is_not_applied_again_and_resends_its_buckets() -> None:
     log = DictPackLog()
     agg = aggregator(log)
-    batch = [(0, pack(order("a", T), Spend("s", T + 25 * HOUR, "c1", "search", 5.0)))]
+    batch = [(0, pack(order("a", T), Spend("s", T + 30_000, "c1", "search", 5.0)))]
     first = agg.process(0, batch, T)
     again = agg.process(0, batch, T)  # same internal offsets: a replay after a crash
     assert [v.outcome for v in first.verdicts] == ["accepted", "accepted"]
     assert again.verdicts == []  # neither counted nor dead-lettered again
     assert again.updates == first.updates  # absolute values re-sent for the lost messages
     assert agg.state(0, T).counts == {("orders", "accepted"): 2}
+
+
+def test_buckets_expire_at_the_end_of_the_batch_that_passes_them() -> None:
+    settings = Settings(clock="event")
+    agg = aggregator()
+    hours = [order(f"o{i}", T + i * HOUR // 4, ) for i in range(4 * 30)]  # 30 hours
+    for offset in range(0, len(hours), 8):
+        result = agg.process(0, [(offset, pack(*hours[offset:offset + 8], first=offset))], T)
+        state = agg.state(0, T)
+        t = agg.expiry_time(state, T)
+        specs = {spec.name: spec for spec in settings.window_specs}
+        # exactly the buckets a full sweep at this moment would leave
+        assert all(not bucket_expired(key[3], specs[key[0]], t, settings.grace_ms)
+                   for key in state.buckets)
+        assert {key for keys in state.bucket_index.values() for key in keys} == set(
+            state.buckets)
+        assert sum(len(keys) for keys in state.bucket_index.values()) == len(state.buckets)
+        # the batch's values were sent before its buckets went
+        assert {u.window for row in result.updates.values() for u in row} == set(specs)
+    windows = {key[0] for key in agg.state(0, T).buckets}
+    assert windows == set(specs)  # the newest buckets of every window stay
+    assert min(key[3] for key in agg.state(0, T).buckets if key[0] == "5m") > T + 29 * HOUR
 
 
 def test_redelivered_source_records_are_skipped_not_counted_as_duplicates() -> None:
@@ -254,12 +277,17 @@ def test_a_rebuild_skips_only_buckets_that_expire_when_it_ends() -> None:
         live.process(0, [(n, pack(*events[n:n + 20], first=n,
                                   marks=read if n == 280 else None))], T)
     state = live.state(0, T)
-    live._expire_buckets(state, live.expiry_time(state, T), keep_from=state.dropped_below)
     rebuilt = aggregator(DictPackLog())
     rebuilt.log.data = dict(log.data)
     again = rebuilt.state(0, T)
-    assert {k: list(v) for k, v in again.buckets.items()} == {
+    assert {k: list(again.buckets[k]) for k in state.buckets} == {
         k: list(v) for k, v in state.buckets.items()}
+    # beyond the live ones (expired at the end of their batch): only the expired campaign
+    # buckets of the largest window a rebuild keeps for attribution days
+    spec = {s.name: s for s in Settings(clock="event").window_specs}["24h"]
+    extra = set(again.buckets) - set(state.buckets)
+    assert extra and all(k[:2] == ("24h", "campaign") and bucket_expired(
+        k[3], spec, live.expiry_time(state, T), live.grace_ms) for k in extra)
     assert any(k[0] == "5m" for k in again.buckets)  # the newest buckets of every window
     assert any(k[:2] == ("24h", "campaign") and k[3] < events[-1].ts - 25 * HOUR
                for k in again.buckets)  # an expired campaign bucket, kept for attribution
