@@ -8,6 +8,7 @@ on the compacted topic; an alert message may repeat and carries its episode's id
 from __future__ import annotations
 
 from aiokafka.errors import KafkaError
+from faust.exceptions import ProducerSendError
 
 from kpistream.encoding import json_bytes
 from kpistream.outbox import Outbox
@@ -50,7 +51,10 @@ class KafkaOutputSink:
             self.outbox.send(topic, key, value)
         try:
             await self.outbox.flush()
-        except KafkaError as exc:
+        except (KafkaError, ProducerSendError) as exc:
+            # faust wraps what aiokafka raises in ProducerSendError (ProducerClosed while a
+            # worker stops, after a timer's publish began): the batch stays and is retried,
+            # or published by the partitions' next owner.
             raise SinkUnavailable(self.name, repr(exc), self.backoff.next()) from exc
         del self.pending[:len(batch)]
         self.backoff.reset()

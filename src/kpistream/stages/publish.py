@@ -162,8 +162,9 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
     @app.timer(settings.publish_interval_ms / 1000)  # type: ignore[untyped-decorator]
     async def publish() -> None:
         recovery = cast(Any, app.tables).recovery
-        if app.rebalancing or app.in_recovery or not recovery.completed.is_set():
-            return
+        if (app.should_stop or app.rebalancing or app.in_recovery
+                or not recovery.completed.is_set()):
+            return  # (a stopping worker's producer may be closed already)
         now = runtime.now_ms()
         current = assigned(settings.topic_rollup)
         for q in owned - current:

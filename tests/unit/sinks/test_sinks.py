@@ -10,7 +10,8 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka.errors import KafkaTimeoutError
+from aiokafka.errors import KafkaTimeoutError, ProducerClosed
+from faust.exceptions import ProducerSendError
 from prometheus_client import CollectorRegistry
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -72,7 +73,7 @@ class FakeOutbox:
     def __init__(self) -> None:
         self.queued: list[tuple[str, bytes | None, bytes | None]] = []
         self.acknowledged: list[tuple[str, bytes | None, bytes | None]] = []
-        self.fail = False
+        self.fail: Exception | None = None
 
     def send(self, topic: str, key: bytes | None, value: bytes | None) -> None:
         self.queued.append((topic, key, value))
@@ -80,7 +81,7 @@ class FakeOutbox:
     async def flush(self) -> None:
         items, self.queued = self.queued, []
         if self.fail:
-            raise KafkaTimeoutError()
+            raise self.fail
         self.acknowledged.extend(items)
 
 
@@ -189,15 +190,19 @@ def test_redis_alerts_in_order_with_the_hash_only_while_firing() -> None:
     assert not sink.pending
 
 
-def test_kafka_rows_and_alerts_are_kept_until_acknowledged() -> None:
+@pytest.mark.parametrize("error", [
+    KafkaTimeoutError(),
+    ProducerSendError(f"Error while sending: {ProducerClosed()!r}"),  # a worker stopping
+])
+def test_kafka_rows_and_alerts_are_kept_until_acknowledged(error: Exception) -> None:
     outbox = FakeOutbox()
     sink = KafkaOutputSink(SETTINGS, outbox)  # type: ignore[arg-type]
     sink.write(Publication([change("search", 1), change("email", None)], [alert("firing")]))
-    outbox.fail = True
+    outbox.fail = error
     with pytest.raises(SinkUnavailable) as failure:
         run(sink.flush())
     assert failure.value.sink == "kafka" and failure.value.retry_after > 0
-    outbox.fail = False
+    outbox.fail = None
     run(sink.flush())
     assert outbox.acknowledged == [
         ("updates", b"1h|channel|search", orjson.dumps(change("search", 1).message)),
