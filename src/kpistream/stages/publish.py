@@ -104,8 +104,8 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
             sizes["rollup", "rows"] += len(state.cache.get(q, ()))
             log = state.logs.get(q)
             if log is not None:
-                sizes["rollup", "values"] += len(log.entries)
-                sizes["rollup", "messages"] += len(log.refs)
+                sizes["rollup", "values"] += log.values
+                sizes["rollup", "messages"] += len(log.messages)
         return sizes
 
     runtime.registry.register(StateSizeCollector(state_sizes))

@@ -54,7 +54,6 @@ from kpistream.settings import Settings, WindowSpec
 from kpistream.state.buckets import RowId, Sums, bucket_expired, total, window_end
 from kpistream.state.store import PackLog
 
-EntryKey = tuple[str, str, str, int, int]  # window, dimension, group, bucket, source
 # The changelog key of a partition's attribution record: below every roll-up offset.
 ATTRIBUTION_SEQ = -1
 LOAD_STEP = 10  # roll-up messages applied between two steps of a rebuild
@@ -63,26 +62,44 @@ _SPEND = SUM_FIELDS.index("spend")
 
 
 @dataclass(slots=True)
+class HeldMessage:
+    """A roll-up message of a partition's changelog, and how many current values it holds
+    (every value refers to the one message it came in: a per-value ``(stamp, seq)`` and
+    an index by value key cost ~270 bytes a value, more than the value's own 16 doubles)."""
+
+    stamp: int
+    seq: int
+    values: int = 0
+
+
+HeldValue = tuple[HeldMessage, SumsVector]
+
+
+@dataclass(slots=True)
 class WindowBuckets:
-    """One row's buckets of one window: per bucket, per source partition, the sums; and per
-    bucket their total over the sources, summed when read. A backlog brings a bucket's new
-    value from each source several times between two reads (one roll-up message per
-    aggregate batch): summing at each one was the roll-up's hottest line (18 % of a
-    worker's samples while it drained a backlog, docs/benchmarks.md)."""
+    """One row's buckets of one window: per bucket, per source partition, the sums and the
+    message they came in; and per bucket their total over the sources, summed when read. A
+    backlog brings a bucket's new value from each source several times between two reads
+    (one roll-up message per aggregate batch): summing at each one was the roll-up's hottest
+    line (18 % of a worker's samples while it drained a backlog, docs/benchmarks.md)."""
 
     # arrays of doubles as decoded (no float object per field: the roll-up holds a vector
     # per bucket per source for as long as the largest window)
-    by_source: dict[int, dict[int, SumsVector]] = field(default_factory=dict)
+    by_source: dict[int, dict[int, HeldValue]] = field(default_factory=dict)
     summed: dict[int, SumsVector] = field(default_factory=dict)
     # buckets set since the last read, in the order they were first set: a new bucket
     # enters ``summed`` in that order, as it would have if summed at once
     stale: dict[int, None] = field(default_factory=dict)
 
-    def set(self, bucket: int, source: int, sums: SumsVector) -> None:
+    def held(self, bucket: int, source: int) -> HeldValue | None:
+        sources = self.by_source.get(bucket)
+        return None if sources is None else sources.get(source)
+
+    def set(self, bucket: int, source: int, value: HeldValue) -> None:
         sources = self.by_source.get(bucket)
         if sources is None:
             sources = self.by_source[bucket] = {}
-        sources[source] = sums
+        sources[source] = value
         self.stale[bucket] = None
 
     @property
@@ -93,15 +110,17 @@ class WindowBuckets:
             for bucket in self.stale:
                 sources = by_source[bucket]
                 # zip/sum runs in C
-                summed[bucket] = (next(iter(sources.values())) if len(sources) == 1 else
-                                  array("d", map(sum, zip(*sources.values(), strict=True))))
+                summed[bucket] = (next(iter(sources.values()))[1] if len(sources) == 1 else
+                                  array("d", map(sum, zip(*[v[1] for v in sources.values()],
+                                                          strict=True))))
             self.stale.clear()
         return self.summed
 
-    def drop(self, bucket: int) -> None:
-        self.by_source.pop(bucket, None)
+    def drop(self, bucket: int) -> dict[int, HeldValue]:
+        """Forget a bucket; returns its values by source."""
         self.summed.pop(bucket, None)
         self.stale.pop(bucket, None)
+        return self.by_source.pop(bucket, None) or {}
 
     def window_sums(self, start: int, end: int) -> Sums:
         return total(v for b, v in self.totals.items() if start <= b < end)
@@ -120,18 +139,19 @@ class SourceMark:
 
 @dataclass(slots=True)
 class PartitionLog:
-    """Which roll-up message holds each current value, and how many each message holds."""
+    """The messages holding current values, and each source's newest message."""
 
-    entries: dict[EntryKey, tuple[int, int]] = field(default_factory=dict)  # -> stamp, seq
-    refs: dict[int, int] = field(default_factory=dict)
+    messages: dict[int, HeldMessage] = field(default_factory=dict)  # seq -> message
     marks: dict[int, SourceMark] = field(default_factory=dict)
     dead: set[int] = field(default_factory=set)
     last_seq: int | None = None
+    values: int = 0  # current values held
 
-    def release(self, seq: int) -> None:
-        self.refs[seq] -= 1
-        if self.refs[seq] <= 0:
-            self.dead.add(seq)
+    def release(self, message: HeldMessage) -> None:
+        message.values -= 1
+        self.values -= 1
+        if message.values <= 0:
+            self.dead.add(message.seq)
 
 
 @dataclass(slots=True)
@@ -226,7 +246,9 @@ class RollupState:
         rows = self.cache.setdefault(q, {})
         dirty = self.dirty.setdefault(q, set())
         source, stamp = message.source, message.stamp
-        plog.refs.setdefault(seq, 0)
+        held_message = plog.messages.get(seq)
+        if held_message is None:
+            held_message = plog.messages[seq] = HeldMessage(stamp, seq)
         plog.dead.discard(seq)
         plog.last_seq = seq if plog.last_seq is None else max(plog.last_seq, seq)
         reaches = self.bucket_reach
@@ -237,14 +259,6 @@ class RollupState:
             # bucket_expired, inline: this runs for every value of every message
             if reach is None or (t != NO_TIME and bucket + reach[0] <= t - reach[1]):
                 continue
-            key = (window, dimension, group, bucket, source)
-            held = plog.entries.get(key)
-            if held is not None:
-                if held[0] >= stamp:
-                    continue  # the same or a newer value of this bucket is held
-                plog.release(held[1])
-            plog.entries[key] = (stamp, seq)
-            plog.refs[seq] += 1
             row = (dimension, group)
             # get-then-create: a setdefault default would build a WindowBuckets per value
             windows = rows.get(row)
@@ -253,15 +267,27 @@ class RollupState:
             buckets = windows.get(window)
             if buckets is None:
                 buckets = windows[window] = WindowBuckets()
-            buckets.set(bucket, source, sums)
+            held = buckets.held(bucket, source)
+            if held is not None:
+                if held[0].stamp >= stamp:
+                    continue  # the same or a newer value of this bucket is held
+                plog.release(held[0])
+            held_message.values += 1
+            plog.values += 1
+            buckets.set(bucket, source, (held_message, sums))
             dirty.add((row, window))
         mark = plog.marks.get(source)
         if mark is None or (stamp, seq) >= (mark.stamp, mark.seq):
             plog.marks[source] = SourceMark(stamp, seq, message.event_time, message.low_mark)
-            if mark is not None and mark.seq != seq and plog.refs.get(mark.seq, 0) <= 0:
+            if mark is not None and mark.seq != seq and self._holds_nothing(plog, mark.seq):
                 plog.dead.add(mark.seq)
-        if plog.refs[seq] <= 0 and plog.marks[source].seq != seq:
+        if held_message.values <= 0 and plog.marks[source].seq != seq:
             plog.dead.add(seq)
+
+    @staticmethod
+    def _holds_nothing(plog: PartitionLog, seq: int) -> bool:
+        held = plog.messages.get(seq)
+        return held is None or held.values <= 0
 
     def take_dead(self, q: int) -> list[int]:
         """Messages no longer needed; call after the records superseding them were
@@ -270,10 +296,10 @@ class RollupState:
         if plog is None:
             return []
         pinned = {m.seq for m in plog.marks.values()}
-        dead = [s for s in plog.dead if plog.refs.get(s, 0) <= 0 and s not in pinned]
+        dead = [s for s in plog.dead if self._holds_nothing(plog, s) and s not in pinned]
         plog.dead.clear()
         for seq in dead:
-            plog.refs.pop(seq, None)
+            plog.messages.pop(seq, None)
         return dead
 
     # -- assignment --------------------------------------------------------------------
@@ -344,15 +370,13 @@ class RollupState:
         if t == NO_TIME or plog is None:
             return
         self._fold(q, t)
-        for key in [k for k in plog.entries
-                    if bucket_expired(k[3], self.specs[k[0]], t, self.grace_ms)]:
-            plog.release(plog.entries.pop(key)[1])
         for windows in self.cache.get(q, {}).values():
             for name, buckets in windows.items():
                 spec = self.specs[name]
-                for bucket in [b for b in buckets.totals
+                for bucket in [b for b in buckets.by_source
                                if bucket_expired(b, spec, t, self.grace_ms)]:
-                    buckets.drop(bucket)
+                    for held_message, _ in buckets.drop(bucket).values():
+                        plog.release(held_message)
 
     # -- attribution days (SPEC §8) ------------------------------------------------------
     def _fold(self, q: int, t: int) -> None:

@@ -41,7 +41,8 @@ def feed(state: RollupState, minute: int, orders: int, spend: float, offset: int
     start = T0 + minute * MINUTE_MS
     quarter = start - start % (15 * MINUTE_MS)
     held = state.cache.get(0, {}).get(ROW, {}).get("24h")
-    previous = held.by_source.get(quarter, {}).get(0) if held else None
+    value = held.held(quarter, 0) if held else None
+    previous = value[1] if value else None
     total = sums(orders, spend) if previous is None else tuple(
         a + b for a, b in zip(previous, sums(orders, spend), strict=True))
     send(state, 0, offset, start + MINUTE_MS - 1,
