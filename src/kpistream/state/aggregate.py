@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from array import array
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from sys import intern
 from typing import Any, Literal, Protocol
@@ -61,8 +61,10 @@ Outcome = Literal["accepted", "duplicate", "late", "unknown_order"]
 COUNTED_OUTCOME: dict[str, str] = {"accepted": "accepted", "duplicate": "duplicate",
                                    "late": "late", "unknown_order": "invalid"}
 BucketKey = tuple[str, str, str, int]  # window, dimension, group, bucket
+Touched = set[BucketKey]  # buckets a batch changed
 
-__all__ = ["NO_TIME", "BatchResult", "BucketUpdate", "PartitionAggregator", "Verdict"]
+__all__ = ["NO_TIME", "BatchResult", "BucketUpdate", "Buckets", "PartitionAggregator",
+           "Verdict"]
 
 # order id-record fields
 _P_TS, _AMOUNT, _CH, _CA, _SE, _C_TS, _MATCHED, _CUSTOMER = range(8)
@@ -147,6 +149,93 @@ class DictIdMap(dict[str, list[Any]]):
 IdMaps = Callable[[int], IdMap]  # a fresh, empty map for events partition p
 
 
+
+class _ByStart(dict[int, "array[float]"]):
+    """One row's buckets of one window by start; knows its window and row, so the expiry
+    index can hold it rather than a key tuple per bucket."""
+
+    __slots__ = ("row", "window")
+
+    def __init__(self, window: str, row: RowId) -> None:
+        super().__init__()
+        self.window = window
+        self.row = row
+
+
+class Buckets(Mapping[BucketKey, "array[float]"]):
+    """A partition's bucket sums: per window, per row, a dict by bucket start; and the rows
+    holding each (window, bucket start), so expiry reads only what expires and can run
+    after every batch. Read as a mapping by :data:`BucketKey`.
+
+    Nested rather than one dict by 4-tuple: a bucket then costs its array, a slot and its
+    start, not also a key tuple and an index entry of its own (the aggregate's buckets are
+    its largest state, docs/benchmarks.md), and adding to a bucket builds no key."""
+
+    __slots__ = ("index", "size", "windows")
+
+    def __init__(self) -> None:
+        self.windows: dict[str, dict[RowId, _ByStart]] = {}
+        self.index: dict[tuple[str, int], list[_ByStart]] = {}
+        self.size = 0
+
+    def rows(self, window: str) -> dict[RowId, _ByStart]:
+        held = self.windows.get(window)
+        if held is None:
+            held = self.windows[window] = {}
+        return held
+
+    def created(self, by_start: _ByStart, bucket: int) -> None:
+        """Record a bucket just added to ``by_start`` (by :meth:`PartitionAggregator._add`,
+        which adds buckets inline: it runs for every window and row of every event)."""
+        slot = self.index.get((by_start.window, bucket))
+        if slot is None:
+            slot = self.index[(by_start.window, bucket)] = []
+        slot.append(by_start)
+        self.size += 1
+
+    def find(self, window: str, row: RowId, bucket: int) -> array[float] | None:
+        by_start = self.windows.get(window, {}).get(row)
+        return None if by_start is None else by_start.get(bucket)
+
+    def expire(self, window: str, bucket: int,
+               keep: Callable[[RowId], bool] | None = None) -> int:
+        """Forget the window's buckets starting at ``bucket`` (but those of the rows
+        ``keep`` holds on to); returns how many went."""
+        kept: list[_ByStart] = []
+        gone = 0
+        for by_start in self.index.pop((window, bucket), ()):
+            if keep is not None and keep(by_start.row):
+                kept.append(by_start)
+                continue
+            del by_start[bucket]
+            if not by_start:
+                del self.windows[window][by_start.row]
+            gone += 1
+        if kept:
+            self.index[(window, bucket)] = kept
+        self.size -= gone
+        return gone
+
+    def __getitem__(self, key: BucketKey) -> array[float]:
+        sums = self.find(key[0], key[1:3], key[3])
+        if sums is None:
+            raise KeyError(key)
+        return sums
+
+    def __contains__(self, key: object) -> bool:
+        return (isinstance(key, tuple) and len(key) == 4
+                and self.find(key[0], key[1:3], key[3]) is not None)
+
+    def __iter__(self) -> Iterator[BucketKey]:
+        for window, rows in self.windows.items():
+            for (dimension, group), by_start in rows.items():
+                for bucket in by_start:
+                    yield window, dimension, group, bucket
+
+    def __len__(self) -> int:
+        return self.size
+
+
 @dataclass(slots=True)
 class PartitionState:
     applied: int | None = None
@@ -156,10 +245,7 @@ class PartitionState:
     marks: dict[tuple[str, int], tuple[int | None, bool]] = field(default_factory=dict)
     raw_partitions: int = 0
     ids: IdMap = field(default_factory=DictIdMap)
-    buckets: dict[BucketKey, array[float]] = field(default_factory=dict)
-    # the keys of ``buckets`` by window and bucket start, so expiry reads only what expires
-    # and can run after every batch (a sweep of all buckets cost O(buckets))
-    bucket_index: dict[tuple[str, int], list[BucketKey]] = field(default_factory=dict)
+    buckets: Buckets = field(default_factory=Buckets)
     packs: dict[int, int] = field(default_factory=dict)  # seq -> keep_until
     dropped_below: int = NO_TIME  # events before it may have been in dropped packs
     # the newest event time of any raw partition, as the marks say: the pipeline's stream
@@ -302,7 +388,7 @@ class PartitionAggregator:
         changelog record for the batch."""
         state = self.state(p, now_ms)
         result = BatchResult()
-        touched: set[BucketKey] = set()
+        touched: Touched = set()
         replayed_from: int | None = None
         ids: dict[str, list[Any]] = {}
         effects: list[Effect] = []
@@ -399,11 +485,11 @@ class PartitionAggregator:
         state.counts[key] = state.counts.get(key, 0) + 1
 
     def _touched_by_packs_from(self, p: int, state: PartitionState, first: int,
-                               effects: list[Effect]) -> set[BucketKey]:
+                               effects: list[Effect]) -> Touched:
         """Buckets the packs of a replayed range touched, and (into ``effects``) their
         effects: the roll-up messages and customer facts of the first run may have been lost
         with the crash, so they are sent again."""
-        touched: set[BucketKey] = set()
+        touched: Touched = set()
         for seq in sorted(state.packs):
             if seq < first:
                 continue
@@ -415,26 +501,24 @@ class PartitionAggregator:
             for _, event, _, _ in pack_effects:
                 for spec in self.windows:
                     bucket = bucket_start(event.ts, spec.step_ms)
-                    for dimension, group in rows_of(event):
-                        key = (spec.name, dimension, group, bucket)
-                        if key in state.buckets:
-                            touched.add(key)
+                    for row in rows_of(event):
+                        if state.buckets.find(spec.name, row, bucket) is not None:
+                            touched.add((spec.name, *row, bucket))
         return touched
 
     def _updates(self, state: PartitionState,
-                 touched: set[BucketKey]) -> dict[RowId, list[BucketUpdate]]:
+                 touched: Touched) -> dict[RowId, list[BucketUpdate]]:
         stamp = state.applied if state.applied is not None else -1
         updates: dict[RowId, list[BucketUpdate]] = defaultdict(list)
-        for key in sorted(touched):
-            sums = state.buckets.get(key)
+        for window, dimension, group, bucket in sorted(touched):
+            sums = state.buckets.find(window, (dimension, group), bucket)
             if sums is None:
                 continue
-            window, dimension, group, bucket = key
             # a copy (C memcpy): the bucket goes on changing
             updates[(dimension, group)].append(BucketUpdate(window, bucket, stamp, sums[:]))
         return dict(updates)
 
-    def _apply(self, state: PartitionState, event: Event, t_eff: int, touched: set[BucketKey],
+    def _apply(self, state: PartitionState, event: Event, t_eff: int, touched: Touched,
                ids: dict[str, list[Any]], effects: list[Effect],
                coords: tuple[int, int]) -> Outcome:
         """Judge one event that is not late. A cancellation of an order placed more than the
@@ -478,32 +562,32 @@ class PartitionAggregator:
         return "accepted"
 
     def _add(self, state: PartitionState, event: Event, sign: int,
-             touched: set[BucketKey] | None, t_eff: int,
+             touched: Touched | None, t_eff: int,
              reaches: list[tuple[str, int, int]] | None = None) -> None:
         vector = [(i, sign * amount) for i, amount in contribution_items(event)]
         rows = rows_of(event)
-        buckets, index = state.buckets, state.bucket_index
+        buckets = state.buckets
         ts = event.ts
         for name, step, reach in reaches or self.bucket_reach:
             bucket = ts - ts % step
             # bucket_expired, inline: this runs for every window of every event
             if t_eff != NO_TIME and bucket + step <= t_eff - reach:
                 continue
-            for dimension, group in rows:
-                key = (name, dimension, group, bucket)
-                sums = buckets.get(key)
+            by_row = buckets.rows(name)
+            for row in rows:
+                by_start = by_row.get(row)
+                if by_start is None:
+                    by_start = by_row[row] = _ByStart(name, row)
+                sums = by_start.get(bucket)
                 if sums is None:
                     # one C array of doubles per bucket, not a list of float objects
                     # (~190 instead of ~570 bytes; a worker holds hundreds of thousands)
-                    sums = buckets[key] = array("d", ZERO)
-                    slot = index.get((name, bucket))
-                    if slot is None:
-                        slot = index[(name, bucket)] = []
-                    slot.append(key)
+                    sums = by_start[bucket] = array("d", ZERO)
+                    buckets.created(by_start, bucket)
                 for i, amount in vector:
                     sums[i] += amount
                 if touched is not None:
-                    touched.add(key)
+                    touched.add((name, row[0], row[1], bucket))
 
     # -- expiry ------------------------------------------------------------------------
     def sweep(self, p: int, now_ms: int) -> int:
@@ -548,21 +632,19 @@ class PartitionAggregator:
                         keep_from: int | None = None) -> int:
         if t_eff == NO_TIME:
             return 0
-        specs, index, buckets = self.specs, state.bucket_index, state.buckets
+        specs, buckets = self.specs, state.buckets
+        attribution = self.attribution_window
         expired = 0
-        for slot in [slot for slot in index
-                     if bucket_expired(slot[1], specs[slot[0]], t_eff, self.grace_ms)]:
-            kept = []
-            for key in index.pop(slot):
-                if (keep_from is not None and key[3] >= keep_from
-                        and key[0] == self.attribution_window and key[1] == "campaign"):
-                    kept.append(key)
-                else:
-                    del buckets[key]
-                    expired += 1
-            if kept:
-                index[slot] = kept
+        for window, bucket in [slot for slot in buckets.index
+                               if bucket_expired(slot[1], specs[slot[0]], t_eff,
+                                                 self.grace_ms)]:
+            attributed = keep_from is not None and bucket >= keep_from and window == attribution
+            expired += buckets.expire(window, bucket, _is_campaign if attributed else None)
         return expired
+
+
+def _is_campaign(row: RowId) -> bool:
+    return row[0] == "campaign"
 
 
 def record_time(record: list[Any]) -> int:

@@ -70,9 +70,11 @@ def test_buckets_expire_at_the_end_of_the_batch_that_passes_them() -> None:
         # exactly the buckets a full sweep at this moment would leave
         assert all(not bucket_expired(key[3], specs[key[0]], t, settings.grace_ms)
                    for key in state.buckets)
-        assert {key for keys in state.bucket_index.values() for key in keys} == set(
-            state.buckets)
-        assert sum(len(keys) for keys in state.bucket_index.values()) == len(state.buckets)
+        index = state.buckets.index
+        assert {(window, *by_start.row, bucket) for (window, bucket), held in index.items()
+                for by_start in held} == set(state.buckets)
+        assert sum(len(held) for held in index.values()) == len(state.buckets) == len(
+            list(state.buckets))
         # the batch's values were sent before its buckets went
         assert {u.window for row in result.updates.values() for u in row} == set(specs)
     windows = {key[0] for key in agg.state(0, T).buckets}
