@@ -225,6 +225,11 @@ class Settings(BaseSettings):
         "", description="Consumer group of the edge reader of the raw topics "
         "(default: <app_id>-edge).")
     log_interval: str = Field("10s", description="Rate limit of repeated hot-path log lines.")
+    seek_retry: str = Field(
+        "5s", description="A stage that sought back over records faust skipped seeks again "
+        "if the first of them has not come this long after (faust drops a re-fetched record "
+        "below its read offset, which a delivery still in flight may have raised past the "
+        "seek).")
 
     # --- alerts ------------------------------------------------------------------------
     alert_baseline_window: str = Field(
@@ -288,7 +293,7 @@ class Settings(BaseSettings):
     @field_validator("idle_lag", "grace", "customer_retention", "attribution_period",
                      "max_future",
                      "publish_interval", "sink_timeout", "batch_within", "log_interval",
-                     "session_timeout", "producer_request_timeout")
+                     "session_timeout", "producer_request_timeout", "seek_retry")
     @classmethod
     def _check_duration(cls, value: str) -> str:
         parse_duration_ms(value)
@@ -373,6 +378,10 @@ class Settings(BaseSettings):
     @property
     def log_interval_s(self) -> float:
         return parse_duration_ms(self.log_interval) / 1000
+
+    @property
+    def seek_retry_s(self) -> float:
+        return parse_duration_ms(self.seek_retry) / 1000
 
     @property
     def retention_ms(self) -> int:

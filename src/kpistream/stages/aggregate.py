@@ -29,7 +29,7 @@ from kpistream.ingest.packing import partition_for
 from kpistream.ingest.validate import ErrorCode
 from kpistream.observability.logs import RateLimitedLog
 from kpistream.runtime import Runtime
-from kpistream.stages.offsets import GapGuard
+from kpistream.stages.offsets import gap_guard
 from kpistream.state.aggregate import BatchResult, PartitionAggregator
 from kpistream.state.buckets import RowId, partition_key
 
@@ -93,7 +93,7 @@ def register(app: faust.App, runtime: Runtime) -> PartitionAggregator:
     aggregator = PartitionAggregator(settings, runtime.tables.aggregate, runtime.stores.ids)
     log = RateLimitedLog(logger, settings.log_interval_s)
     dead_letters = DeadLetters(settings.topic_dlq, outbox, log)
-    guard = GapGuard(app, settings.topic_events, log)
+    guard = gap_guard(app, settings.topic_events, log, settings.seek_retry_s)
     last_sent: dict[int, dict[int, tuple[int, int]]] = {}
     last_marks: dict[int, dict[int, int]] = {}  # low mark last sent to each customers partition
 

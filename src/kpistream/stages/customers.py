@@ -25,7 +25,7 @@ from kpistream.contracts.wire import (
 from kpistream.observability.logs import RateLimitedLog
 from kpistream.runtime import Runtime
 from kpistream.stages.aggregate import row_partition
-from kpistream.stages.offsets import GapGuard
+from kpistream.stages.offsets import gap_guard
 from kpistream.state.customers import CustomerResult, CustomerState
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def register(app: faust.App, runtime: Runtime) -> CustomerState:
     settings, outbox = runtime.settings, runtime.outbox
     state = CustomerState(settings, runtime.tables.customers, runtime.stores.customers)
     log = RateLimitedLog(logger, settings.log_interval_s)
-    guard = GapGuard(app, settings.topic_customers, log)
+    guard = gap_guard(app, settings.topic_customers, log, settings.seek_retry_s)
 
     @app.agent(runtime.topics.customers, name="kpistream.customers")
     async def customers(stream: Any) -> None:

@@ -8,12 +8,21 @@ A partition the stage has never applied anything of expects its log start offset
 the records it skips (``Stream.__aiter__`` acks a message fetched in an older generation or
 while flow is suspended), so around the rebalances of a starting deployment the first
 committed offset of a partition can lie beyond records no agent ever saw.
+
+A seek can go unanswered. faust delivers a fetched record only if its offset is at or past
+the partition's read offset, and drops it otherwise (``Consumer._drain_messages``,
+faust/transport/consumer.py, faust-streaming 0.15.3). The seek sets the read offset back, but
+records fetched before it and still being delivered raise it again; the records fetched
+from the seek position are then dropped, and if nothing newer comes the partition is never
+delivered again (its commits stall). So the guard remembers each seek until the stage
+applies records of that partition, and seeks again after ``seek_retry``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -27,11 +36,17 @@ logger = logging.getLogger(__name__)
 
 
 class GapGuard:
-    def __init__(self, app: Any, topic: str, log: RateLimitedLog) -> None:
+    def __init__(self, app: Any, topic: str, log: RateLimitedLog, retry_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.app = app
         self.topic = topic
         self.log = log
+        self.retry_s = retry_s
+        self.clock = clock
         self.seeks: list[tuple[TP, int]] = []
+        # seeks whose partition has not delivered a record the stage applied since: offset
+        # and when the seek was made
+        self.unanswered: dict[TP, tuple[int, float]] = {}
 
     async def split(self, events: Iterable[Any], expected: Callable[[int], int | None],
                     loading: Callable[[int], Iterator[None]] | None = None,
@@ -65,6 +80,7 @@ class GapGuard:
                 self.seeks.append((TP(self.topic, partition), seek_to))
             if count:
                 out[partition] = items[:count]
+                self.unanswered.pop(TP(self.topic, partition), None)
         return out
 
     async def seek_back(self) -> None:
@@ -74,3 +90,33 @@ class GapGuard:
         seeks, self.seeks = self.seeks, []
         if seeks:
             await self.app.consumer._thread.seek_wait(dict(seeks))
+            now = self.clock()
+            for tp, offset in seeks:
+                self.unanswered[tp] = (offset, now)
+
+    async def retry(self) -> None:
+        """Seek again where a seek has gone unanswered for ``retry_s`` (module docstring);
+        forget the seeks of partitions this worker no longer holds."""
+        if not self.unanswered:
+            return  # (and the consumer is not asked, which may not have started yet)
+        assigned = self.app.consumer.assignment()
+        now = self.clock()
+        for tp, (offset, since) in list(self.unanswered.items()):
+            if tp not in assigned:
+                del self.unanswered[tp]
+            elif now - since >= self.retry_s:
+                self.log.warning("input_gap_seek_retry", topic=self.topic,
+                                 partition=tp.partition, offset=offset)
+                self.seeks.append((tp, offset))
+        await self.seek_back()
+
+
+def gap_guard(app: Any, topic: str, log: RateLimitedLog, retry_s: float) -> GapGuard:
+    """A stage's guard, with the timer that retries its unanswered seeks."""
+    guard = GapGuard(app, topic, log, retry_s)
+
+    @app.timer(retry_s)  # type: ignore[untyped-decorator]
+    async def retry_unanswered_seeks() -> None:
+        await guard.retry()
+
+    return guard

@@ -16,7 +16,7 @@ import faust
 from kpistream.observability.logs import RateLimitedLog
 from kpistream.runtime import Runtime
 from kpistream.settings import Settings
-from kpistream.stages.offsets import GapGuard
+from kpistream.stages.offsets import gap_guard
 from kpistream.state.rollup import RollupState
 
 logger = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ def register(app: faust.App, runtime: Runtime, state: RollupState) -> None:
     settings: Settings = runtime.settings
     outbox = runtime.outbox
     log = RateLimitedLog(logger, settings.log_interval_s)
-    guard = GapGuard(app, settings.topic_rollup, log)
+    guard = gap_guard(app, settings.topic_rollup, log, settings.seek_retry_s)
 
     def expected(q: int, now: int) -> int | None:
         if not state.loaded(q):
