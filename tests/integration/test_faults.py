@@ -27,6 +27,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from harness import (
+    LOG_DIR,
     ROOT,
     DedicatedRedis,
     Deployment,
@@ -172,38 +173,51 @@ def test_redis_paused_20s_then_killed_and_restarted(deployment, tmp_path) -> Non
 
 # --- the data directory -----------------------------------------------------------------
 
-def test_restart_with_a_wiped_and_with_a_stale_data_directory(deployment, tmp_path) -> None:
+def test_restart_with_a_kept_a_wiped_and_a_stale_data_directory(deployment, tmp_path) -> None:
     """State lives in Kafka (changelogs and offsets); the local directory is a cache that can
-    be lost, or be left over from an earlier run of the same worker. (Workers are stopped
-    with SIGTERM here: the crash itself is test_engine_exactness's; a graceful leave spares
-    the session timeout.)"""
+    be kept (a graceful stop leaves the aggregate's state there for the next start), lost, or
+    be left over from an earlier run of the same worker. (Workers are stopped with SIGTERM
+    here: the crash itself is test_engine_exactness's; a graceful leave spares the session
+    timeout.)"""
     dep = deployment()
-    # one directory for the three runs of "the same worker" (the harness gives each worker
+    # one directory for the four runs of "the same worker" (the harness gives each worker
     # its own otherwise)
     data_dir = Path(dep.settings.data_dir)
     same_dir = {"KPISTREAM_DATA_DIR": str(data_dir)}
     recs = traffic(seed=43, hours=0.5)
     outcome = expect(dep, recs)
-    third = len(recs) // 3
+    quarter = len(recs) // 4
+
+    def stop(worker: subprocess.Popen[bytes]) -> None:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0
+        dep.workers.remove(worker)
+
     first, _ = dep.start_worker(**same_dir)
-    dep.produce(recs[:third])
-    assert_rows_exact(dep, expect(dep, recs[:third]))
+    dep.produce(recs[:quarter])
+    assert_rows_exact(dep, expect(dep, recs[:quarter]))
     stale = tmp_path / "stale"
     shutil.copytree(data_dir, stale)  # the directory as it was at this point
-    first.send_signal(signal.SIGTERM)
-    first.wait(timeout=60)
-    dep.workers.remove(first)
+    stop(first)
+    left = sorted(path.name for path in (data_dir / "state").glob("*.snapshot"))
+    assert left == [f"{dep.settings.topic_events}-{p}.snapshot"
+                    for p in range(dep.settings.partitions)]
+    kept, _ = dep.start_worker(**same_dir)  # kept: restores what the stop left
+    dep.produce(recs[quarter:2 * quarter])
+    assert_rows_exact(dep, expect(dep, recs[:2 * quarter]))
+    log = (LOG_DIR / f"{dep.name}-{dep.started}.log").read_text(errors="replace")
+    assert log.count("aggregate_restored_from_snapshot") == dep.settings.partitions
+    assert not list((data_dir / "state").glob("*.snapshot"))  # each used once
+    stop(kept)
     shutil.rmtree(data_dir)  # wiped
     second, _ = dep.start_worker(**same_dir)
-    dep.produce(recs[third:2 * third])
-    assert_rows_exact(dep, expect(dep, recs[:2 * third]))
-    second.send_signal(signal.SIGTERM)
-    second.wait(timeout=60)
-    dep.workers.remove(second)
+    dep.produce(recs[2 * quarter:3 * quarter])
+    assert_rows_exact(dep, expect(dep, recs[:3 * quarter]))
+    stop(second)
     shutil.rmtree(data_dir)
-    shutil.copytree(stale, data_dir)  # stale: from before the second worker's work
+    shutil.copytree(stale, data_dir)  # stale: from before the later workers' work
     port = dep.start_worker(**same_dir)[1]
-    dep.produce(recs[2 * third:])
+    dep.produce(recs[3 * quarter:])
     assert_rows_exact(dep, outcome)
     wait_for_counts([port], expected_counts(outcome))
 

@@ -320,6 +320,65 @@ def decode_aggregate_pack(data: bytes) -> AggregatePack:
     )
 
 
+# --- aggregate snapshot (a local file, not a Kafka record) ------------------------------------
+
+# A stopping worker leaves each aggregate partition's state beside its id database, for its
+# next start on the same disk: the header of the newest pack, a digest of that pack (the
+# snapshot is used only if the changelog holds the same pack), the packs held, and the
+# buckets. Layout: JSON length (u32, little-endian), JSON, then the buckets' doubles in order.
+SNAPSHOT_VERSION = 1
+_SNAPSHOT_HEAD = struct.Struct("<I")
+
+
+@dataclass(slots=True)
+class AggregateSnapshot:
+    header: AggregatePack  # offset: the applied offset; no ids, no effects
+    pack_digest: str
+    packs: dict[int, int]  # seq -> keep_until
+    seen_time: int
+    ids: int  # records in the id database
+    # (window, dimension, group, bucket start, sums)
+    buckets: list[tuple[str, str, str, int, SumsVector]] = field(default_factory=list)
+
+
+def encode_aggregate_snapshot(snapshot: AggregateSnapshot) -> bytes:
+    rows: dict[tuple[str, str, str], list[int]] = {}
+    doubles = array("d")
+    width = len(snapshot.buckets[0][4]) if snapshot.buckets else 0
+    for window, dimension, group, bucket, sums in sorted(snapshot.buckets,
+                                                         key=lambda b: b[:4]):
+        rows.setdefault((window, dimension, group), []).append(bucket)
+        doubles.extend(sums)
+    head = json_bytes([
+        SNAPSHOT_VERSION, encode_aggregate_pack(snapshot.header).decode(), snapshot.pack_digest,
+        [[seq, keep] for seq, keep in snapshot.packs.items()], snapshot.seen_time, snapshot.ids,
+        width, [[*row, starts] for row, starts in rows.items()]])
+    if sys.byteorder != "little":
+        doubles.byteswap()
+    return _SNAPSHOT_HEAD.pack(len(head)) + head + doubles.tobytes()
+
+
+def decode_aggregate_snapshot(data: bytes) -> AggregateSnapshot:
+    (size,) = _SNAPSHOT_HEAD.unpack_from(data)
+    version, header, digest, packs, seen_time, ids, width, rows = orjson.loads(
+        data[_SNAPSHOT_HEAD.size:_SNAPSHOT_HEAD.size + size])
+    if version != SNAPSHOT_VERSION:
+        raise ValueError(f"aggregate snapshot version {version}, expected {SNAPSHOT_VERSION}")
+    doubles = array("d", data[_SNAPSHOT_HEAD.size + size:])
+    if sys.byteorder != "little":
+        doubles.byteswap()
+    buckets: list[tuple[str, str, str, int, SumsVector]] = []
+    j = 0
+    for window, dimension, group, starts in rows:
+        for bucket in starts:
+            buckets.append((window, dimension, group, bucket, doubles[j:j + width]))
+            j += width
+    if j != len(doubles):
+        raise ValueError("aggregate snapshot: buckets and sums do not match")
+    return AggregateSnapshot(decode_aggregate_pack(header.encode()), digest,
+                             {seq: keep for seq, keep in packs}, seen_time, ids, buckets)
+
+
 # --- customers -------------------------------------------------------------------------------
 
 # One counted-order or response change of one customer, as the aggregate stage accepted it:

@@ -32,6 +32,7 @@ from array import array
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from hashlib import blake2b
 from sys import intern
 from typing import Any, Literal, Protocol
 
@@ -40,11 +41,14 @@ from kpistream.contracts.wire import (
     ALL_READ,
     NO_TIME,
     AggregatePack,
+    AggregateSnapshot,
     CustomerFact,
     EventPack,
     SumsVector,
     decode_aggregate_pack,
+    decode_aggregate_snapshot,
     encode_aggregate_pack,
+    encode_aggregate_snapshot,
 )
 from kpistream.settings import Settings
 from kpistream.state.buckets import (
@@ -147,6 +151,21 @@ class DictIdMap(dict[str, list[Any]]):
 
 
 IdMaps = Callable[[int], IdMap]  # a fresh, empty map for events partition p
+
+
+class Snapshots(Protocol):
+    """Where a stopping worker leaves a partition's state (its id map kept as it is, the
+    rest encoded) for its next start on the same disk."""
+
+    def save(self, p: int, ids: IdMap, data: bytes) -> None:
+        """Persist ``ids`` (closing it) and keep ``data`` with it."""
+
+    def take(self, p: int) -> tuple[bytes, IdMap] | None:
+        """The data and the reopened id map left for partition p, once (None if none)."""
+
+
+def pack_digest(data: bytes) -> str:
+    return blake2b(data, digest_size=16).hexdigest()
 
 
 
@@ -272,7 +291,8 @@ class PartitionState:
 class PartitionAggregator:
     """Applies batches of packed events of each internal partition."""
 
-    def __init__(self, settings: Settings, log: PackLog, ids: IdMaps | None = None) -> None:
+    def __init__(self, settings: Settings, log: PackLog, ids: IdMaps | None = None,
+                 snapshots: Snapshots | None = None) -> None:
         self.windows = settings.window_specs
         self.specs = {spec.name: spec for spec in self.windows}
         self.attribution_window = settings.attribution_window.name
@@ -286,6 +306,8 @@ class PartitionAggregator:
         self.idle_lag_ms = settings.idle_lag_ms
         self.log = log
         self.id_maps: IdMaps = ids or (lambda p: DictIdMap())
+        self.snapshots = snapshots
+        self.restored: list[int] = []  # partitions restored from a snapshot, to report
         self.parts: dict[int, PartitionState] = {}
         self.drops: dict[int, int] = {}  # per partition: how often it was dropped
 
@@ -306,8 +328,9 @@ class PartitionAggregator:
         if old is not None:
             old.ids.close()
         drops = self.drops.get(p, 0)
-        state = PartitionState(ids=self.id_maps(p))
         packs = self.log.load(p)
+        state = self._restore(p, packs) or PartitionState(ids=self.id_maps(p))
+        restored = state.applied
         # Buckets that expire as soon as the rebuild ends (below) are not filled at all: the
         # newest pack's header says when that is. The largest window is filled whole, as its
         # campaign buckets may stay past their expiry (attribution days). With a day in
@@ -319,6 +342,8 @@ class PartitionAggregator:
         reaches = [(name, step, NEVER if name == self.attribution_window else reach)
                    for name, step, reach in self.bucket_reach]
         for seq, data in packs:
+            if restored is not None and seq <= restored:
+                continue  # in the snapshot
             pack = decode_aggregate_pack(data)
             for key, record in pack.ids:
                 state.ids.put(key, record)
@@ -345,6 +370,63 @@ class PartitionAggregator:
         # events of (``dropped_below``), so that what is re-sent is whole.
         self._expire_buckets(state, self.expiry_time(state, now_ms),
                              keep_from=state.dropped_below)
+
+    # -- snapshots (a graceful stop, then a start on the same disk) -----------------------
+    def save_snapshots(self) -> list[int]:
+        """Leave every held partition's state in :attr:`snapshots` and let go of it; call
+        when the worker stops, after every pack was acknowledged. The next start restores a
+        partition from its snapshot if the changelog's pack at its applied offset is the one
+        the snapshot was taken at, then applies only the packs after it."""
+        if self.snapshots is None:
+            return []
+        saved = []
+        for p, state in list(self.parts.items()):
+            applied = state.applied
+            newest = None if applied is None else self.log.get(p, applied)
+            if applied is None or newest is None:
+                continue
+            del self.parts[p]
+            state.ids.flush()
+            snapshot = AggregateSnapshot(
+                state.header(applied), pack_digest(newest), dict(state.packs),
+                state.seen_time, len(state.ids),
+                [(window, dimension, group, bucket, sums)
+                 for (window, dimension, group, bucket), sums in state.buckets.items()])
+            self.snapshots.save(p, state.ids, encode_aggregate_snapshot(snapshot))
+            saved.append(p)
+        return saved
+
+    def _restore(self, p: int, packs: list[tuple[int, bytes]]) -> PartitionState | None:
+        """Partition p's state from the snapshot left for it, if the changelog still holds
+        the pack it was taken at (else None: the id map left with it is deleted)."""
+        left = None if self.snapshots is None else self.snapshots.take(p)
+        if left is None:
+            return None
+        data, ids = left
+        snapshot = decode_aggregate_snapshot(data)
+        header = snapshot.header
+        held = dict(packs)
+        newest = held.get(header.offset)
+        if newest is None or pack_digest(newest) != snapshot.pack_digest:
+            ids.close()
+            return None
+        state = PartitionState(
+            applied=header.offset, stream_time=header.stream_time,
+            high_water=header.high_water, counts=header.counts, marks=header.marks,
+            raw_partitions=header.raw_partitions, ids=ids,
+            packs={seq: keep for seq, keep in snapshot.packs.items() if seq in held},
+            dropped_below=header.dropped_below, seen_time=snapshot.seen_time)
+        buckets = state.buckets
+        for window, dimension, group, bucket, sums in snapshot.buckets:
+            by_row = buckets.rows(window)
+            row = (dimension, group)
+            by_start = by_row.get(row)
+            if by_start is None:
+                by_start = by_row[row] = _ByStart(window, row)
+            by_start[bucket] = array("d", sums)
+            buckets.created(by_start, bucket)
+        self.restored.append(p)
+        return state
 
     @staticmethod
     def _header_state(pack: AggregatePack) -> PartitionState:

@@ -45,13 +45,14 @@ from rocksdict import (
 from kpistream.contracts.wire import CustomerRecord
 from kpistream.encoding import json_bytes
 from kpistream.settings import Settings
-from kpistream.state.aggregate import DictIdMap, IdMaps, record_time
+from kpistream.state.aggregate import DictIdMap, IdMap, IdMaps, Snapshots, record_time
 from kpistream.state.customers import CustomerMaps, DictCustomerMap, last_activity
 
 V = TypeVar("V")
 
 _RECORD, _TIMED, _HOLDER = b"r", b"t", b"h"
 _TIME = struct.Struct(">Q")
+_SNAPSHOT_IDS = struct.Struct("<Q")  # records in the kept id database
 _TIME_OFFSET = 1 << 63  # signed ms -> unsigned, so byte order is time order
 _CH, _COST = 2, 5  # order entry fields holding group names
 BLOOM_BITS_PER_KEY = 10
@@ -69,6 +70,7 @@ class PartitionStores:
     ids: IdMaps
     customers: CustomerMaps
     table_data: Callable[[str], TableData] | None = None
+    snapshots: Snapshots | None = None  # where the aggregate leaves its state on a stop
 
 
 def _time_key(time: int, key: bytes) -> bytes:
@@ -106,9 +108,11 @@ class RocksMemory:
 class _TimedRecords(Generic[V]):
     """Records by key on a fresh local RocksDB at ``path``, with an index by their time."""
 
-    def __init__(self, path: Path, memory: RocksMemory) -> None:
+    def __init__(self, path: Path, memory: RocksMemory, *, kept: int | None = None) -> None:
+        """A fresh database, or with ``kept`` the one this worker left at ``path`` when it
+        stopped (:meth:`persist`; it held ``kept`` records)."""
         self.path = path
-        if path.exists():
+        if kept is None and path.exists():
             shutil.rmtree(path)  # rebuilt from the changelog: never trust an old copy
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = Rdict(str(path), memory.options())
@@ -119,7 +123,7 @@ class _TimedRecords(Generic[V]):
         self.closed = False
         self.cache: dict[str, V | None] = {}  # touched since the flush; None: deleted
         self.stored: dict[str, int | None] = {}  # their time on disk (None: not on disk)
-        self.size = 0
+        self.size = kept or 0
 
     # -- the record format (stored after its time, so a rewrite reads no JSON) -----------
     def decode(self, raw: bytes) -> V:
@@ -233,6 +237,15 @@ class _TimedRecords(Generic[V]):
                 break
         return out
 
+    def persist(self) -> int:
+        """Write everything to disk and close the database, keeping it (a stopping worker's
+        snapshot, :class:`LocalSnapshots`); returns how many records it holds."""
+        self.flush()
+        self.db.flush(True)
+        self.closed = True
+        self.db.close()
+        return self.size
+
     def close(self) -> None:
         """Close and delete the database (again: nothing)."""
         if self.closed:
@@ -283,6 +296,45 @@ class RocksCustomerMap(_TimedRecords[CustomerRecord]):
         self.holders.clear()
 
 
+class LocalSnapshots:
+    """:class:`~kpistream.state.aggregate.Snapshots` on the worker's data dir: a stopping
+    worker persists each aggregate partition's id database where it is and writes the rest of
+    the partition's state in a file beside it; its next start on the same disk (a
+    StatefulSet's volume) takes the file (deleting it, so it is used once) and reopens the
+    database instead of rebuilding both from every pack in the changelog."""
+
+    def __init__(self, root: Path, topic: str, memory: RocksMemory) -> None:
+        self.root = root
+        self.topic = topic
+        self.memory = memory
+
+    def _db(self, p: int) -> Path:
+        return self.root / f"{self.topic}-{p}"
+
+    def _file(self, p: int) -> Path:
+        return self.root / f"{self.topic}-{p}.snapshot"
+
+    def save(self, p: int, ids: IdMap, data: bytes) -> None:
+        if not isinstance(ids, RocksIdMap) or ids.path != self._db(p):
+            raise TypeError(f"no snapshot of an id map of partition {p} not on disk here")
+        kept = ids.persist()
+        staged = self._file(p).with_suffix(".partial")
+        staged.write_bytes(_SNAPSHOT_IDS.pack(kept) + data)
+        staged.replace(self._file(p))  # whole or absent
+
+    def take(self, p: int) -> tuple[bytes, IdMap] | None:
+        path = self._file(p)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        path.unlink()
+        if not self._db(p).exists():
+            return None
+        (kept,) = _SNAPSHOT_IDS.unpack_from(data)
+        return data[_SNAPSHOT_IDS.size:], RocksIdMap(self._db(p), self.memory, kept=kept)
+
+
 class RocksIdMap(_TimedRecords[list[Any]]):
     """:class:`~kpistream.state.aggregate.IdMap`: the aggregate's id records (orders, spend
     and responses seen within the retention), timed for the id sweep."""
@@ -305,7 +357,8 @@ def partition_stores(settings: Settings) -> PartitionStores:
     return PartitionStores(
         lambda p: RocksIdMap(root / f"{settings.topic_events}-{p}", memory),
         lambda r: RocksCustomerMap(root / f"{settings.topic_customers}-{r}", memory),
-        lambda name: RocksTableData(root / f"table-{name}", memory))
+        lambda name: RocksTableData(root / f"table-{name}", memory),
+        LocalSnapshots(root, settings.topic_events, memory))
 
 
 class RocksTableData(TableData):

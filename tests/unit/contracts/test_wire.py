@@ -14,6 +14,7 @@ from kpistream.contracts.wire import (
     ALL_READ,
     NO_TIME,
     AggregatePack,
+    AggregateSnapshot,
     BucketValue,
     BucketValues,
     CampaignDayCost,
@@ -24,11 +25,13 @@ from kpistream.contracts.wire import (
     RawMark,
     RollupMessage,
     decode_aggregate_pack,
+    decode_aggregate_snapshot,
     decode_customer_facts,
     decode_customer_pack,
     decode_event_pack,
     decode_rollup,
     encode_aggregate_pack,
+    encode_aggregate_snapshot,
     encode_customer_facts,
     encode_customer_pack,
     encode_event_pack,
@@ -112,6 +115,21 @@ def test_aggregate_pack_round_trip(offset, stream_time, high_water, counts, pack
     pack = AggregatePack(offset, stream_time, high_water, counts, pack_marks, 18, ids,
                          effects, keep_until, keep_until - 1)
     assert decode_aggregate_pack(encode_aggregate_pack(pack)) == pack
+
+
+@given(times, st.dictionaries(st.integers(0, 2**40), times, max_size=4), times,
+       st.integers(0, 2**40),
+       st.dictionaries(st.tuples(st.sampled_from(["5m", "1h"]), text, text,
+                                 st.integers(-(2**50), 2**50)), sums, max_size=6))
+def test_aggregate_snapshot_round_trip(offset, packs, seen_time, ids, buckets) -> None:
+    header = AggregatePack(offset, seen_time, {("orders", 1): 7}, {("orders", "accepted"): 3},
+                           {("orders", 1): (seen_time, False)}, 6, dropped_below=offset - 1)
+    snapshot = AggregateSnapshot(header, "digest", packs, seen_time, ids,
+                                 [(*key, values) for key, values in buckets.items()])
+    again = decode_aggregate_snapshot(encode_aggregate_snapshot(snapshot))
+    assert (again.header, again.pack_digest, again.packs, again.seen_time, again.ids) == (
+        header, "digest", packs, seen_time, ids)
+    assert {b[:4]: tuple(b[4]) for b in again.buckets} == buckets
 
 
 costs = st.lists(st.builds(CampaignDayCost, text, times, amounts, amounts,
