@@ -359,6 +359,9 @@ def encode_aggregate_snapshot(snapshot: AggregateSnapshot) -> bytes:
 
 
 def decode_aggregate_snapshot(data: bytes) -> AggregateSnapshot:
+    """Raises ValueError for another version's snapshot or a damaged one."""
+    if len(data) < _SNAPSHOT_HEAD.size:
+        raise ValueError("aggregate snapshot: truncated")
     (size,) = _SNAPSHOT_HEAD.unpack_from(data)
     version, header, digest, packs, seen_time, ids, width, rows = orjson.loads(
         data[_SNAPSHOT_HEAD.size:_SNAPSHOT_HEAD.size + size])

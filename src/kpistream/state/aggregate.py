@@ -403,13 +403,16 @@ class PartitionAggregator:
         if left is None:
             return None
         data, ids = left
-        snapshot = decode_aggregate_snapshot(data)
-        header = snapshot.header
+        try:
+            snapshot: AggregateSnapshot | None = decode_aggregate_snapshot(data)
+        except ValueError:  # another version's (or damaged): rebuild
+            snapshot = None
         held = dict(packs)
-        newest = held.get(header.offset)
-        if newest is None or pack_digest(newest) != snapshot.pack_digest:
+        newest = None if snapshot is None else held.get(snapshot.header.offset)
+        if snapshot is None or newest is None or pack_digest(newest) != snapshot.pack_digest:
             ids.close()
             return None
+        header = snapshot.header
         state = PartitionState(
             applied=header.offset, stream_time=header.stream_time,
             high_water=header.high_water, counts=header.counts, marks=header.marks,

@@ -129,3 +129,15 @@ def test_packs_another_worker_wrote_after_the_snapshot_are_applied_on_top(
     state = second.state(0, T)
     assert second.restored == [0]
     same_state(state, other.state(0, T))
+
+
+def test_a_snapshot_of_another_version_is_not_used(tmp_path: Path) -> None:
+    log, disk = stopped_after_five_batches(tmp_path)
+    path = tmp_path / f"{TOPIC}-0.snapshot"
+    data = bytearray(path.read_bytes())
+    data[data.index(b"[1,") + 1] = ord("9")  # the version field of the JSON part
+    path.write_bytes(bytes(data))
+    second = disk.aggregator(log)
+    state = second.state(0, T)
+    assert second.restored == [] and not path.exists()
+    same_state(state, PartitionAggregator(SETTINGS, log).state(0, T))
