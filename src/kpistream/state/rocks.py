@@ -27,6 +27,7 @@ import shutil
 import struct
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
+from hashlib import blake2b
 from pathlib import Path
 from sys import intern
 from typing import Any, Generic, TypeVar, cast
@@ -53,6 +54,8 @@ V = TypeVar("V")
 _RECORD, _TIMED, _HOLDER = b"r", b"t", b"h"
 _TIME = struct.Struct(">Q")
 _SNAPSHOT_IDS = struct.Struct("<Q")  # records in the kept id database
+_SNAPSHOT_MARK = b"s"  # key of the snapshot's mark in a kept id database
+_MARK_SIZE = 16
 _TIME_OFFSET = 1 << 63  # signed ms -> unsigned, so byte order is time order
 _CH, _COST = 2, 5  # order entry fields holding group names
 BLOOM_BITS_PER_KEY = 10
@@ -237,10 +240,12 @@ class _TimedRecords(Generic[V]):
                 break
         return out
 
-    def persist(self) -> int:
-        """Write everything to disk and close the database, keeping it (a stopping worker's
-        snapshot, :class:`LocalSnapshots`); returns how many records it holds."""
+    def persist(self, mark: bytes) -> int:
+        """Write everything to disk with ``mark`` and close the database, keeping it (a
+        stopping worker's snapshot, :class:`LocalSnapshots`); returns how many records it
+        holds."""
         self.flush()
+        self.db.put(_SNAPSHOT_MARK, mark)
         self.db.flush(True)
         self.closed = True
         self.db.close()
@@ -317,9 +322,12 @@ class LocalSnapshots:
     def save(self, p: int, ids: IdMap, data: bytes) -> None:
         if not isinstance(ids, RocksIdMap) or ids.path != self._db(p):
             raise TypeError(f"no snapshot of an id map of partition {p} not on disk here")
-        kept = ids.persist()
+        # The same mark in the database and the file: the database reopened is the one
+        # persisted with this file (not one recreated empty, or left by another stop).
+        mark = blake2b(data, digest_size=16).digest()
+        kept = ids.persist(mark)
         staged = self._file(p).with_suffix(".partial")
-        staged.write_bytes(_SNAPSHOT_IDS.pack(kept) + data)
+        staged.write_bytes(_SNAPSHOT_IDS.pack(kept) + mark + data)
         staged.replace(self._file(p))  # whole or absent
 
     def take(self, p: int) -> tuple[bytes, IdMap] | None:
@@ -329,10 +337,20 @@ class LocalSnapshots:
         except FileNotFoundError:
             return None
         path.unlink()
-        if not self._db(p).exists():
+        head = _SNAPSHOT_IDS.size + _MARK_SIZE
+        if not self._db(p).exists() or len(data) < head:
             return None
         (kept,) = _SNAPSHOT_IDS.unpack_from(data)
-        return data[_SNAPSHOT_IDS.size:], RocksIdMap(self._db(p), self.memory, kept=kept)
+        mark = data[_SNAPSHOT_IDS.size:head]
+        try:
+            ids = RocksIdMap(self._db(p), self.memory, kept=kept)
+        except Exception:  # a cache that cannot be opened is rebuilt
+            return None
+        if ids.db.get(_SNAPSHOT_MARK) != mark:
+            ids.close()  # not the database persisted with this file: rebuilt
+            return None
+        ids.db.delete(_SNAPSHOT_MARK)
+        return data[head:], ids
 
 
 class RocksIdMap(_TimedRecords[list[Any]]):

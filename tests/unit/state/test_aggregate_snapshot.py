@@ -4,6 +4,7 @@ changelog still holds the pack it was taken at."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from kpistream.contracts.records import Order, Source, Spend
@@ -140,4 +141,14 @@ def test_a_snapshot_of_another_version_is_not_used(tmp_path: Path) -> None:
     second = disk.aggregator(log)
     state = second.state(0, T)
     assert second.restored == [] and not path.exists()
+    same_state(state, PartitionAggregator(SETTINGS, log).state(0, T))
+
+
+def test_a_snapshot_whose_database_was_replaced_is_not_used(tmp_path: Path) -> None:
+    log, disk = stopped_after_five_batches(tmp_path)
+    shutil.rmtree(tmp_path / f"{TOPIC}-0")  # e.g. recreated empty: its ids are gone
+    RocksIdMap(tmp_path / f"{TOPIC}-0", disk.memory).persist(b"another stop's mark")
+    second = disk.aggregator(log)
+    state = second.state(0, T)
+    assert second.restored == []
     same_state(state, PartitionAggregator(SETTINGS, log).state(0, T))
