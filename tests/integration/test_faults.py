@@ -32,6 +32,7 @@ from harness import (
     DedicatedRedis,
     Deployment,
     ExpectedRows,
+    assert_profiles_exact,
     normalise,
     row_mismatches,
     samples,
@@ -200,13 +201,16 @@ def test_restart_with_a_kept_a_wiped_and_a_stale_data_directory(deployment, tmp_
     shutil.copytree(data_dir, stale)  # the directory as it was at this point
     stop(first)
     left = sorted(path.name for path in (data_dir / "state").glob("*.snapshot"))
-    assert left == [f"{dep.settings.topic_events}-{p}.snapshot"
-                    for p in range(dep.settings.partitions)]
+    assert left == sorted(f"{topic}-{p}.snapshot" for p in range(dep.settings.partitions)
+                          for topic in (dep.settings.topic_events,
+                                        dep.settings.topic_customers))
     kept, _ = dep.start_worker(**same_dir)  # kept: restores what the stop left
     dep.produce(recs[quarter:2 * quarter])
     assert_rows_exact(dep, expect(dep, recs[:2 * quarter]))
+    assert_profiles_exact(dep.settings, expect(dep, recs[:2 * quarter]))
     log = (LOG_DIR / f"{dep.name}-{dep.started}.log").read_text(errors="replace")
     assert log.count("aggregate_restored_from_snapshot") == dep.settings.partitions
+    assert log.count("customers_restored_from_snapshot") == dep.settings.partitions
     assert not list((data_dir / "state").glob("*.snapshot"))  # each used once
     stop(kept)
     shutil.rmtree(data_dir)  # wiped

@@ -483,3 +483,65 @@ def decode_customer_pack(data: bytes) -> CustomerPack:
                          for customer, body in customers], moves,
                         [(c, d, cpo) for c, d, cpo in costs],
                         {p: low for p, low in rest[0]} if rest else {})
+
+
+# --- customer snapshot (a local file, not a Kafka record) -------------------------------------
+
+# A stopping worker leaves each customers partition's state beside its customer database, for
+# its next start on the same disk: everything of the partition but the customers themselves
+# (they stay in the database), and a digest of the partition's newest changelog record (the
+# snapshot is used only if the changelog's newest record is still that one). JSON.
+CUSTOMER_SNAPSHOT_VERSION = 1
+
+
+@dataclass(slots=True)
+class CustomerSnapshot:
+    applied: int  # the seq of the newest changelog record, which holds the header
+    pack_digest: str
+    stream_time: int
+    high_water: dict[int, tuple[int, int]]
+    low_marks: dict[int, int]
+    first_counts: dict[tuple[str, str, str, int], int]  # (window, dimension, group, bucket)
+    refs: dict[int, int]  # changelog record seq -> versions it holds
+    dead: set[int]
+    changed: set[str]  # not published yet
+    republish_after: str | None
+    expired: set[str]
+    costs: dict[tuple[str, int], float]  # (campaign, day) -> cpo
+    cost_packs: dict[int, int]
+    customers: int  # records in the customer database
+
+
+def encode_customer_snapshot(snapshot: CustomerSnapshot) -> bytes:
+    return json_bytes([
+        CUSTOMER_SNAPSHOT_VERSION, snapshot.applied, snapshot.pack_digest, snapshot.stream_time,
+        [[p, o, i] for p, (o, i) in snapshot.high_water.items()],
+        [[p, low] for p, low in snapshot.low_marks.items()],
+        [[*key, n] for key, n in snapshot.first_counts.items()],
+        [[seq, n] for seq, n in snapshot.refs.items()], sorted(snapshot.dead),
+        sorted(snapshot.changed), snapshot.republish_after, sorted(snapshot.expired),
+        [[campaign, day, cpo] for (campaign, day), cpo in snapshot.costs.items()],
+        [[seq, day] for seq, day in snapshot.cost_packs.items()], snapshot.customers])
+
+
+def decode_customer_snapshot(data: bytes) -> CustomerSnapshot:
+    """Raises ValueError for another version's snapshot or a damaged one."""
+    try:
+        version, *fields = orjson.loads(data)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"customer snapshot: damaged ({exc})") from None
+    if version != CUSTOMER_SNAPSHOT_VERSION:
+        raise ValueError(f"customer snapshot version {version}, "
+                         f"expected {CUSTOMER_SNAPSHOT_VERSION}")
+    try:
+        (applied, digest, stream_time, high_water, low_marks, first_counts, refs, dead,
+         changed, republish_after, expired, costs, cost_packs, customers) = fields
+        return CustomerSnapshot(
+            applied, digest, stream_time, {p: (o, i) for p, o, i in high_water},
+            {p: low for p, low in low_marks},
+            {(w, d, g, b): n for w, d, g, b, n in first_counts}, {s: n for s, n in refs},
+            set(dead), set(changed), republish_after, set(expired),
+            {(c, day): cpo for c, day, cpo in costs}, {s: day for s, day in cost_packs},
+            customers)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"customer snapshot: damaged ({exc})") from None

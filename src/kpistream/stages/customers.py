@@ -48,7 +48,8 @@ def customer_rollup_messages(r: int, result: CustomerResult,
 
 def register(app: faust.App, runtime: Runtime) -> CustomerState:
     settings, outbox = runtime.settings, runtime.outbox
-    state = CustomerState(settings, runtime.tables.customers, runtime.stores.customers)
+    state = CustomerState(settings, runtime.tables.customers, runtime.stores.customers,
+                          runtime.stores.customer_snapshots)
     log = RateLimitedLog(logger, settings.log_interval_s)
     guard = gap_guard(app, settings.topic_customers, log, settings.seek_retry_s)
 
@@ -59,6 +60,9 @@ def register(app: faust.App, runtime: Runtime) -> CustomerState:
             now = runtime.now_ms()
             parts = await guard.split(batch, partial(state.expected, now_ms=now),
                                       partial(state.loading, now_ms=now))
+            while state.restored:
+                logger.info("customers_restored_from_snapshot partition=%d",
+                            state.restored.pop())
             for r, raw in parts.items():
                 items = [(offset, decode_customer_facts(value)) for offset, value in raw]
                 result = state.process(r, items, now)

@@ -32,7 +32,6 @@ from array import array
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from hashlib import blake2b
 from sys import intern
 from typing import Any, Literal, Protocol
 
@@ -59,7 +58,7 @@ from kpistream.state.buckets import (
     contribution_items,
     rows_of,
 )
-from kpistream.state.store import PackLog
+from kpistream.state.store import PackLog, Snapshots, pack_digest
 
 Outcome = Literal["accepted", "duplicate", "late", "unknown_order"]
 COUNTED_OUTCOME: dict[str, str] = {"accepted": "accepted", "duplicate": "duplicate",
@@ -151,22 +150,6 @@ class DictIdMap(dict[str, list[Any]]):
 
 
 IdMaps = Callable[[int], IdMap]  # a fresh, empty map for events partition p
-
-
-class Snapshots(Protocol):
-    """Where a stopping worker leaves a partition's state (its id map kept as it is, the
-    rest encoded) for its next start on the same disk."""
-
-    def save(self, p: int, ids: IdMap, data: bytes) -> None:
-        """Persist ``ids`` (closing it) and keep ``data`` with it."""
-
-    def take(self, p: int) -> tuple[bytes, IdMap] | None:
-        """The data and the reopened id map left for partition p, once (None if none)."""
-
-
-def pack_digest(data: bytes) -> str:
-    return blake2b(data, digest_size=16).hexdigest()
-
 
 
 class _ByStart(dict[int, "array[float]"]):
@@ -292,7 +275,7 @@ class PartitionAggregator:
     """Applies batches of packed events of each internal partition."""
 
     def __init__(self, settings: Settings, log: PackLog, ids: IdMaps | None = None,
-                 snapshots: Snapshots | None = None) -> None:
+                 snapshots: Snapshots[IdMap] | None = None) -> None:
         self.windows = settings.window_specs
         self.specs = {spec.name: spec for spec in self.windows}
         self.attribution_window = settings.attribution_window.name

@@ -47,14 +47,17 @@ from kpistream.contracts.wire import (
     CustomerFacts,
     CustomerPack,
     CustomerRecord,
+    CustomerSnapshot,
     OrderEntry,
     decode_customer_pack,
+    decode_customer_snapshot,
     encode_customer_pack,
+    encode_customer_snapshot,
 )
 from kpistream.kpi.formulas import SUM_FIELDS
 from kpistream.settings import Settings
 from kpistream.state.buckets import DIMENSIONS, RowId, Sums, bucket_expired
-from kpistream.state.store import PackLog
+from kpistream.state.store import PackLog, Snapshots, pack_digest
 
 BucketKey = tuple[str, str, str, int]  # window, dimension, group, bucket
 _NEW = SUM_FIELDS.index("new_customers")
@@ -203,8 +206,8 @@ class CustomerPartition:
 class CustomerState:
     """Applies batches of customer facts of each customers partition."""
 
-    def __init__(self, settings: Settings, log: PackLog,
-                 maps: CustomerMaps | None = None) -> None:
+    def __init__(self, settings: Settings, log: PackLog, maps: CustomerMaps | None = None,
+                 snapshots: Snapshots[CustomerMap] | None = None) -> None:
         self.windows = settings.window_specs
         self.grace_ms = settings.grace_ms
         self.live = settings.clock == "live"
@@ -219,6 +222,8 @@ class CustomerState:
         self.parts: dict[int, CustomerPartition] = {}
         self.drops: dict[int, int] = {}  # per partition: how often it was dropped
         self.rebuilding: set[int] = set()  # partitions whose rebuild is under way
+        self.snapshots = snapshots
+        self.restored: list[int] = []  # partitions restored from a snapshot, to report
 
     # -- ownership ---------------------------------------------------------------------
     def load(self, r: int, now_ms: int) -> CustomerPartition:
@@ -245,6 +250,11 @@ class CustomerState:
         old = self.parts.pop(r, None)
         if old is not None:
             old.customers.close()
+        restored = self._restore(r)
+        if restored is not None:
+            self.parts[r] = restored
+            self.restored.append(r)
+            return
         drops = self.drops.get(r, 0)
         state = CustomerPartition(customers=self.maps(r))
         customers = state.customers
@@ -284,8 +294,60 @@ class CustomerState:
         # Everything is published again, deletions included: the previous owner may have
         # died between writing a deletion to the changelog and to the sinks.
         state.changed = deleted
-        state.republish_after = ""
+        if state.applied is not None:  # (a partition new to the changelog has none)
+            state.republish_after = ""
         self.parts[r] = state
+
+    # -- snapshots (a graceful stop, then a start on the same disk) -----------------------
+    def save_snapshots(self) -> list[int]:
+        """Leave every held partition's state in :attr:`snapshots` and let go of it; call
+        when the worker stops, once every changelog record is acknowledged and no profile is
+        being published. The next start restores a partition from its snapshot if the
+        changelog's newest record of the partition is still the one it was taken at (no
+        rebuild and no republication of every profile); else it rebuilds."""
+        if self.snapshots is None:
+            return []
+        saved = []
+        for r, state in list(self.parts.items()):
+            newest = None if state.header is None else self.log.get(r, state.header)
+            if state.applied is None or newest is None or state.header != state.applied:
+                continue
+            del self.parts[r]
+            state.customers.flush()
+            snapshot = CustomerSnapshot(
+                state.applied, pack_digest(newest), state.stream_time, state.high_water,
+                state.low_marks, state.first_counts, state.refs, state.dead, state.changed,
+                state.republish_after, state.expired, state.costs, state.cost_packs,
+                len(state.customers))
+            self.snapshots.save(r, state.customers, encode_customer_snapshot(snapshot))
+            saved.append(r)
+        return saved
+
+    def _restore(self, r: int) -> CustomerPartition | None:
+        """Partition r's state from the snapshot left for it, if the changelog's newest
+        record of the partition is the one it was taken at (else None: the database left
+        with it is deleted)."""
+        left = None if self.snapshots is None else self.snapshots.take(r)
+        if left is None:
+            return None
+        data, customers = left
+        try:
+            snapshot: CustomerSnapshot | None = decode_customer_snapshot(data)
+        except ValueError:  # another version's (or damaged): rebuild
+            snapshot = None
+        newest = None if snapshot is None else self.log.get(r, snapshot.applied)
+        if (snapshot is None or newest is None or self.log.newest(r) != snapshot.applied
+                or pack_digest(newest) != snapshot.pack_digest
+                or len(customers) != snapshot.customers):
+            customers.close()
+            return None
+        return CustomerPartition(
+            applied=snapshot.applied, header=snapshot.applied,
+            stream_time=snapshot.stream_time, high_water=snapshot.high_water,
+            customers=customers, first_counts=snapshot.first_counts, refs=snapshot.refs,
+            dead=snapshot.dead, changed=snapshot.changed,
+            republish_after=snapshot.republish_after, expired=snapshot.expired,
+            low_marks=snapshot.low_marks, costs=snapshot.costs, cost_packs=snapshot.cost_packs)
 
     def drop(self, partitions: Iterable[int]) -> None:
         for r in partitions:
@@ -294,21 +356,29 @@ class CustomerState:
             if state is not None:
                 state.customers.close()
 
-    def take_changes(self, r: int, limit: int, *, republish: bool = True
-                     ) -> list[tuple[str, CustomerRecord | None]]:
-        """Up to ``limit`` customers of partition r whose profile is to be published: those
-        changed since the last call first, then (if ``republish``) the next of a
-        republication after a load. Records are for reading only."""
-        state = self.parts.get(r)
-        if state is None:
-            return []
-        names = sorted(state.changed)[:limit]
-        state.changed.difference_update(names)
-        if republish and state.republish_after is not None and len(names) < limit:
-            more = state.customers.keys_after(state.republish_after, limit - len(names))
-            state.republish_after = more[-1] if len(more) == limit - len(names) else None
-            names += more
-        return [(customer, state.customers.peek(customer)) for customer in names]
+    def take_changes(self, partitions: Iterable[int], limit: int, *, republish: bool = True
+                     ) -> list[tuple[int, str, CustomerRecord | None]]:
+        """Up to ``limit`` ``(partition, customer, record)`` whose profile is to be published,
+        of the given partitions: those changed since the last call in every partition first,
+        then (if ``republish``) the next of the republications after a load. A new order's
+        profile is never held back by another partition's republication of a million
+        customers. Records are for reading only."""
+        held = [(r, self.parts[r]) for r in partitions if r in self.parts]
+        names: list[tuple[int, str]] = []
+        for r, state in held:
+            taken = sorted(state.changed)[:limit - len(names)]
+            state.changed.difference_update(taken)
+            names += [(r, customer) for customer in taken]
+        for r, state in held if republish else ():
+            room = limit - len(names)
+            if room <= 0:
+                break
+            if state.republish_after is None:
+                continue
+            more = state.customers.keys_after(state.republish_after, room)
+            state.republish_after = more[-1] if len(more) == room else None
+            names += [(r, customer) for customer in more]
+        return [(r, customer, self.parts[r].customers.peek(customer)) for r, customer in names]
 
     def state(self, r: int, now_ms: int) -> CustomerPartition:
         held = self.parts.get(r)

@@ -46,15 +46,16 @@ from rocksdict import (
 from kpistream.contracts.wire import CustomerRecord
 from kpistream.encoding import json_bytes
 from kpistream.settings import Settings
-from kpistream.state.aggregate import DictIdMap, IdMap, IdMaps, Snapshots, record_time
-from kpistream.state.customers import CustomerMaps, DictCustomerMap, last_activity
+from kpistream.state.aggregate import DictIdMap, IdMap, IdMaps, record_time
+from kpistream.state.customers import CustomerMap, CustomerMaps, DictCustomerMap, last_activity
+from kpistream.state.store import Snapshots
 
 V = TypeVar("V")
 
 _RECORD, _TIMED, _HOLDER = b"r", b"t", b"h"
 _TIME = struct.Struct(">Q")
-_SNAPSHOT_IDS = struct.Struct("<Q")  # records in the kept id database
-_SNAPSHOT_MARK = b"s"  # key of the snapshot's mark in a kept id database
+_SNAPSHOT_SIZE = struct.Struct("<Q")  # records in the kept database
+_SNAPSHOT_MARK = b"s"  # key of the snapshot's mark in a kept database
 _MARK_SIZE = 16
 _TIME_OFFSET = 1 << 63  # signed ms -> unsigned, so byte order is time order
 _CH, _COST = 2, 5  # order entry fields holding group names
@@ -73,7 +74,9 @@ class PartitionStores:
     ids: IdMaps
     customers: CustomerMaps
     table_data: Callable[[str], TableData] | None = None
-    snapshots: Snapshots | None = None  # where the aggregate leaves its state on a stop
+    # where the aggregate and the customer stage leave their state on a stop
+    snapshots: Snapshots[IdMap] | None = None
+    customer_snapshots: Snapshots[CustomerMap] | None = None
 
 
 def _time_key(time: int, key: bytes) -> bytes:
@@ -268,8 +271,8 @@ class RocksCustomerMap(_TimedRecords[CustomerRecord]):
     """:class:`~kpistream.state.customers.CustomerMap`: customers by id, timed by their last
     activity (the retention sweep's order), with the changelog record holding each one."""
 
-    def __init__(self, path: Path, memory: RocksMemory) -> None:
-        super().__init__(path, memory)
+    def __init__(self, path: Path, memory: RocksMemory, *, kept: int | None = None) -> None:
+        super().__init__(path, memory, kept=kept)
         self.holders: dict[str, int] = {}
 
     def decode(self, raw: bytes) -> CustomerRecord:
@@ -301,17 +304,23 @@ class RocksCustomerMap(_TimedRecords[CustomerRecord]):
         self.holders.clear()
 
 
-class LocalSnapshots:
-    """:class:`~kpistream.state.aggregate.Snapshots` on the worker's data dir: a stopping
-    worker persists each aggregate partition's id database where it is and writes the rest of
-    the partition's state in a file beside it; its next start on the same disk (a
-    StatefulSet's volume) takes the file (deleting it, so it is used once) and reopens the
-    database instead of rebuilding both from every pack in the changelog."""
+K = TypeVar("K", bound="_TimedRecords[Any]")
 
-    def __init__(self, root: Path, topic: str, memory: RocksMemory) -> None:
+
+class LocalSnapshots(Generic[K]):
+    """:class:`~kpistream.state.store.Snapshots` on the worker's data dir: a stopping worker
+    persists each partition's database (of ``topic``) where it is and writes the rest of the
+    partition's state in a file beside it; its next start on the same disk (a container
+    restarted in its pod, a StatefulSet's volume) takes the file (deleting it, so it is used
+    once) and reopens the database instead of rebuilding both from every record in the
+    changelog."""
+
+    def __init__(self, root: Path, topic: str, memory: RocksMemory,
+                 kind: type[K]) -> None:
         self.root = root
         self.topic = topic
         self.memory = memory
+        self.kind = kind  # the database class, reopened with ``kept=``
 
     def _db(self, p: int) -> Path:
         return self.root / f"{self.topic}-{p}"
@@ -319,38 +328,38 @@ class LocalSnapshots:
     def _file(self, p: int) -> Path:
         return self.root / f"{self.topic}-{p}.snapshot"
 
-    def save(self, p: int, ids: IdMap, data: bytes) -> None:
-        if not isinstance(ids, RocksIdMap) or ids.path != self._db(p):
-            raise TypeError(f"no snapshot of an id map of partition {p} not on disk here")
+    def save(self, p: int, kept: K, data: bytes) -> None:
+        if not isinstance(kept, self.kind) or kept.path != self._db(p):
+            raise TypeError(f"no snapshot of a map of {self.topic}-{p} not on disk here")
         # The same mark in the database and the file: the database reopened is the one
         # persisted with this file (not one recreated empty, or left by another stop).
         mark = blake2b(data, digest_size=16).digest()
-        kept = ids.persist(mark)
+        size = kept.persist(mark)
         staged = self._file(p).with_suffix(".partial")
-        staged.write_bytes(_SNAPSHOT_IDS.pack(kept) + mark + data)
+        staged.write_bytes(_SNAPSHOT_SIZE.pack(size) + mark + data)
         staged.replace(self._file(p))  # whole or absent
 
-    def take(self, p: int) -> tuple[bytes, IdMap] | None:
+    def take(self, p: int) -> tuple[bytes, K] | None:
         path = self._file(p)
         try:
             data = path.read_bytes()
         except FileNotFoundError:
             return None
         path.unlink()
-        head = _SNAPSHOT_IDS.size + _MARK_SIZE
+        head = _SNAPSHOT_SIZE.size + _MARK_SIZE
         if not self._db(p).exists() or len(data) < head:
             return None
-        (kept,) = _SNAPSHOT_IDS.unpack_from(data)
-        mark = data[_SNAPSHOT_IDS.size:head]
+        (size,) = _SNAPSHOT_SIZE.unpack_from(data)
+        mark = data[_SNAPSHOT_SIZE.size:head]
         try:
-            ids = RocksIdMap(self._db(p), self.memory, kept=kept)
+            kept = self.kind(self._db(p), self.memory, kept=size)
         except Exception:  # a cache that cannot be opened is rebuilt
             return None
-        if ids.db.get(_SNAPSHOT_MARK) != mark:
-            ids.close()  # not the database persisted with this file: rebuilt
+        if kept.db.get(_SNAPSHOT_MARK) != mark:
+            kept.close()  # not the database persisted with this file: rebuilt
             return None
-        ids.db.delete(_SNAPSHOT_MARK)
-        return data[head:], ids
+        kept.db.delete(_SNAPSHOT_MARK)
+        return data[head:], kept
 
 
 class RocksIdMap(_TimedRecords[list[Any]]):
@@ -376,7 +385,10 @@ def partition_stores(settings: Settings) -> PartitionStores:
         lambda p: RocksIdMap(root / f"{settings.topic_events}-{p}", memory),
         lambda r: RocksCustomerMap(root / f"{settings.topic_customers}-{r}", memory),
         lambda name: RocksTableData(root / f"table-{name}", memory),
-        LocalSnapshots(root, settings.topic_events, memory))
+        # (save() refuses any other map than its own kind, on disk where it expects it)
+        cast(Snapshots[IdMap], LocalSnapshots(root, settings.topic_events, memory, RocksIdMap)),
+        cast(Snapshots[CustomerMap], LocalSnapshots(root, settings.topic_customers, memory,
+                                                    RocksCustomerMap)))
 
 
 class RocksTableData(TableData):
@@ -418,6 +430,13 @@ class RocksTableData(TableData):
 
     def __len__(self) -> int:
         return self.size
+
+    def keys_with_prefix(self, prefix: bytes) -> Iterator[bytes]:
+        for key in self.db.keys(from_key=prefix):
+            key = cast(bytes, key)
+            if not key.startswith(prefix):
+                return
+            yield key  # (a tombstone being applied has no value: rare, and only a key here)
 
     def with_prefix(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self.db.items(from_key=prefix):

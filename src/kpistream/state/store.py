@@ -9,9 +9,11 @@ are parsed from both ends, so a group may contain anything.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Protocol
+from hashlib import blake2b
+from typing import Any, Protocol, TypeVar
 
 SEP = "\x1f"
+M = TypeVar("M")
 
 
 class Store(Protocol):
@@ -60,6 +62,9 @@ class PackLog(Protocol):
 
     def load(self, partition: int) -> list[tuple[int, bytes]]: ...
 
+    def newest(self, partition: int) -> int | None:
+        """The highest seq held for the partition (without reading the records)."""
+
 
 class DictPackLog:
     """In-memory :class:`PackLog`; ``writes`` counts changelog records."""
@@ -81,3 +86,22 @@ class DictPackLog:
 
     def load(self, partition: int) -> list[tuple[int, bytes]]:
         return sorted((seq, value) for (p, seq), value in self.data.items() if p == partition)
+
+    def newest(self, partition: int) -> int | None:
+        return max((seq for p, seq in self.data if p == partition), default=None)
+
+
+class Snapshots(Protocol[M]):
+    """Where a stopping worker leaves a partition's state for its next start on the same
+    disk: the partition's on-disk map (``M``) kept as it is, the rest encoded."""
+
+    def save(self, p: int, kept: M, data: bytes) -> None:
+        """Persist ``kept`` (closing it) and keep ``data`` with it."""
+
+    def take(self, p: int) -> tuple[bytes, M] | None:
+        """The data and the reopened map left for partition p, once (None if none)."""
+
+
+def pack_digest(data: bytes) -> str:
+    """What a snapshot records of the changelog record it was taken at, to know it again."""
+    return blake2b(data, digest_size=16).hexdigest()

@@ -111,6 +111,13 @@ class TablePackLog:
                  ((key, value) for key, value in data.items() if key.startswith(prefix)))
         return sorted((int(key[len(prefix):]), value) for key, value in items)
 
+    def newest(self, partition: int) -> int | None:
+        prefix = f"{partition}:".encode()
+        data = self._dict
+        keys = (data.keys_with_prefix(prefix) if isinstance(data, RocksTableData) else
+                (key for key in data if key.startswith(prefix)))
+        return max((int(key[len(prefix):]) for key in keys), default=None)
+
 
 @dataclass(frozen=True)
 class Tables:

@@ -21,6 +21,7 @@ from kpistream.contracts.wire import (
     CustomerFacts,
     CustomerPack,
     CustomerRecord,
+    CustomerSnapshot,
     EventPack,
     RawMark,
     RollupMessage,
@@ -28,12 +29,14 @@ from kpistream.contracts.wire import (
     decode_aggregate_snapshot,
     decode_customer_facts,
     decode_customer_pack,
+    decode_customer_snapshot,
     decode_event_pack,
     decode_rollup,
     encode_aggregate_pack,
     encode_aggregate_snapshot,
     encode_customer_facts,
     encode_customer_pack,
+    encode_customer_snapshot,
     encode_event_pack,
     encode_rollup,
 )
@@ -130,6 +133,33 @@ def test_aggregate_snapshot_round_trip(offset, packs, seen_time, ids, buckets) -
     assert (again.header, again.pack_digest, again.packs, again.seen_time, again.ids) == (
         header, "digest", packs, seen_time, ids)
     assert {b[:4]: tuple(b[4]) for b in again.buckets} == buckets
+
+
+seqs = st.integers(0, 2**40)
+
+
+@given(st.builds(
+    CustomerSnapshot, seqs, text, times,
+    st.dictionaries(st.integers(0, 100), st.tuples(seqs, st.integers(0, 10_000)), max_size=3),
+    st.dictionaries(st.integers(0, 100), times, max_size=3),
+    st.dictionaries(st.tuples(st.sampled_from(["5m", "1h"]), text, text, times),
+                    st.integers(-5, 5), max_size=5),
+    st.dictionaries(seqs, st.integers(0, 10), max_size=4), st.sets(seqs, max_size=3),
+    st.sets(text, max_size=4), st.none() | text, st.sets(text, max_size=3),
+    st.dictionaries(st.tuples(text, times), amounts, max_size=3),
+    st.dictionaries(seqs, times, max_size=3), st.integers(0, 2**40)))
+def test_customer_snapshot_round_trip(snapshot: CustomerSnapshot) -> None:
+    assert decode_customer_snapshot(encode_customer_snapshot(snapshot)) == snapshot
+
+
+def test_a_customer_snapshot_of_another_version_or_damaged_is_refused() -> None:
+    data = encode_customer_snapshot(CustomerSnapshot(
+        5, "d", 0, {}, {}, {}, {5: 1}, set(), set(), None, set(), {}, {}, 1))
+    with pytest.raises(ValueError, match="version 2, expected 1"):
+        decode_customer_snapshot(data.replace(b"[1,", b"[2,", 1))
+    for damaged in (data[:-3], data.replace(b"[5,", b"[", 1), b"{}"):
+        with pytest.raises(ValueError, match="customer snapshot"):
+            decode_customer_snapshot(damaged)
 
 
 costs = st.lists(st.builds(CampaignDayCost, text, times, amounts, amounts,

@@ -48,7 +48,7 @@ class Disk:
     def __init__(self, root: Path) -> None:
         self.memory = RocksMemory(8)
         self.root = root
-        self.snapshots = LocalSnapshots(root, TOPIC, self.memory)
+        self.snapshots = LocalSnapshots(root, TOPIC, self.memory, RocksIdMap)
 
     def aggregator(self, log: DictPackLog) -> PartitionAggregator:
         return PartitionAggregator(

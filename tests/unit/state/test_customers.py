@@ -197,9 +197,21 @@ def test_a_restart_publishes_deletions_again(make: MakeState) -> None:
     assert names(state) == {"c2"}
     restored = make(SETTINGS, log)
     restored.state(0, 0)
-    assert dict(restored.take_changes(0, 10)).keys() == {"c1", "c2"}
-    assert dict(restored.take_changes(0, 10)) == {}  # all published
+    assert {c for _, c, _ in restored.take_changes([0], 10)} == {"c1", "c2"}
+    assert restored.take_changes([0], 10) == []  # all published
     assert restored.parts[0].customers.peek("c1") is None
+
+
+def test_a_partition_new_to_the_changelog_publishes_its_changes_once(
+        make: MakeState) -> None:
+    """Only a partition loaded from changelog records publishes every profile again."""
+    state = make()
+    facts = [(1, i, 1, order(f"o{i}", MIN, customer=f"c{i}")) for i in range(3)]
+    state.process(0, [(0, CustomerFacts(0, facts))], 0)
+    assert {c for _, c, _ in state.take_changes([0], 10)} == {"c0", "c1", "c2"}
+    state.process(0, [(1, CustomerFacts(0, [(2, 0, 1, order("x", MIN, customer="c3"))]))], 0)
+    assert [c for _, c, _ in state.take_changes([0], 10)] == ["c3"]
+    assert state.take_changes([0], 10) == []
 
 
 def test_a_load_republishes_every_profile_a_bounded_number_at_a_time(make: MakeState) -> None:
@@ -209,19 +221,45 @@ def test_a_load_republishes_every_profile_a_bounded_number_at_a_time(make: MakeS
     state.process(0, [(0, CustomerFacts(0, facts))], 0)
     restored = make(SETTINGS, log)
     restored.state(0, 0)
-    assert restored.take_changes(0, 10, republish=False) == []  # held back
-    first = restored.take_changes(0, 10)
+    assert restored.take_changes([0], 10, republish=False) == []  # held back
+    first = restored.take_changes([0], 10)
     assert len(first) == 10
     # a customer changed meanwhile goes first, once
     restored.process(0, [(1, CustomerFacts(0, [(2, 0, 1, order("x", MIN, customer="c20"))]))],
                      0)
-    second = restored.take_changes(0, 10)
-    assert second[0][0] == "c20" and len(second) == 10
-    rest = restored.take_changes(0, 10)
-    published = [c for c, _ in first + second + rest]
+    second = restored.take_changes([0], 10)
+    assert second[0][1] == "c20" and len(second) == 10
+    rest = restored.take_changes([0], 10)
+    published = [c for _, c, _ in first + second + rest]
     assert sorted(set(published)) == [f"c{i:02}" for i in range(25)]
-    assert len(rest) < 10 and restored.take_changes(0, 10) == []
-    assert all(record is not None for _, record in first + second + rest)
+    assert len(rest) < 10 and restored.take_changes([0], 10) == []
+    assert all(record is not None for _, _, record in first + second + rest)
+
+
+def test_a_change_is_not_held_back_by_another_partitions_republication(
+        make: MakeState) -> None:
+    """After a restart partition 0 republishes its customers a batch at a time; a new order
+    in partition 1 is published in the first batch, not after partition 0's last."""
+    log = DictPackLog()
+    state = make(SETTINGS, log)
+    for r in (0, 1):
+        facts = [(1, i, 1, order(f"o{r}-{i}", MIN, customer=f"c{r}-{i:02}"))
+                 for i in range(25)]
+        state.process(r, [(0, CustomerFacts(0, facts))], 0)
+    restored = make(SETTINGS, log)
+    for r in (0, 1):
+        restored.state(r, 0)
+    restored.process(1, [(1, CustomerFacts(0, [(2, 0, 1, order("new", MIN,
+                                                                  customer="newcomer"))]))], 0)
+    first = restored.take_changes([0, 1], 10)
+    assert first[0][:2] == (1, "newcomer") and first[0][2] is not None
+    assert [r for r, _, _ in first[1:]] == [0] * 9  # then partition 0's republication
+    taken = first
+    while batch := restored.take_changes([0, 1], 10):
+        taken += batch
+    # (the newcomer again too: partition 1's republication passes it)
+    assert {(r, c) for r, c, _ in taken} == {(1, "newcomer")} | {
+        (r, f"c{r}-{i:02}") for r in (0, 1) for i in range(25)}
 
 
 def test_a_rebuild_runs_in_steps_and_one_dropped_meanwhile_is_discarded(
