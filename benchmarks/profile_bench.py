@@ -7,9 +7,11 @@ over two hours, replay clock), then starts one worker and measures:
 - events/s from the first record judged to the last (``kpistream_events_total``);
 - the time until every profile is in Redis (``kpi:customers:by_revenue`` holds them all);
 - peak RSS (``VmHWM``) of the worker;
-- restart: the worker is stopped (SIGTERM) and a new one started; the time from its start
-  until a new customer's order, produced at that moment, has its profile in Redis (state
-  restored from the changelogs, then published again).
+- restart: the worker is stopped (SIGTERM) and a new one started on the same data directory
+  (the stages restore the snapshots the stop left); the time from its start until a new
+  customer's order, produced at that moment, has its profile in Redis. Then the same on a
+  wiped data directory (a new machine, or a crash: every stage rebuilds from the changelogs
+  and every profile is published again).
 
 Targets (issue 10): peak RSS <= 400 MB, restart <= 60 s. Prints a markdown table and writes
 ``docs/profile_bench.json``.
@@ -22,6 +24,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import sys
 import time
 import uuid
@@ -106,36 +109,53 @@ def main() -> int:
     print(f"produced {events:,} records in {time.monotonic() - produced:.0f} s", flush=True)
     client = redis.Redis.from_url(redis_url)
     ranking = f"{settings.redis_prefix}:customers:by_revenue"
+    data_dir = f"{dep.env['KPISTREAM_DATA_DIR']}-profiles"
+
+    def publishing_again(at_ms: int) -> tuple[float, float]:
+        """Seconds from a new worker's start until a new customer's order, produced at that
+        moment, has its profile in Redis; the worker's peak RSS."""
+        started = time.monotonic()
+        proc, _ = dep.start_worker(KPISTREAM_DATA_DIR=data_dir)
+        probe = f"probe-{uuid.uuid4().hex[:8]}"
+        asyncio.run(produce(settings, [Record("order", {
+            "order_id": probe, "ts": at_ms, "customer_id": probe, "amount": 1.0,
+            "currency": "EUR", "campaign_id": "cmp-000", "channel": "search",
+            "segment": "new"})]))
+        wait(lambda: client.exists(f"{settings.redis_prefix}:customer:{probe}"), args.timeout,
+             "a profile published after the restart")
+        seconds = time.monotonic() - started
+        rss = peak_rss_mb(proc.pid)
+        dep.stop()
+        dep.workers.clear()
+        return seconds, rss
+
     try:
-        proc, port = dep.start_worker()
+        proc, port = dep.start_worker(KPISTREAM_DATA_DIR=data_dir)
         rate = judged_rate([port], events, args.timeout)
         published = wait(lambda: client.zcard(ranking) >= args.customers, args.timeout,
                          "every profile in Redis")
         rss = peak_rss_mb(proc.pid)
         dep.stop()
         dep.workers.clear()
-        restart_started = time.monotonic()
-        restarted, _ = dep.start_worker()
-        probe = f"probe-{uuid.uuid4().hex[:8]}"
-        asyncio.run(produce(settings, [Record("order", {
-            "order_id": probe, "ts": start_ms + SPREAD_MIN * MINUTE_MS, "customer_id": probe,
-            "amount": 1.0, "currency": "EUR", "campaign_id": "cmp-000", "channel": "search",
-            "segment": "new"})]))
-        wait(lambda: client.exists(f"{settings.redis_prefix}:customer:{probe}"), args.timeout,
-             "a profile published after the restart")
-        restart = time.monotonic() - restart_started
-        restart_rss = peak_rss_mb(restarted.pid)
+        # the same data directory (a container restarted in its pod, a StatefulSet's
+        # volume: the stop left snapshots), then a wiped one (a new machine, or a crash)
+        restart, restart_rss = publishing_again(start_ms + SPREAD_MIN * MINUTE_MS)
+        shutil.rmtree(data_dir)
+        rebuild, rebuild_rss = publishing_again(start_ms + SPREAD_MIN * MINUTE_MS + 1)
     finally:
         dep.remove()
         client.close()
     result = {"customers": args.customers, "events": events, "rate": rate,
               "all_published_after_s": published, "peak_rss_mb": rss, "restart_s": restart,
-              "restarted_peak_rss_mb": restart_rss}
+              "restarted_peak_rss_mb": restart_rss, "rebuild_s": rebuild,
+              "rebuilt_peak_rss_mb": rebuild_rss}
     print("| customers | events | events/s (1 worker) | all profiles in Redis after | "
-          "peak RSS MB | restart until published again | restarted worker's peak RSS MB |")
+          "peak RSS MB | restart until published again: same data dir / wiped | "
+          "restarted worker's peak RSS MB: same / wiped |")
     print("|---|---|---|---|---|---|---|")
     print(f"| {args.customers:,} | {events:,} | {rate:,.0f} | {published:.0f} s after the last "
-          f"event | {rss:,.0f} | {restart:.0f} s | {restart_rss:,.0f} |", flush=True)
+          f"event | {rss:,.0f} | {restart:.0f} s / {rebuild:.0f} s | {restart_rss:,.0f} / "
+          f"{rebuild_rss:,.0f} |", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "profile_bench.json").write_text(json.dumps(result, indent=2) + "\n")
     return 0

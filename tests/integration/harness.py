@@ -104,6 +104,27 @@ class Deployment:
             asyncio.run(_delete_topics(self.settings, self.name))
         except Exception as exc:  # cleanup only: the test's verdict is already made
             print(f"[harness] could not delete the topics of {self.name}: {exc!r}")
+        self.remove_redis_keys()
+
+    def remove_redis_keys(self) -> None:
+        """Delete the deployment's Redis keys (its prefix is its own): a benchmark leaves a
+        million profiles, and Redis would hold every run's."""
+        try:
+            client = redis_sync_client(self.settings)
+            try:
+                batch: list[str] = []
+                for key in client.scan_iter(match=f"{self.settings.redis_prefix}:*",
+                                            count=10_000):
+                    batch.append(key)
+                    if len(batch) >= 10_000:
+                        client.unlink(*batch)
+                        batch.clear()
+                if batch:
+                    client.unlink(*batch)
+            finally:
+                client.close()
+        except Exception as exc:  # cleanup only, as above
+            print(f"[harness] could not delete the Redis keys of {self.name}: {exc!r}")
 
     def start_worker(self, **extra: str) -> tuple[subprocess.Popen[bytes], int]:
         """A worker with the deployment's environment (plus ``extra``); returns it and its

@@ -6,9 +6,13 @@ partition under the worker's data dir, all sharing one memory budget.
 A database is a cache of the stage's changelog, never a second source of truth: it is
 destroyed and rebuilt from the partition's changelog records at every assignment (the stages'
 ``load``), so it can never be ahead of what Kafka holds after a crash, and it needs neither a
-write-ahead log nor fsync. What it buys is memory: a million customers' order histories and
-ids live on disk and in a bounded block cache instead of the Python heap (~1 KB per customer
-and ~300 bytes per order id as dicts and lists, docs/benchmarks.md).
+write-ahead log nor fsync. The one exception is a graceful stop (:class:`LocalSnapshots`):
+written whole once every changelog record is acknowledged, reopened once by the next start on
+the same disk if the changelog still holds the record it was taken at.
+
+What it buys is memory: a million customers' order histories and ids live on disk and in a
+bounded block cache instead of the Python heap (~1 KB per customer and ~300 bytes per order
+id as dicts and lists, docs/benchmarks.md).
 
 Keys (one keyspace, a prefix byte each):
 - ``r`` + key: the record's time (8 bytes) and the record (JSON);
