@@ -121,10 +121,6 @@ class SinkSet:
             else:
                 self.retry_at.pop(sink.name, None)
 
-    def all_available(self) -> bool:
-        """No sink is waiting to retry a failed delivery."""
-        return not self.retry_at
-
     async def close(self) -> None:
         for sink in self.sinks:
             await sink.close()

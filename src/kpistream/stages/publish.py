@@ -45,7 +45,6 @@ from kpistream.state.rollup import RollupState
 
 logger = logging.getLogger(__name__)
 SWEEP_EVERY_S = 5.0
-PROFILE_CHUNK = 2_000  # profiles built and written at a time (memory, not a rate limit)
 
 
 def register(app: faust.App, runtime: Runtime, state: RollupState,
@@ -141,14 +140,14 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
 
     last_sweep = [0.0]
 
-    def profile_changes(now: int, limit: int) -> list[ProfileChange]:
-        """Up to ``limit`` profiles of the customers partitions this worker owns that changed
-        since they were last taken (a partition publishes once its state is loaded, all of it
-        at first)."""
+    def profile_changes(now: int) -> list[ProfileChange]:
+        """Profiles of the customers partitions this worker owns that changed since the last
+        tick (a partition publishes once its state is loaded, all of it at first)."""
         # Republishing waits while a partition is being rebuilt: it costs about as much as
         # the rebuild, and new changes (published at once) come through it.
         taken = customers.take_changes(sorted(assigned(settings.topic_customers)),
-                                       limit, republish=not customers.rebuilding)
+                                       settings.profile_publish_batch,
+                                       republish=not customers.rebuilding)
         cost_of = {r: partial(customers.cost_of, customers.parts[r]) for r, _, _ in taken}
         return [ProfileChange(customer, None if record is None else
                               build_profile(customer, record, now, cost_of[r]))
@@ -222,23 +221,12 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
         times = [state.stream_time(q, now) for q in owned]
         if times and max(times) != NO_TIME:
             metrics.stream_time.set(max(times) / 1000)
-        firing = frozenset(("cpo_spike", dimension, group)
-                           for (dimension, group), _ in alert_engine.firing(owned))
-        left = settings.profile_publish_batch
-        profiles = profile_changes(now, min(PROFILE_CHUNK, left))
-        sinks.write(Publication(changes, [t.transition.message for t in transitions], firing,
-                                profiles))
+        sinks.write(Publication(
+            changes, [t.transition.message for t in transitions],
+            frozenset(("cpo_spike", dimension, group)
+                      for (dimension, group), _ in alert_engine.firing(owned)),
+            profile_changes(now)))
         await sinks.flush()
-        # The tick's other profiles a chunk at a time: a chunk's records, profiles and
-        # payloads are freed before the next is built (the 20,000 of a tick at once held
-        # ~90 MB, docs/benchmarks.md). Not while a sink waits to retry: it keeps its chunk.
-        left -= len(profiles)
-        while profiles and left > 0 and sinks.all_available() and not app.should_stop:
-            profiles = profile_changes(now, min(PROFILE_CHUNK, left))
-            if profiles:
-                sinks.write(Publication(firing=firing, profiles=profiles))
-                await sinks.flush()
-                left -= len(profiles)
 
     @app.service
     class SinkLifecycle(faust.Service):

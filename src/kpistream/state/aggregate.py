@@ -58,7 +58,7 @@ from kpistream.state.buckets import (
     contribution_items,
     rows_of,
 )
-from kpistream.state.store import PackLog, Snapshots, pack_digest
+from kpistream.state.store import PackLog, Snapshots, pack_digest, records
 
 Outcome = Literal["accepted", "duplicate", "late", "unknown_order"]
 COUNTED_OUTCOME: dict[str, str] = {"accepted": "accepted", "duplicate": "duplicate",
@@ -311,22 +311,21 @@ class PartitionAggregator:
         if old is not None:
             old.ids.close()
         drops = self.drops.get(p, 0)
-        packs = self.log.load(p)
-        state = self._restore(p, packs) or PartitionState(ids=self.id_maps(p))
+        seqs = self.log.seqs(p)
+        state = self._restore(p, seqs) or PartitionState(ids=self.id_maps(p))
         restored = state.applied
         # Buckets that expire as soon as the rebuild ends (below) are not filled at all: the
         # newest pack's header says when that is. The largest window is filled whole, as its
         # campaign buckets may stay past their expiry (attribution days). With a day in
         # retention this skips most of the two smaller windows' work.
         t_end = NO_TIME
-        if packs:
-            t_end = self.expiry_time(self._header_state(decode_aggregate_pack(packs[-1][1])),
-                                     now_ms)
+        newest = self.log.get(p, seqs[-1]) if seqs else None
+        if newest is not None:
+            t_end = self.expiry_time(self._header_state(decode_aggregate_pack(newest)), now_ms)
         reaches = [(name, step, NEVER if name == self.attribution_window else reach)
                    for name, step, reach in self.bucket_reach]
-        for seq, data in packs:
-            if restored is not None and seq <= restored:
-                continue  # in the snapshot
+        after = seqs if restored is None else [seq for seq in seqs if seq > restored]
+        for seq, data in records(self.log, p, after):  # (those up to restored: in the snapshot)
             pack = decode_aggregate_pack(data)
             for key, record in pack.ids:
                 state.ids.put(key, record)
@@ -379,7 +378,7 @@ class PartitionAggregator:
             saved.append(p)
         return saved
 
-    def _restore(self, p: int, packs: list[tuple[int, bytes]]) -> PartitionState | None:
+    def _restore(self, p: int, seqs: list[int]) -> PartitionState | None:
         """Partition p's state from the snapshot left for it, if the changelog still holds
         the pack it was taken at (else None: the id map left with it is deleted)."""
         left = None if self.snapshots is None else self.snapshots.take(p)
@@ -390,8 +389,9 @@ class PartitionAggregator:
             snapshot: AggregateSnapshot | None = decode_aggregate_snapshot(data)
         except ValueError:  # another version's (or damaged): rebuild
             snapshot = None
-        held = dict(packs)
-        newest = None if snapshot is None else held.get(snapshot.header.offset)
+        held = set(seqs)
+        newest = None if snapshot is None or snapshot.header.offset not in held else (
+            self.log.get(p, snapshot.header.offset))
         if snapshot is None or newest is None or pack_digest(newest) != snapshot.pack_digest:
             ids.close()
             return None

@@ -57,7 +57,7 @@ from kpistream.contracts.wire import (
 from kpistream.kpi.formulas import SUM_FIELDS
 from kpistream.settings import Settings
 from kpistream.state.buckets import DIMENSIONS, RowId, Sums, bucket_expired
-from kpistream.state.store import PackLog, Snapshots, pack_digest
+from kpistream.state.store import PackLog, Snapshots, pack_digest, records
 
 BucketKey = tuple[str, str, str, int]  # window, dimension, group, bucket
 _NEW = SUM_FIELDS.index("new_customers")
@@ -259,7 +259,7 @@ class CustomerState:
         state = CustomerPartition(customers=self.maps(r))
         customers = state.customers
         deleted: set[str] = set()
-        for seq, data in self.log.load(r):
+        for seq, data in records(self.log, r, self.log.seqs(r)):
             pack = decode_customer_pack(data)
             state.refs.setdefault(seq, 0)
             for customer, record in pack.customers:
@@ -336,7 +336,7 @@ class CustomerState:
         except ValueError:  # another version's (or damaged): rebuild
             snapshot = None
         newest = None if snapshot is None else self.log.get(r, snapshot.applied)
-        if (snapshot is None or newest is None or self.log.newest(r) != snapshot.applied
+        if (snapshot is None or newest is None or self.log.seqs(r)[-1] != snapshot.applied
                 or pack_digest(newest) != snapshot.pack_digest
                 or len(customers) != snapshot.customers):
             customers.close()

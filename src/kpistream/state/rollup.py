@@ -52,7 +52,7 @@ from kpistream.encoding import json_bytes
 from kpistream.kpi.formulas import SUM_FIELDS
 from kpistream.settings import Settings, WindowSpec
 from kpistream.state.buckets import RowId, Sums, bucket_expired, total, window_end
-from kpistream.state.store import PackLog
+from kpistream.state.store import PackLog, records
 
 # The changelog key of a partition's attribution record: below every roll-up offset.
 ATTRIBUTION_SEQ = -1
@@ -334,7 +334,7 @@ class RollupState:
         self.attribution[q] = AttributionDays()
         whole = False
         try:
-            for n, (seq, data) in enumerate(self.log.load(q)):
+            for n, (seq, data) in enumerate(records(self.log, q, self.log.seqs(q))):
                 if seq == ATTRIBUTION_SEQ:
                     self.attribution[q] = AttributionDays.decode(data)
                     continue

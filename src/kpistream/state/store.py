@@ -8,7 +8,7 @@ are parsed from both ends, so a group may contain anything.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from hashlib import blake2b
 from typing import Any, Protocol, TypeVar
 
@@ -60,10 +60,17 @@ class PackLog(Protocol):
 
     def delete(self, partition: int, seq: int) -> None: ...
 
-    def load(self, partition: int) -> list[tuple[int, bytes]]: ...
+    def seqs(self, partition: int) -> list[int]:
+        """The seqs held for the partition, in order (without reading the records)."""
 
-    def newest(self, partition: int) -> int | None:
-        """The highest seq held for the partition (without reading the records)."""
+
+def records(log: PackLog, partition: int, seqs: Iterable[int]) -> Iterator[tuple[int, bytes]]:
+    """The partition's records of ``seqs`` in order, read one at a time: a rebuild holds one
+    record, not the partition's whole changelog (a restart's peak memory)."""
+    for seq in seqs:
+        data = log.get(partition, seq)
+        if data is not None:
+            yield seq, data
 
 
 class DictPackLog:
@@ -84,11 +91,8 @@ class DictPackLog:
         self.writes += 1
         self.data.pop((partition, seq), None)
 
-    def load(self, partition: int) -> list[tuple[int, bytes]]:
-        return sorted((seq, value) for (p, seq), value in self.data.items() if p == partition)
-
-    def newest(self, partition: int) -> int | None:
-        return max((seq for p, seq in self.data if p == partition), default=None)
+    def seqs(self, partition: int) -> list[int]:
+        return sorted(seq for p, seq in self.data if p == partition)
 
 
 class Snapshots(Protocol[M]):

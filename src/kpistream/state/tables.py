@@ -104,19 +104,12 @@ class TablePackLog:
         self._store._key_partition.pop(key, None)
         self.outbox.send(self._changelog(), key, None, partition)
 
-    def load(self, partition: int) -> list[tuple[int, bytes]]:
-        prefix = f"{partition}:".encode()
-        data = self._dict
-        items = (data.with_prefix(prefix) if isinstance(data, RocksTableData) else
-                 ((key, value) for key, value in data.items() if key.startswith(prefix)))
-        return sorted((int(key[len(prefix):]), value) for key, value in items)
-
-    def newest(self, partition: int) -> int | None:
+    def seqs(self, partition: int) -> list[int]:
         prefix = f"{partition}:".encode()
         data = self._dict
         keys = (data.keys_with_prefix(prefix) if isinstance(data, RocksTableData) else
                 (key for key in data if key.startswith(prefix)))
-        return max((int(key[len(prefix):]) for key in keys), default=None)
+        return sorted(int(key[len(prefix):]) for key in keys)
 
 
 @dataclass(frozen=True)
