@@ -55,11 +55,14 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
     publisher = RowPublisher(settings, state)
     owned: set[int] = set()  # roll-up partitions whose state is loaded and published
     redis = redis_client(settings)  # one connection pool for every Redis sink of the worker
+    # Redis rows and alerts before Kafka: the Kafka sink's flush waits for the acks of all
+    # the worker's queued records (the outbox is shared with the agents' changelog writes),
+    # and rows waited for it on their way to Redis.
     sinks = SinkSet([
         PrometheusSink(metrics),
-        KafkaOutputSink(settings, outbox),
         RedisRowSink(settings, redis, lambda: publisher.snapshot(set(owned))),
         RedisAlertSink(settings, redis),
+        KafkaOutputSink(settings, outbox),
         RedisProfileSink(settings, redis),
     ], metrics, settings.log_interval_s)
     alert_engine = AlertEngine(settings, state, tables.alerts)
