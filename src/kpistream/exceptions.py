@@ -16,3 +16,9 @@ class SinkError(KpistreamError):
         super().__init__(f"{sink}: {message}")
         self.sink = sink
         self.retry_after = retry_after
+
+
+class DeliveryError(KpistreamError):
+    """Records could not be delivered to Kafka for good (the producer gave up, or the broker
+    refused them): the worker's state may be ahead of its changelogs, so it stops and its
+    partitions are rebuilt from what Kafka holds."""

@@ -16,6 +16,8 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from harness import LOG_DIR, Deployment, free_port
 
+from kpistream.generator.traffic import Record
+
 pytestmark = pytest.mark.integration
 
 
@@ -55,5 +57,44 @@ async def delete_topic(bootstrap: str, topic: str) -> None:
     await admin.start()
     try:
         await admin.delete_topics([topic])
+    finally:
+        await admin.close()
+
+
+def test_a_record_the_broker_refuses_stops_the_worker_naming_the_cause(stack) -> None:
+    """A dead letter larger than its topic allows (an operator lowered max.message.bytes) is
+    refused by the broker for good: the worker exits non-zero naming it, rather than going
+    on with state its changelogs may not hold (kpistream.outbox). The record is one the
+    aggregate stage dead-letters (a cancellation of an order never placed), not the edge: a
+    failed agent used to be restarted by faust's supervisor, leaving a worker that looked
+    healthy while every later flush failed."""
+    dep = Deployment(f"refused-{uuid.uuid4().hex[:6]}", stack.bootstrap, stack.redis_url)
+    dep.create_topics()
+    asyncio.run(limit_message_bytes(stack.bootstrap, dep.settings.topic_dlq, 64))
+    proc, _ = dep.start_worker()
+    try:
+        time.sleep(10)  # up and reading
+        assert proc.poll() is None
+        dep.produce([Record("order", {"order_id": "never-placed", "status": "cancelled",
+                                      "ts": int(time.time() * 1000)})])
+        produced = time.monotonic()
+        while proc.poll() is None and time.monotonic() - produced < 40:
+            time.sleep(0.5)
+        assert proc.poll() not in (None, 0)
+        log = (LOG_DIR / f"{dep.name}-1.log").read_text()
+        assert "records could not be delivered to Kafka" in log
+        assert "MessageSizeTooLarge" in log
+    finally:
+        dep.remove()
+
+
+async def limit_message_bytes(bootstrap: str, topic: str, limit: int) -> None:
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic,
+                                                  configs={"max.message.bytes": str(limit)})])
     finally:
         await admin.close()

@@ -7,10 +7,8 @@ on the compacted topic; an alert message may repeat and carries its episode's id
 
 from __future__ import annotations
 
-from aiokafka.errors import KafkaError
-from faust.exceptions import ProducerSendError
-
 from kpistream.encoding import json_bytes
+from kpistream.exceptions import DeliveryError
 from kpistream.outbox import Outbox
 from kpistream.settings import Settings
 from kpistream.sinks.base import Backoff, Publication, SinkUnavailable
@@ -51,10 +49,10 @@ class KafkaOutputSink:
             self.outbox.send(topic, key, value)
         try:
             await self.outbox.flush()
-        except (KafkaError, ProducerSendError) as exc:
-            # faust wraps what aiokafka raises in ProducerSendError (ProducerClosed while a
-            # worker stops, after a timer's publish began): the batch stays and is retried,
-            # or published by the partitions' next owner.
+        except DeliveryError as exc:
+            # A stopping worker's producer may be closed after a timer's publish began: the
+            # batch stays, and is published by the partitions' next owner. (Any other failed
+            # delivery stops the worker: Outbox.)
             raise SinkUnavailable(self.name, repr(exc), self.backoff.next()) from exc
         del self.pending[:len(batch)]
         self.backoff.reset()

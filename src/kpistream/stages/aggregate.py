@@ -14,8 +14,6 @@ from functools import partial
 from typing import Any, cast
 
 import faust
-from aiokafka.errors import KafkaError
-from faust.exceptions import ProducerSendError
 
 from kpistream.contracts.records import Order, Survey
 from kpistream.contracts.wire import (
@@ -26,6 +24,7 @@ from kpistream.contracts.wire import (
     encode_customer_facts,
     encode_rollup,
 )
+from kpistream.exceptions import DeliveryError
 from kpistream.ingest.dead_letter import DeadLetters
 from kpistream.ingest.packing import partition_for
 from kpistream.ingest.validate import ErrorCode
@@ -140,7 +139,7 @@ def register(app: faust.App, runtime: Runtime) -> PartitionAggregator:
         acknowledged, so a snapshot is never ahead of the changelog."""
         try:
             await outbox.flush()
-        except (KafkaError, ProducerSendError) as exc:
+        except DeliveryError as exc:
             logger.warning("aggregate_snapshots_skipped error=%r", exc)
             return
         saved = aggregator.save_snapshots()

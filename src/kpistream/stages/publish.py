@@ -13,8 +13,6 @@ from functools import partial
 from typing import Any, cast
 
 import faust
-from aiokafka.errors import KafkaError
-from faust.exceptions import ProducerSendError
 
 from kpistream.alerts.engine import AlertEngine
 from kpistream.connections import redis_client
@@ -24,6 +22,7 @@ from kpistream.contracts.wire import (
     CustomerFacts,
     encode_customer_facts,
 )
+from kpistream.exceptions import DeliveryError
 from kpistream.kpi.profiles import ProfileChange, build_profile
 from kpistream.kpi.rows import RowPublisher
 from kpistream.observability.metrics import (
@@ -173,7 +172,7 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
         async with publishing:
             try:
                 await outbox.flush()
-            except (KafkaError, ProducerSendError) as exc:
+            except DeliveryError as exc:
                 logger.warning("customer_snapshots_skipped error=%r", exc)
                 return
             saved = customers.save_snapshots()
