@@ -60,6 +60,8 @@ def create_app(settings: Settings | None = None,
         broker_commit_interval=1.0,
         producer_max_request_size=DLQ_MAX_MESSAGE_BYTES,
         producer_request_timeout=parse_duration_ms(settings.producer_request_timeout) / 1000,
+        producer_compression_type=(None if settings.kafka_compression == "none"
+                                   else settings.kafka_compression),
     )
     registry = CollectorRegistry()
     setup_prometheus_sensors(app, registry=registry, name_prefix="faust")

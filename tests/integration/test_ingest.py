@@ -92,16 +92,25 @@ async def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: floa
     return messages
 
 
+# Users' producers compress as they please: the edge reads every codec Kafka has.
+INPUT_CODECS = (None, "gzip", "snappy", "lz4", "zstd")
+
+
 async def produce_raw(bootstrap: str, items: list[tuple[str, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20,
-                                max_request_size=2_000_000)
-    await producer.start()
+    """Produce ``items``, each codec of :data:`INPUT_CODECS` compressing a share of them."""
+    producers = [AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20,
+                                  max_request_size=2_000_000, compression_type=codec)
+                 for codec in INPUT_CODECS]
+    for producer in producers:
+        await producer.start()
     try:
-        for topic, value in items:
-            await producer.send(topic, value)
-        await producer.flush()
+        for i, (topic, value) in enumerate(items):
+            await producers[i % len(producers)].send(topic, value)
+        for producer in producers:
+            await producer.flush()
     finally:
-        await producer.stop()
+        for producer in producers:
+            await producer.stop()
 
 
 def scrape(port: int) -> str:

@@ -137,3 +137,15 @@ def test_security_settings_that_go_together(given: dict[str, str]) -> None:
 def test_worker_producer_request_timeout_comes_from_the_settings(tmp_path: Path) -> None:
     app = create_app(Settings(producer_request_timeout="45s", data_dir=str(tmp_path)))
     assert app.conf.producer_request_timeout == 45.0
+
+
+@pytest.mark.parametrize(("codec", "expected"), [("zstd", "zstd"), ("lz4", "lz4"),
+                                                 ("none", None)])
+def test_worker_compression_comes_from_the_settings(tmp_path: Path, codec: str,
+                                                    expected: str | None) -> None:
+    app = create_app(Settings(kafka_compression=codec, data_dir=str(tmp_path)))
+    assert app.conf.producer_compression_type == expected
+    # and aiokafka can write it (its codecs come from cramjam, a pinned dependency)
+    from aiokafka.codec import has_lz4, has_snappy, has_zstd
+
+    assert has_zstd() and has_lz4() and has_snappy()
