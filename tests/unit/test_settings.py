@@ -139,6 +139,11 @@ def test_worker_producer_request_timeout_comes_from_the_settings(tmp_path: Path)
     assert app.conf.producer_request_timeout == 45.0
 
 
+def test_worker_fetch_size_comes_from_the_settings(tmp_path: Path) -> None:
+    app = create_app(Settings(consumer_fetch_partition_bytes=3_000_000, data_dir=str(tmp_path)))
+    assert app.conf.consumer_max_fetch_size == 3_000_000
+
+
 @pytest.mark.parametrize(("codec", "expected"), [("zstd", "zstd"), ("lz4", "lz4"),
                                                  ("none", None)])
 def test_worker_compression_comes_from_the_settings(tmp_path: Path, codec: str,
