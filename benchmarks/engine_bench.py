@@ -65,6 +65,7 @@ from kpistream.generator.traffic import (  # noqa: E402
 
 MINUTE_MS = 60_000
 SPREAD_MIN = 50
+KAFKA_LOG_DIR = ROOT / ".local" / "kafka" / "data"  # the local stack's broker (stack.sh)
 POLL_S = 0.5
 
 
@@ -167,12 +168,22 @@ def settled_at(ports: list[int], timeout_s: float) -> float:
     raise SystemExit(f"consumer lag not 0 within {timeout_s:.0f} s")
 
 
+def log_bytes(topics: list[str]) -> float:
+    """Bytes the local broker holds for ``topics`` (its segment files, as written: after the
+    producer's compression); NaN without the local stack's broker."""
+    if not KAFKA_LOG_DIR.is_dir():
+        return float("nan")
+    return float(sum(segment.stat().st_size for topic in topics
+                     for segment in KAFKA_LOG_DIR.glob(f"{topic}-[0-9]*/*.log")))
+
+
 def kpistream_run(dep: Deployment, workers: int, expected: int,
                   timeout_s: float) -> dict[str, float]:
     settings = dep.settings
     written_topics = [settings.topic_events, settings.topic_rollup, settings.topic_customers,
                       *changelog_topics(settings)]
     before = sum(end_offsets(dep.bootstrap, written_topics).values())
+    bytes_before = log_bytes(written_topics)
     procs = [dep.start_worker() for _ in range(workers)]
     ports = [port for _, port in procs]
     first, first_done, reached = judged_progress(ports, expected, timeout_s)
@@ -181,11 +192,13 @@ def kpistream_run(dep: Deployment, workers: int, expected: int,
     rows = sum(1 for port in ports for labels, _ in samples(scrape(port), "kpistream_orders"))
     rss = max(peak_rss_mb(proc.pid) for proc, _ in procs)
     after = sum(end_offsets(dep.bootstrap, written_topics).values())
+    bytes_after = log_bytes(written_topics)
     dep.stop()
     dep.workers.clear()
     return {"rate": (expected - first_done) / max(1e-9, reached - first),
             "settled_rate": (expected - first_done) / max(1e-9, settled - first),
-            "written_per_event": (after - before) / expected, "rss_mb": rss,
+            "written_per_event": (after - before) / expected,
+            "bytes_written_per_event": (bytes_after - bytes_before) / expected, "rss_mb": rss,
             "prometheus_rows": rows}
 
 
@@ -354,7 +367,8 @@ def report(name: str, r: dict[str, float]) -> None:
           f"{r['two_settled_rate']:,.0f} ({r['two_rate']:,.0f}) | "
           f"{r['one_settled_rate'] / r['plain']:.3f} | "
           f"{r['one_settled_rate'] / r['bare_faust']:.1f} | "
-          f"{r['one_per_quix']:.1f} | {r['one_written_per_event']:.3f} | "
+          f"{r['one_per_quix']:.1f} | {r['one_written_per_event']:.3f} "
+          f"({r['one_bytes_written_per_event']:,.0f} B) | "
           f"{r['one_rss_mb']:.0f} | {r['quix_rss_mb']:.0f} | {r['one_prometheus_rows']:,.0f} |",
           flush=True)
 
@@ -416,7 +430,7 @@ def main() -> int:
     # the aggregate has judged every event (the roll-up drains after it)
     print("| scenario | events | plain ev/s | bare faust ev/s | quix ev/s | kpistream 1w ev/s | "
           "kpistream 2w ev/s | 1w / plain | 1w / bare faust | 1w / quix | "
-          "records written/event | peak RSS MB | quix peak RSS MB | Prometheus rows |")
+          "records (bytes) written/event | peak RSS MB | quix peak RSS MB | Prometheus rows |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
     results: dict[str, Any] = {}
     for name, seed, events, campaigns, channels in [

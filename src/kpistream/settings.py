@@ -144,6 +144,12 @@ class Settings(BaseSettings):
         "start restores the tables from). faust's 1 MiB made a restart's table recovery "
         "wait on fetch round trips: 8 MiB restored 500k events' tables in 2.6 instead of "
         "3.7 s (docs/benchmarks.md).")
+    changelog_segment: str = Field(
+        "1h", description="segment.ms of the changelog topics the worker creates: Kafka "
+        "compacts only closed segments, so with its defaults (a week, or 1 GiB) a "
+        "changelog keeps every superseded and deleted record that long, and each start "
+        "reads them all. Applies when faust creates a changelog; alter existing ones with "
+        "kafka-configs (docs/operations.md).")
     kafka_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
         "zstd", description="Compression of the record batches the worker produces "
         "(internal topics, changelogs, outputs). The packed records are JSON and "
@@ -305,7 +311,8 @@ class Settings(BaseSettings):
     @field_validator("idle_lag", "grace", "customer_retention", "attribution_period",
                      "max_future",
                      "publish_interval", "sink_timeout", "batch_within", "log_interval",
-                     "session_timeout", "producer_request_timeout", "seek_retry")
+                     "session_timeout", "producer_request_timeout", "seek_retry",
+                     "changelog_segment")
     @classmethod
     def _check_duration(cls, value: str) -> str:
         parse_duration_ms(value)

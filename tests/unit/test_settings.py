@@ -154,3 +154,13 @@ def test_worker_compression_comes_from_the_settings(tmp_path: Path, codec: str,
     from aiokafka.codec import has_lz4, has_snappy, has_zstd
 
     assert has_zstd() and has_lz4() and has_snappy()
+
+
+def test_changelogs_roll_segments_as_the_settings_say() -> None:
+    """Kafka compacts closed segments only: the changelogs faust creates roll one every
+    ``changelog_segment``, so superseded and deleted packs leave them."""
+    from kpistream.state.tables import changelog_configs
+
+    configs = changelog_configs(Settings(changelog_segment="90m"))
+    assert configs["segment.ms"] == str(90 * 60 * 1000)
+    assert int(configs["max.message.bytes"]) >= Settings().pack_max_bytes

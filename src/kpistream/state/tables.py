@@ -23,7 +23,7 @@ from faust.types import TableT
 from kpistream.admin import PACKED_MAX_MESSAGE_BYTES
 from kpistream.encoding import json_bytes
 from kpistream.outbox import Outbox
-from kpistream.settings import Settings
+from kpistream.settings import Settings, parse_duration_ms
 from kpistream.state.rocks import RocksTableData, TableData
 from kpistream.state.store import SEP
 
@@ -112,6 +112,12 @@ class TablePackLog:
         return sorted(int(key[len(prefix):]) for key in keys)
 
 
+def changelog_configs(settings: Settings) -> dict[str, str]:
+    """Topic configs of every changelog (faust adds ``cleanup.policy=compact``)."""
+    return {"max.message.bytes": str(PACKED_MAX_MESSAGE_BYTES),
+            "segment.ms": str(parse_duration_ms(settings.changelog_segment))}
+
+
 @dataclass(frozen=True)
 class Tables:
     aggregate: TablePackLog
@@ -134,8 +140,7 @@ class Tables:
                                 key_type=raw, value_type=raw,
                                 schema=faust.Schema(key_serializer=serializer,
                                                     value_serializer=serializer), help=help,
-                                extra_topic_configs={
-                                    "max.message.bytes": str(PACKED_MAX_MESSAGE_BYTES)})
+                                extra_topic_configs=changelog_configs(settings))
             if grows and on_disk is not None:
                 cast(Any, created.data).data = on_disk(name)
             return created
