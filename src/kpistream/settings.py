@@ -139,11 +139,11 @@ class Settings(BaseSettings):
         "all before the worker fails (Kafka's delivery.timeout.ms default). faust's 20 "
         "minutes hide a stuck producer behind a worker that looks alive.")
     consumer_fetch_partition_bytes: int = Field(
-        8 * 1024 * 1024, ge=64 * 1024, description="Most bytes one fetch of the worker's "
-        "faust consumer returns per partition (its internal topics, and the changelogs a "
-        "start restores the tables from). faust's 1 MiB made a restart's table recovery "
-        "wait on fetch round trips: 8 MiB restored 500k events' tables in 2.6 instead of "
-        "3.7 s (docs/benchmarks.md).")
+        1024 * 1024, ge=64 * 1024, description="Most bytes one fetch of the worker's faust "
+        "consumer returns per partition (its internal topics, and the changelogs a start "
+        "restores the tables from; compressed bytes). 8 MiB restored 500k events' tables "
+        "in 2.6 instead of 3.7 s, but raised a worker's peak RSS by up to 400 MB "
+        "(docs/benchmarks.md).")
     changelog_segment: str = Field(
         "1h", description="segment.ms of the changelog topics the worker creates: Kafka "
         "compacts only closed segments, so with its defaults (a week, or 1 GiB) a "
@@ -151,11 +151,11 @@ class Settings(BaseSettings):
         "reads them all. Applies when faust creates a changelog; alter existing ones with "
         "kafka-configs (docs/operations.md).")
     kafka_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
-        "zstd", description="Compression of the record batches the worker produces "
-        "(internal topics, changelogs, outputs). The packed records are JSON and "
-        "mostly-zero doubles: zstd writes 8x fewer bytes to the brokers for the same CPU "
-        "(lz4 cost a quarter more CPU here; docs/benchmarks.md). Every Kafka client reads "
-        "it.")
+        "none", description="Compression of the record batches the worker produces "
+        "(internal topics, changelogs, outputs; every Kafka client reads them). The packed "
+        "records are JSON and mostly-zero doubles: zstd writes 8x fewer bytes to the "
+        "brokers for the same CPU, but raised a worker's peak RSS by 60-100 MB (1000 x 10 "
+        "x 5 rows); lz4 cost a quarter more CPU (docs/benchmarks.md).")
 
     # --- topics ------------------------------------------------------------------------
     topic_orders: str = Field("orders", description="Input topic of orders.")

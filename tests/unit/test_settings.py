@@ -164,3 +164,15 @@ def test_changelogs_roll_segments_as_the_settings_say() -> None:
     configs = changelog_configs(Settings(changelog_segment="90m"))
     assert configs["segment.ms"] == str(90 * 60 * 1000)
     assert int(configs["max.message.bytes"]) >= Settings().pack_max_bytes
+
+
+def test_tables_restore_in_small_batches(tmp_path: Path) -> None:
+    """faust holds up to recovery_buffer_size changelog records a table while restoring it;
+    ours are packed (hundreds of KB each): 1,000 of them held hundreds of MB."""
+    from kpistream.state.tables import RECOVERY_BUFFER_RECORDS
+
+    app = create_app(Settings(data_dir=str(tmp_path)))
+    sizes = {table.name: table.recovery_buffer_size for table in app.tables.values()}
+    assert len(sizes) == 4
+    assert set(sizes.values()) == {RECOVERY_BUFFER_RECORDS}
+    assert RECOVERY_BUFFER_RECORDS <= 100

@@ -118,6 +118,12 @@ def changelog_configs(settings: Settings) -> dict[str, str]:
             "segment.ms": str(parse_duration_ms(settings.changelog_segment))}
 
 
+# Changelog records faust holds per table while a start restores it, before applying them to
+# the store (faust's recovery_buffer_size, 1,000 by default). Ours are packed, up to hundreds
+# of KB each: 1,000 a table held hundreds of MB at a restart's peak (docs/benchmarks.md).
+RECOVERY_BUFFER_RECORDS = 64
+
+
 @dataclass(frozen=True)
 class Tables:
     aggregate: TablePackLog
@@ -138,6 +144,7 @@ class Tables:
             raw = bytes if serializer == "raw" else None
             created = app.Table(name, default=None, partitions=settings.partitions,
                                 key_type=raw, value_type=raw,
+                                recovery_buffer_size=RECOVERY_BUFFER_RECORDS,
                                 schema=faust.Schema(key_serializer=serializer,
                                                     value_serializer=serializer), help=help,
                                 extra_topic_configs=changelog_configs(settings))
