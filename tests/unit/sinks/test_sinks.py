@@ -193,7 +193,7 @@ def test_redis_alerts_in_order_with_the_hash_only_while_firing() -> None:
 def test_kafka_rows_and_alerts_are_kept_until_acknowledged() -> None:
     """A stopping worker's outbox fails its flush (its producer is closed): the tick's
     messages stay for the partitions' next owner. (Any other failure stops the worker:
-    tests/unit/test_outbox.py.)"""
+    tests/unit/test_outbox_failures.py.)"""
     error = DeliveryError(f"records could not be delivered to Kafka: {ProducerClosed()!r}")
     outbox = FakeOutbox()
     sink = KafkaOutputSink(SETTINGS, outbox)  # type: ignore[arg-type]
