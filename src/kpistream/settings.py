@@ -203,6 +203,12 @@ class Settings(BaseSettings):
 
     # --- publishing --------------------------------------------------------------------
     publish_interval: str = Field("1s", description="A row is published at most this often.")
+    publish_check_interval: str = Field(
+        "250ms", description="How often the publisher looks, between its full passes once "
+        "per publish_interval, for rows that changed and were not published within "
+        "publish_interval (new or quiet rows), and publishes them at once: such a change "
+        "waits at most this long instead of up to a whole publish_interval. At most "
+        "publish_interval.")
     redis_prefix: str = Field("kpi", description="Prefix of every Redis key and the index sets.")
     redis_channel: str = Field("kpi-updates", description="Redis Pub/Sub channel of row updates.")
     redis_alert_channel: str = Field("kpi-alerts", description="Redis Pub/Sub channel of alerts.")
@@ -213,10 +219,16 @@ class Settings(BaseSettings):
     batch_size: int = Field(
         5000, ge=1, description="Edge: raw input records read, validated and packed per batch.")
     batch_within: str = Field(
-        "250ms", description="Longest wait to fill a batch: the edge gathers raw records for "
-        "this long after the first ones came, and each stage waits this long for more packed "
-        "records. Live traffic at 1,600 events/s: 100ms kept one worker at 87% CPU with "
-        "rows visible after 3-4.5 s, 250ms at 73% with 0.4-1.9 s (docs/benchmarks.md).")
+        "250ms", description="Edge: longest wait to fill a batch: it gathers raw records for "
+        "this long after the first ones came. Live traffic at 1,600 events/s: 100ms kept one "
+        "worker at 87% CPU with rows visible after 3-4.5 s, 250ms at 73% with 0.4-1.9 s "
+        "(docs/benchmarks.md).")
+    stage_batch_within: str = Field(
+        "50ms", description="Longest a stage (aggregate, roll-up, customers) waits for more "
+        "packed records before applying what it has; faust's take_events waits this long "
+        "unless stage_batch_size records came first, so each stage adds up to this much to "
+        "a row's freshness. 250ms: p99 2.1-3.9 s at 4,080 events/s; 50ms (with "
+        "publish_check_interval): 1.35-1.37 s, a backlog as fast (docs/benchmarks.md).")
     pack_max_bytes: int = Field(
         512 * 1024, ge=1024, description="Edge: approximate size limit of one packed record "
         "(events and their original values) on the internal events topic.")
@@ -310,13 +322,22 @@ class Settings(BaseSettings):
 
     @field_validator("idle_lag", "grace", "customer_retention", "attribution_period",
                      "max_future",
-                     "publish_interval", "sink_timeout", "batch_within", "log_interval",
+                     "publish_interval", "publish_check_interval", "sink_timeout",
+                     "batch_within", "stage_batch_within",
+                     "log_interval",
                      "session_timeout", "producer_request_timeout", "seek_retry",
                      "changelog_segment")
     @classmethod
     def _check_duration(cls, value: str) -> str:
         parse_duration_ms(value)
         return value
+
+    @model_validator(mode="after")
+    def _check_publish_check(self) -> Settings:
+        if self.publish_check_interval_ms > self.publish_interval_ms:
+            raise ValueError(f"publish_check_interval={self.publish_check_interval} must not "
+                             f"exceed publish_interval={self.publish_interval}")
+        return self
 
     @model_validator(mode="after")
     def _check_attribution(self) -> Settings:
@@ -387,12 +408,20 @@ class Settings(BaseSettings):
         return parse_duration_ms(self.publish_interval)
 
     @property
+    def publish_check_interval_ms(self) -> int:
+        return parse_duration_ms(self.publish_check_interval)
+
+    @property
     def sink_timeout_s(self) -> float:
         return parse_duration_ms(self.sink_timeout) / 1000
 
     @property
     def batch_within_s(self) -> float:
         return parse_duration_ms(self.batch_within) / 1000
+
+    @property
+    def stage_batch_within_s(self) -> float:
+        return parse_duration_ms(self.stage_batch_within) / 1000
 
     @property
     def log_interval_s(self) -> float:

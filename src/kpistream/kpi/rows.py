@@ -1,8 +1,14 @@
 """Pure: which rows to publish now, and what a published row looks like (SPEC.md §5).
 
 A row is published when its window moved, its buckets changed, or at least once per STEP
-while non-empty; the caller ticks once per ``publish_interval``, so a row is published at
-most that often. An empty window publishes a deletion once.
+while non-empty, and at most once per ``publish_interval`` (a row published less than that
+ago waits, still dirty). An empty window publishes a deletion once.
+
+Two passes: :meth:`RowPublisher.tick`, once per ``publish_interval``, looks at every row;
+:meth:`RowPublisher.quiet_changes`, run in between, publishes at once the changed rows that
+were not published within the interval (a row new or quiet for a while), looking only at
+the changed ones. Without it a change waited up to a whole interval for the next tick, the
+largest term of a row's freshness (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -129,6 +135,7 @@ class RowPublisher:
     def __init__(self, settings: Settings, state: RollupState) -> None:
         self.state = state
         self.currency = settings.reporting_currency
+        self.interval_ms = settings.publish_interval_ms
         self.published: dict[int, dict[tuple[RowId, str], _Published]] = {}
         self.allocations: dict[int, dict[str, _Allocation]] = {}
 
@@ -179,6 +186,7 @@ class RowPublisher:
             dirty = self.state.dirty.get(q, set())
             rows = self.state.cache.get(q, {})
             allocated: dict[str, tuple[dict[str, float], bool]] = {}
+            deferred: set[tuple[RowId, str]] = set()
             for row, windows in list(rows.items()):
                 if row[0] in ALLOCATION_DIMENSIONS:
                     if all(not b.totals for b in windows.values()):
@@ -199,23 +207,76 @@ class RowPublisher:
                     if (last is not None and (row, name) not in dirty and not moved
                             and last.window_end == end and now_ms - last.at < spec.step_ms):
                         continue
-                    sums = WindowSums.from_tuple(buckets.window_sums(start, end))
-                    message = None if sums.is_empty() else build_message(
-                        name, row[0], row[1], start, end, sums, now_ms, self.currency,
-                        spend)
-                    if (last is not None and _same_values(last.message, message)
-                            and (message is None or now_ms - last.at < spec.step_ms)):
-                        last.window_end = end
+                    if last is not None and now_ms - last.at < self.interval_ms:
+                        deferred.add((row, name))  # published since by quiet_changes
                         continue
-                    published[(row, name)] = _Published(end, message, now_ms)
-                    row_changes.append((name, message))
-                live = any((held := published.get((row, w))) is not None
-                           and held.message is not None for w in windows)
-                changes.extend(RowChange(name, row[0], row[1], message, live)
-                               for name, message in row_changes)
+                    message, changed = self._publish(published, row, name, buckets, start,
+                                                     end, now_ms, spend, spec.step_ms)
+                    if changed:
+                        row_changes.append((name, message))
+                changes.extend(self._changes(published, row, windows, row_changes))
                 if all(not b.totals for b in windows.values()):
                     del rows[row]  # every bucket expired: the row is gone for good
                     for name in windows:
                         published.pop((row, name), None)
+                        deferred.discard((row, name))
             dirty.clear()
+            dirty.update(deferred)
         return changes
+
+    def quiet_changes(self, partitions: set[int], now_ms: int) -> list[RowChange]:
+        """Between two ticks: the changed rows not published within ``publish_interval``,
+        published now. Segment rows and the allocation inputs wait for the tick (a segment
+        row's spend is allocated from other rows); what is left stays dirty for it."""
+        changes: list[RowChange] = []
+        for q in sorted(partitions):
+            dirty = self.state.dirty.get(q)
+            t = self.state.stream_time(q, now_ms)
+            if not dirty or t == NO_TIME:
+                continue
+            published = self.published.setdefault(q, {})
+            rows = self.state.cache.get(q, {})
+            by_row: dict[RowId, list[tuple[str, RowMessage | None]]] = {}
+            done: list[tuple[RowId, str]] = []
+            for row, name in dirty:
+                if row[0] in ALLOCATION_DIMENSIONS or row[0] == ALLOCATED_DIMENSION:
+                    continue
+                last = published.get((row, name))
+                buckets = rows.get(row, {}).get(name)
+                if buckets is None or (last is not None and now_ms - last.at < self.interval_ms):
+                    continue
+                spec = self.state.specs[name]
+                start, end = self.state.window_of(spec, t)
+                message, changed = self._publish(published, row, name, buckets, start, end,
+                                                 now_ms, None, spec.step_ms)
+                done.append((row, name))
+                if changed:
+                    by_row.setdefault(row, []).append((name, message))
+            dirty.difference_update(done)
+            for row, row_changes in by_row.items():
+                changes.extend(self._changes(published, row, rows[row], row_changes))
+        return changes
+
+    def _publish(self, published: dict[tuple[RowId, str], _Published], row: RowId, name: str,
+                 buckets: WindowBuckets, start: int, end: int, now_ms: int,
+                 spend: float | None, step_ms: int) -> tuple[RowMessage | None, bool]:
+        """The row's message now, and whether it is a change to publish (recorded)."""
+        last = published.get((row, name))
+        sums = WindowSums.from_tuple(buckets.window_sums(start, end))
+        message = None if sums.is_empty() else build_message(
+            name, row[0], row[1], start, end, sums, now_ms, self.currency, spend)
+        if (last is not None and _same_values(last.message, message)
+                and (message is None or now_ms - last.at < step_ms)):
+            last.window_end = end
+            return message, False
+        published[(row, name)] = _Published(end, message, now_ms)
+        return message, True
+
+    @staticmethod
+    def _changes(published: dict[tuple[RowId, str], _Published], row: RowId,
+                 windows: dict[str, WindowBuckets],
+                 row_changes: list[tuple[str, RowMessage | None]]) -> list[RowChange]:
+        live = any((held := published.get((row, w))) is not None
+                   and held.message is not None for w in windows)
+        return [RowChange(name, row[0], row[1], message, live)
+                for name, message in row_changes]

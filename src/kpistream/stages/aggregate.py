@@ -105,7 +105,7 @@ def register(app: faust.App, runtime: Runtime) -> PartitionAggregator:
     @app.agent(topics.events, name="kpistream.aggregate")
     async def aggregate(stream: Any) -> None:
         async for batch in stream.take_events(settings.stage_batch_size,
-                                              settings.batch_within_s):
+                                              settings.stage_batch_within_s):
             now = runtime.now_ms()
             parts = await guard.split(batch, partial(expected, now=now),
                                       partial(aggregator.loading, now_ms=now))

@@ -56,7 +56,7 @@ def register(app: faust.App, runtime: Runtime) -> CustomerState:
     @app.agent(runtime.topics.customers, name="kpistream.customers")
     async def customers(stream: Any) -> None:
         async for batch in stream.take_events(settings.stage_batch_size * settings.partitions,
-                                              settings.batch_within_s):
+                                              settings.stage_batch_within_s):
             now = runtime.now_ms()
             parts = await guard.split(batch, partial(state.expected, now_ms=now),
                                       partial(state.loading, now_ms=now))

@@ -1,5 +1,8 @@
 """Stage 4: a timer that publishes the rows of the roll-up partitions this worker owns, runs
-the CPO spike detector behind the low watermark, and sweeps expired state.
+the CPO spike detector behind the low watermark, and sweeps expired state. It fires every
+``publish_check_interval``: once per ``publish_interval`` a full tick (every row, alerts,
+profiles, sweeps), in between only the changed rows not published within the interval
+(:meth:`~kpistream.kpi.rows.RowPublisher.quiet_changes`).
 
 A roll-up partition is published only once its state is loaded from the recovered table, and
 forgotten at once when revoked, so each row is exported by exactly one worker.
@@ -156,11 +159,19 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
                 for r, customer, record in taken]
 
     publishing = asyncio.Lock()  # held by a tick: a stop's snapshot waits for its profiles
+    last_tick = [-float("inf")]  # now_ms of the last full tick
 
-    @app.timer(settings.publish_interval_ms / 1000)  # type: ignore[untyped-decorator]
+    @app.timer(settings.publish_check_interval_ms / 1000)  # type: ignore[untyped-decorator]
     async def publish() -> None:
         async with publishing:
-            await publish_tick()
+            if not publishable():
+                return  # (a stopping worker's producer may be closed already)
+            now = runtime.now_ms()
+            if now - last_tick[0] >= settings.publish_interval_ms:
+                last_tick[0] = now
+                await publish_tick(now)
+            else:
+                await publish_quiet_changes(now)
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def leave_customer_snapshots(sender: faust.App, **_: Any) -> None:
@@ -178,12 +189,24 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
             saved = customers.save_snapshots()
         logger.info("customer_snapshots_saved partitions=%s", saved)
 
-    async def publish_tick() -> None:
+    def publishable() -> bool:
         recovery = cast(Any, app.tables).recovery
-        if (app.should_stop or app.rebalancing or app.in_recovery
-                or not recovery.completed.is_set()):
-            return  # (a stopping worker's producer may be closed already)
-        now = runtime.now_ms()
+        return not (app.should_stop or app.rebalancing or app.in_recovery
+                    or not recovery.completed.is_set())
+
+    def firing_now() -> frozenset[tuple[str, str, str]]:
+        return frozenset(("cpo_spike", dimension, group)
+                         for (dimension, group), _ in alert_engine.firing(owned))
+
+    async def publish_quiet_changes(now: int) -> None:
+        """Between full ticks: rows new or quiet for a publish_interval go out at once."""
+        current = {q for q in owned & assigned(settings.topic_rollup) if state.loaded(q)}
+        changes = publisher.quiet_changes(current, now)
+        if changes:
+            sinks.write(Publication(changes, firing=firing_now()))
+            await sinks.flush()
+
+    async def publish_tick(now: int) -> None:
         current = assigned(settings.topic_rollup)
         for q in owned - current:
             state.drop([q])
@@ -223,11 +246,8 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
         times = [state.stream_time(q, now) for q in owned]
         if times and max(times) != NO_TIME:
             metrics.stream_time.set(max(times) / 1000)
-        sinks.write(Publication(
-            changes, [t.transition.message for t in transitions],
-            frozenset(("cpo_spike", dimension, group)
-                      for (dimension, group), _ in alert_engine.firing(owned)),
-            profile_changes(now)))
+        sinks.write(Publication(changes, [t.transition.message for t in transitions],
+                                firing_now(), profile_changes(now)))
         await sinks.flush()
 
     @app.service

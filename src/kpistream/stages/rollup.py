@@ -36,7 +36,7 @@ def register(app: faust.App, runtime: Runtime, state: RollupState) -> None:
     @app.agent(runtime.topics.rollup, name="kpistream.rollup")
     async def rollup(stream: Any) -> None:
         async for batch in stream.take_events(settings.stage_batch_size * settings.partitions,
-                                              settings.batch_within_s):
+                                              settings.stage_batch_within_s):
             now = runtime.now_ms()
             parts = await guard.split(batch, partial(expected, now=now),
                                       partial(state.loading, now_ms=now))
