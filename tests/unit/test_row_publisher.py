@@ -1,10 +1,13 @@
 """The publisher's two passes: a full tick once per publish_interval and, between ticks,
 ``quiet_changes`` for rows new or quiet for an interval. A row is never published twice
-within publish_interval, whatever the interleaving, and nothing a tick would publish is lost."""
+within publish_interval, whatever the interleaving, and nothing a tick would publish is lost.
+And the decimal text of the numbers written to Redis hashes (rows and profiles)."""
 
 from __future__ import annotations
 
+import math
 import random
+from decimal import Decimal
 
 import pytest
 from hypothesis import given, settings
@@ -13,7 +16,7 @@ from pydantic import ValidationError
 
 from kpistream.contracts.wire import ALL_READ, BucketValue, RollupMessage, encode_rollup
 from kpistream.kpi.formulas import SUM_FIELDS
-from kpistream.kpi.rows import RowPublisher
+from kpistream.kpi.rows import RowPublisher, decimal_text
 from kpistream.settings import Settings
 from kpistream.state.buckets import ALLOCATION_ORDERS, ALLOCATION_SPEND, GROUP_SEP
 from kpistream.state.rollup import RollupState
@@ -128,3 +131,18 @@ def test_never_twice_within_the_interval_and_nothing_lost(seed: int) -> None:
 def test_the_check_interval_may_not_exceed_the_publish_interval() -> None:
     with pytest.raises(ValidationError, match="publish_check_interval"):
         Settings(publish_interval="1s", publish_check_interval="2s")
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers()))
+def test_decimal_text_is_the_floats_exact_shortest_decimal(value: float) -> None:
+    expected = str(value) if isinstance(value, int) else format(Decimal(repr(value)), "f")
+    assert decimal_text(value) == expected
+    assert "e" not in decimal_text(value).lower() or not math.isfinite(value)
+
+
+@pytest.mark.parametrize(("value", "text"), [
+    (1e-05, "0.00001"), (1.5e16, "15000000000000000"), (0.1, "0.1"), (-0.0, "-0.0"),
+    (2.0, "2.0"), (7, "7")])
+def test_decimal_text_examples(value: float, text: str) -> None:
+    assert decimal_text(value) == text

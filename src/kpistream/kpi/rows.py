@@ -74,7 +74,10 @@ def decimal_text(value: int | float) -> str:
     """A decimal string without exponent (``1e-05`` -> ``0.00001``)."""
     if isinstance(value, int):
         return str(value)
-    return format(Decimal(repr(value)), "f")
+    text = repr(value)
+    # repr is the shortest round-trip decimal already, unless it has an exponent or is not
+    # finite: only then go through Decimal (this runs for every field of every profile)
+    return text if "e" not in text and "n" not in text else format(Decimal(text), "f")
 
 
 def hash_fields(message: RowMessage) -> dict[str, str]:
