@@ -119,6 +119,10 @@ class IdMap(Protocol):
 
     def put(self, key: str, record: list[Any]) -> None: ...
 
+    def put_new(self, key: str, record: list[Any]) -> None:
+        """:meth:`put` of a key the caller knows the map does not hold (a rebuild's first
+        version of an id), which an on-disk map writes without reading it first."""
+
     def delete(self, key: str) -> None: ...
 
     def older_than(self, horizon: int) -> list[str]: ...
@@ -135,6 +139,8 @@ class DictIdMap(dict[str, list[Any]]):
 
     def put(self, key: str, record: list[Any]) -> None:
         self[key] = record
+
+    put_new = put
 
     def delete(self, key: str) -> None:
         self.pop(key, None)
@@ -328,7 +334,10 @@ class PartitionAggregator:
         for seq, data in records(self.log, p, after):  # (those up to restored: in the snapshot)
             pack = decode_aggregate_pack(data)
             for key, record in pack.ids:
-                state.ids.put(key, record)
+                if first_version(record):
+                    state.ids.put_new(key, record)
+                else:
+                    state.ids.put(key, record)
             state.ids.flush()
             for sign, event, _, _ in pack.effects:
                 self._add(state, event, sign, None, t_end, reaches)
@@ -713,6 +722,14 @@ class PartitionAggregator:
 
 def _is_campaign(row: RowId) -> bool:
     return row[0] == "campaign"
+
+
+def first_version(record: list[Any]) -> bool:
+    """Whether an id record is its id's first version (:meth:`PartitionAggregator._apply`
+    writes a spend or survey id once, and every later version of an order's record holds a
+    cancellation), which a rebuild writes without reading the map (one that still holds an
+    earlier use of the id, forgotten by the live run's sweep: state/rocks.py)."""
+    return len(record) == 1 or record[_C_TS] is None
 
 
 def record_time(record: list[Any]) -> int:

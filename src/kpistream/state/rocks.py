@@ -23,6 +23,14 @@ Keys (one keyspace, a prefix byte each):
 
 Records touched since the last :meth:`flush` are held decoded in ``cache`` (changes made in
 place to a record :meth:`get` returned are kept); a flush writes them in one write batch.
+
+A rewrite reads the key first, to delete its old time-index entry. A rebuild writes every id
+in retention again, almost all of them for the first time, and that read (a miss through the
+Bloom filters of every SST file) was 9 % of a wiped restart's samples (docs/benchmarks.md):
+:meth:`_TimedRecords.put_new` writes a key its caller knows to be new without it. If the key
+was held after all (an id used again after the sweep forgot it, whose old pack is still
+replayed), its old index entry stays behind, and :meth:`_TimedRecords.older_than` checks the
+entries up to the newest time so written against their records, deleting the stale ones.
 """
 
 from __future__ import annotations
@@ -60,8 +68,10 @@ _RECORD, _TIMED, _HOLDER = b"r", b"t", b"h"
 _TIME = struct.Struct(">Q")
 _SNAPSHOT_SIZE = struct.Struct("<Q")  # records in the kept database
 _SNAPSHOT_MARK = b"s"  # key of the snapshot's mark in a kept database
+_UNREAD_UNTIL = b"u"  # key of a kept database's unread_until (below)
 _MARK_SIZE = 16
 _TIME_OFFSET = 1 << 63  # signed ms -> unsigned, so byte order is time order
+_NO_TIME = -_TIME_OFFSET
 _CH, _COST = 2, 5  # order entry fields holding group names
 BLOOM_BITS_PER_KEY = 10
 
@@ -133,7 +143,14 @@ class _TimedRecords(Generic[V]):
         self.closed = False
         self.cache: dict[str, V | None] = {}  # touched since the flush; None: deleted
         self.stored: dict[str, int | None] = {}  # their time on disk (None: not on disk)
+        self.unread: set[str] = set()  # of those, put by put_new: not read
+        # Newest time written by put_new: index entries up to it may be stale (module doc).
+        self.unread_until = _NO_TIME
         self.size = kept or 0
+        if kept is not None:
+            raw = self.db.get(_UNREAD_UNTIL)
+            if raw is not None:
+                self.unread_until = self._time(cast(bytes, raw))
 
     # -- the record format (stored after its time, so a rewrite reads no JSON) -----------
     def decode(self, raw: bytes) -> V:
@@ -179,6 +196,16 @@ class _TimedRecords(Generic[V]):
         self._remember(key)
         self.cache[key] = value
 
+    def put_new(self, key: str, value: V) -> None:
+        """:meth:`put` of a key the caller knows this map does not hold, without reading it
+        (see the module doc for when it does hold it after all)."""
+        if key in self.stored:
+            self.put(key, value)
+            return
+        self.stored[key] = None
+        self.unread.add(key)
+        self.cache[key] = value
+
     def delete(self, key: str) -> None:
         self._remember(key)
         self.cache[key] = None
@@ -203,11 +230,14 @@ class _TimedRecords(Generic[V]):
             batch.put(_time_key(time, key), b"")
             if before is None:
                 self.size += 1
+            if name in self.unread and time > self.unread_until:
+                self.unread_until = time
         self._write(batch)
         if len(batch):
             self.db.write(batch)
         self.cache.clear()
         self.stored.clear()
+        self.unread.clear()
 
     # -- scans (of what was flushed) ---------------------------------------------------
     def _keys(self, prefix: bytes, start: bytes) -> Iterator[bytes]:
@@ -229,11 +259,24 @@ class _TimedRecords(Generic[V]):
         """Keys of the records whose time is before ``horizon``."""
         self.flush()
         end = _TIME.pack(horizon + _TIME_OFFSET)
+        check_until = _TIME.pack(self.unread_until + _TIME_OFFSET)
         out = []
+        stale = WriteBatch(raw_mode=True)
         for key in self._keys(_TIMED, _TIMED):
-            if key[1:1 + _TIME.size] >= end:
+            time = key[1:1 + _TIME.size]
+            if time >= end:
                 break
-            out.append(key[1 + _TIME.size:].decode())
+            name = key[1 + _TIME.size:]
+            if time <= check_until:
+                raw = self.db.get(_RECORD + name)
+                if raw is None or raw[:_TIME.size] != time:
+                    # the entry of a version put_new wrote over: counted twice, held once
+                    stale.delete(key)
+                    self.size -= 1
+                    continue
+            out.append(name.decode())
+        if len(stale):
+            self.db.write(stale)
         return out
 
     def keys_after(self, after: str, limit: int) -> list[str]:
@@ -252,6 +295,7 @@ class _TimedRecords(Generic[V]):
         stopping worker's snapshot, :class:`LocalSnapshots`); returns how many records it
         holds."""
         self.flush()
+        self.db.put(_UNREAD_UNTIL, _TIME.pack(self.unread_until + _TIME_OFFSET))
         self.db.put(_SNAPSHOT_MARK, mark)
         self.db.flush(True)
         self.closed = True

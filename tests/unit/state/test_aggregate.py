@@ -128,6 +128,31 @@ def test_a_rebuild_on_disk_runs_in_steps_and_equals_the_live_state(tmp_path: Pat
     assert 0 not in disk.parts
 
 
+def test_an_id_used_again_after_the_sweep_survives_a_rebuild_on_disk(tmp_path: Path) -> None:
+    """The rebuild writes first versions of ids without reading the map (state/rocks.py):
+    an id the sweep forgot and the stream used again, while the pack of its first use is still
+    replayed, is held once, and the next sweep does not forget its second use."""
+    log = DictPackLog()
+    agg = aggregator(log)
+    agg.process(0, [(0, pack(order("a", T)))], T)
+    agg.process(0, [(1, pack(order("z", T + 24 * HOUR + 10 * 60_000), first=1))], T)
+    agg.sweep(0, T)
+    assert "order|a" not in agg.state(0, T).ids and (0, 0) in log.data  # pack 0 stays
+    again = agg.process(0, [(2, pack(order("a", T + 24 * HOUR + 20 * 60_000), first=2))], T)
+    assert [v.outcome for v in again.verdicts] == ["accepted"]
+    live = agg.state(0, T)
+    memory = RocksMemory(8)
+    disk = PartitionAggregator(Settings(clock="event"), log,
+                               lambda p: RocksIdMap(tmp_path / str(p), memory))
+    rebuilt = disk.state(0, T)
+    assert rebuilt.ids.get("order|a") == live.ids.get("order|a")
+    disk.sweep(0, T)
+    assert len(rebuilt.ids) == len(live.ids) == 2
+    duplicate = pack(order("a", T + 24 * HOUR + 30 * 60_000), first=3)
+    assert [v.outcome for v in disk.process(0, [(3, duplicate)], T).verdicts] == ["duplicate"]
+    disk.drop({0})
+
+
 def test_cancellation_before_its_order_counts_nowhere() -> None:
     agg = aggregator()
     result = agg.process(0, [(0, pack(order("a", T + 5, "cancelled"), order("a", T)))], T)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from kpistream.contracts.wire import CustomerRecord
 from kpistream.settings import Settings
 from kpistream.state.aggregate import DictIdMap
@@ -94,3 +96,42 @@ def test_table_data_behaves_like_the_dict_of_faust_memory_store(tmp_path: Path) 
     assert sorted(data) == [b"0:2", b"1:1"]
     del data[b"1:1"]
     assert len(data) == 1 and list(data.with_prefix(b"1:")) == []
+
+
+def test_an_id_put_as_new_is_written_unread_and_its_stale_entry_never_expires_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """put_new (a rebuild's first version of an id) reads nothing; when the id was held after
+    all (used again after the live sweep forgot it, its old pack still replayed), the old
+    version's index entry is recognised as stale, never expires the new one, and leaves the
+    count right, also in a database kept by a stop and reopened."""
+    memory = RocksMemory(8)
+    ids = RocksIdMap(tmp_path / "0", memory)
+    first = [MIN, 10.0, "ch", "cmp", "vip", None, 0, "c1"]
+    ids.put_new("order|o1", first)
+    ids.put_new("spend|s1", [2 * MIN])
+    ids.flush()
+    assert len(ids) == 2 and ids.get("order|o1") == first
+    ids.put("spend|s2", [3 * MIN])
+    ids.flush()
+
+    def no_read(key: str) -> bytes | None:
+        raise AssertionError(f"put_new read {key}")
+
+    monkeypatch.setattr(ids, "_raw", no_read)
+    again = [100 * MIN, 5.0, "ch", "cmp", "vip", None, 0, "c2"]
+    ids.put_new("order|o1", again)
+    monkeypatch.undo()
+    ids.flush()
+    assert ids.get("order|o1") == again
+    assert ids.older_than(50 * MIN) == ["spend|s1", "spend|s2"]  # not o1: timed 100 min
+    assert len(ids) == 3  # counted twice, held once: the stale entry is gone
+    assert ids.older_than(50 * MIN) == ["spend|s1", "spend|s2"] and len(ids) == 3
+
+    ids.put("order|o3", [4 * MIN, 1.0, "ch", "cmp", "vip", None, 0, "c3"])
+    ids.flush()
+    ids.put_new("order|o3", [200 * MIN, 1.0, "ch", "cmp", "vip", None, 0, "c3"])
+    kept = ids.persist(b"mark")
+    reopened = RocksIdMap(tmp_path / "0", memory, kept=kept)
+    assert reopened.older_than(150 * MIN) == ["spend|s1", "spend|s2", "order|o1"]
+    assert len(reopened) == 4
+    reopened.close()
