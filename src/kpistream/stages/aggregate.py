@@ -10,7 +10,6 @@ event time and low mark. Everything is acknowledged before faust may commit the 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from functools import partial
 from typing import Any, cast
 
@@ -103,16 +102,13 @@ def register(app: faust.App, runtime: Runtime) -> PartitionAggregator:
     def expected(p: int, now: int) -> int | None:
         return aggregator.expected(p, now)
 
-    def rebuild(p: int, now: int) -> Iterator[None]:
-        return runtime.rebuilds.lead(aggregator.loading(p, now))
-
     @app.agent(topics.events, name="kpistream.aggregate")
     async def aggregate(stream: Any) -> None:
         async for batch in stream.take_events(settings.stage_batch_size,
                                               settings.stage_batch_within_s):
             now = runtime.now_ms()
             parts = await guard.split(batch, partial(expected, now=now),
-                                      partial(rebuild, now=now))
+                                      partial(aggregator.loading, now_ms=now))
             while aggregator.restored:
                 logger.info("aggregate_restored_from_snapshot partition=%d",
                             aggregator.restored.pop())

@@ -59,8 +59,7 @@ def register(app: faust.App, runtime: Runtime) -> CustomerState:
                                               settings.stage_batch_within_s):
             now = runtime.now_ms()
             parts = await guard.split(batch, partial(state.expected, now_ms=now),
-                                      partial(state.loading, now_ms=now),
-                                      runtime.rebuilds.pause)
+                                      partial(state.loading, now_ms=now))
             while state.restored:
                 logger.info("customers_restored_from_snapshot partition=%d",
                             state.restored.pop())

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from faust.types import TP
@@ -33,10 +33,6 @@ from kpistream.observability.logs import RateLimitedLog
 from kpistream.state.offsets import split_contiguous
 
 logger = logging.getLogger(__name__)
-
-
-async def _next_turn() -> None:
-    await asyncio.sleep(0)
 
 
 class GapGuard:
@@ -54,15 +50,13 @@ class GapGuard:
 
     async def split(self, events: Iterable[Any], expected: Callable[[int], int | None],
                     loading: Callable[[int], Iterator[None]] | None = None,
-                    pause: Callable[[], Awaitable[None]] = _next_turn,
                     ) -> dict[int, list[tuple[int, bytes]]]:
         """Group a faust batch by partition; keep each partition's contiguous head and
         remember where to seek back for the rest. ``expected`` gives the next offset the
         stage's state expects, None when it holds nothing of the partition yet.
         ``loading(p)`` gives the steps of rebuilding partition p's state when it is not held
         yet: they run here, letting the event loop in between, so a long rebuild never
-        starves heartbeats, timers or the other stages (``pause``: how to wait between
-        them)."""
+        starves heartbeats, timers or the other stages."""
         by_partition: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
         for event in events:
             by_partition[event.message.partition].append((event.message.offset,
@@ -70,7 +64,7 @@ class GapGuard:
         if loading is not None:
             for partition in by_partition:
                 for _ in loading(partition):
-                    await pause()
+                    await asyncio.sleep(0)
         nexts = {partition: expected(partition) for partition in by_partition}
         unknown = [TP(self.topic, p) for p, offset in nexts.items() if offset is None]
         if unknown:

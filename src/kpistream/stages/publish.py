@@ -213,7 +213,7 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
             publisher.forget({q})
         for q in current:
             for _ in state.loading(q, now):  # in steps: a large rebuild takes seconds
-                await runtime.rebuilds.pause()
+                await asyncio.sleep(0)
         # (a rebalance may have come meanwhile: publish what is still ours and whole)
         current = {q for q in current & assigned(settings.topic_rollup) if state.loaded(q)}
         owned.clear()

@@ -39,8 +39,7 @@ def register(app: faust.App, runtime: Runtime, state: RollupState) -> None:
                                               settings.stage_batch_within_s):
             now = runtime.now_ms()
             parts = await guard.split(batch, partial(expected, now=now),
-                                      partial(state.loading, now_ms=now),
-                                      runtime.rebuilds.pause)
+                                      partial(state.loading, now_ms=now))
             for q, raw in parts.items():
                 for offset, value in raw:
                     state.apply(q, offset, value, now)
