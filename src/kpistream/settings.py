@@ -256,10 +256,11 @@ class Settings(BaseSettings):
         "(default: <app_id>-edge).")
     log_interval: str = Field("10s", description="Rate limit of repeated hot-path log lines.")
     seek_retry: str = Field(
-        "5s", description="A stage that sought back over records faust skipped seeks again "
+        "2s", description="A stage that sought back over records faust skipped seeks again "
         "if the first of them has not come this long after (faust drops a re-fetched record "
         "below its read offset, which a delivery still in flight may have raised past the "
-        "seek).")
+        "seek). A retry made too early only delivers records again, which the stage applies "
+        "idempotently; one made late stalls the partition's commits that long.")
 
     # --- alerts ------------------------------------------------------------------------
     alert_baseline_window: str = Field(

@@ -7,7 +7,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from harness import CREATED, Deployment
+from harness import CREATED, LOG_DIR, Deployment
+
+# A failed test's report carries each of its workers' warnings and rebalances (CI prints the
+# report, not the log files), capped per worker; timer overlaps are noise there.
+LOG_LINES_ON_FAILURE = 60
+LOG_MARKS = ("[WARNING]", "[ERROR]", "[CRITICAL]", "newly assigned", "Revoking", "restored")
+LOG_NOISE = ("is overlapping",)
 
 
 @pytest.fixture
@@ -16,6 +22,7 @@ def deployment(stack: Any, request: pytest.FixtureRequest,
     """Factory of isolated deployments (own topics, consumer group, Redis prefix); every
     worker they started is stopped at the end of the test."""
     made: list[Deployment] = []
+    request.node.deployments = made
 
     def make(**extra: str) -> Deployment:
         name = f"{request.node.name[:18]}-{uuid.uuid4().hex[:6]}".replace("_", "-")
@@ -36,3 +43,23 @@ def remove_deployments() -> Iterator[None]:
     yield
     while CREATED:
         CREATED.pop().remove()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None],
+                              ) -> Iterator[None]:
+    outcome: Any = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    for dep in getattr(item, "deployments", ()):
+        for n in range(1, dep.started + 1):
+            path = LOG_DIR / f"{dep.name}-{n}.log"
+            if not path.exists():
+                continue
+            lines = [line for line in path.read_text(errors="replace").splitlines()
+                     if any(m in line for m in LOG_MARKS)
+                     and not any(m in line for m in LOG_NOISE)]
+            report.sections.append((f"worker log {path.name} (last {LOG_LINES_ON_FAILURE} "
+                                    "warnings and rebalances)",
+                                    "\n".join(lines[-LOG_LINES_ON_FAILURE:])))

@@ -16,6 +16,15 @@ records fetched before it and still being delivered raise it again; the records 
 from the seek position are then dropped, and if nothing newer comes the partition is never
 delivered again (its commits stall). So the guard remembers each seek until the stage
 applies records of that partition, and seeks again after ``seek_retry``.
+
+A record faust drops the same way at the tail of a partition, with nothing after it, shows
+no gap to any batch: the stage waits for it and faust's commit stalls behind it, for good
+when the input has ended. So when the stage has been idle for ``seek_retry`` while faust
+flows, and a partition it has applied records of has had records beyond the next offset
+the stage expects for another half of ``seek_retry`` without a batch coming, the guard
+seeks it back to that offset. (A record fetched a moment ago is on its way to the stage:
+seen idle like this, such records came within 60 ms in every instance, so one sighting is
+not enough.)
 """
 
 from __future__ import annotations
@@ -33,6 +42,10 @@ from kpistream.observability.logs import RateLimitedLog
 from kpistream.state.offsets import split_contiguous
 
 logger = logging.getLogger(__name__)
+# The retry timer looks this many times per ``retry_s``, so an unanswered seek is made again
+# at most ``retry_s * (1 + 1/RETRY_CHECKS)`` after it (with one look per ``retry_s``, up to
+# twice ``retry_s``: a CI run found a partition's commit still stalled 10 s after the rest).
+RETRY_CHECKS = 4
 
 
 class GapGuard:
@@ -47,6 +60,13 @@ class GapGuard:
         # seeks whose partition has not delivered a record the stage applied since: offset
         # and when the seek was made
         self.unanswered: dict[TP, tuple[int, float]] = {}
+        # per partition the stage applied records of: the next offset it expects
+        self.next_offsets: dict[int, int] = {}
+        # partitions seen with records beyond next_offsets while the stage was idle (and
+        # has been since): the offset expected and when first seen
+        self.stalled: dict[int, tuple[int, float]] = {}
+        self.in_batch = False
+        self.idle_since = clock()
 
     async def split(self, events: Iterable[Any], expected: Callable[[int], int | None],
                     loading: Callable[[int], Iterator[None]] | None = None,
@@ -57,6 +77,8 @@ class GapGuard:
         ``loading(p)`` gives the steps of rebuilding partition p's state when it is not held
         yet: they run here, letting the event loop in between, so a long rebuild never
         starves heartbeats, timers or the other stages."""
+        self.in_batch = True
+        self.stalled.clear()
         by_partition: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
         for event in events:
             by_partition[event.message.partition].append((event.message.offset,
@@ -81,12 +103,18 @@ class GapGuard:
             if count:
                 out[partition] = items[:count]
                 self.unanswered.pop(TP(self.topic, partition), None)
+                after = max(o for o, _ in items[:count]) + 1
+                expected_next = nexts[partition]
+                self.next_offsets[partition] = (after if expected_next is None
+                                                else max(after, expected_next))
         return out
 
     async def seek_back(self) -> None:
         """Seek inside faust's consumer thread (``seek_wait``, as faust's own recovery
         does): ``Consumer.seek`` runs aiokafka's seek on the caller's thread, which races
         the thread's fetcher (``KeyError`` in ``fetched_records``, the fetcher crashes)."""
+        self.in_batch = False
+        self.idle_since = self.clock()
         seeks, self.seeks = self.seeks, []
         if seeks:
             await self.app.consumer._thread.seek_wait(dict(seeks))
@@ -94,13 +122,24 @@ class GapGuard:
             for tp, offset in seeks:
                 self.unanswered[tp] = (offset, now)
 
+    def forget(self, partitions: set[int]) -> None:
+        """Partitions revoked: what the stage expected of them is no longer known here."""
+        for p in partitions:
+            self.next_offsets.pop(p, None)
+            self.stalled.pop(p, None)
+            self.unanswered.pop(TP(self.topic, p), None)
+
     async def retry(self) -> None:
-        """Seek again where a seek has gone unanswered for ``retry_s`` (module docstring);
-        forget the seeks of partitions this worker no longer holds."""
-        if not self.unanswered:
+        """Seek again where a seek has gone unanswered for ``retry_s``, and where an idle
+        stage waits for records faust read (module docstring); forget partitions this
+        worker no longer holds."""
+        if not self.unanswered and not self.next_offsets:
             return  # (and the consumer is not asked, which may not have started yet)
-        assigned = self.app.consumer.assignment()
+        consumer = self.app.consumer
+        assigned = consumer.assignment()
         now = self.clock()
+        for p in [p for p in self.next_offsets if TP(self.topic, p) not in assigned]:
+            del self.next_offsets[p]
         for tp, (offset, since) in list(self.unanswered.items()):
             if tp not in assigned:
                 del self.unanswered[tp]
@@ -108,14 +147,40 @@ class GapGuard:
                 self.log.warning("input_gap_seek_retry", topic=self.topic,
                                  partition=tp.partition, offset=offset)
                 self.seeks.append((tp, offset))
-        await self.seek_back()
+        if (not self.in_batch and now - self.idle_since >= self.retry_s
+                and consumer.flow_active):
+            for p, offset in self.next_offsets.items():
+                tp = TP(self.topic, p)
+                if tp in self.unanswered or tp in consumer._paused_partitions:
+                    continue
+                end = consumer.highwater(tp)
+                if end is None or end <= offset:
+                    self.stalled.pop(p, None)
+                    continue
+                seen = self.stalled.get(p)
+                if seen is None or seen[0] != offset:
+                    self.stalled[p] = (offset, now)
+                elif now - seen[1] >= self.retry_s / 2:
+                    self.log.warning("input_stall_seek", topic=self.topic, partition=p,
+                                     offset=offset, end=end)
+                    self.seeks.append((tp, offset))
+                    del self.stalled[p]
+        else:
+            self.stalled.clear()  # a sighting counts only while the stage stays idle
+        if self.seeks:
+            await self.seek_back()
 
 
 def gap_guard(app: Any, topic: str, log: RateLimitedLog, retry_s: float) -> GapGuard:
-    """A stage's guard, with the timer that retries its unanswered seeks."""
+    """A stage's guard, with the timer that retries its unanswered seeks and the hook that
+    forgets revoked partitions."""
     guard = GapGuard(app, topic, log, retry_s)
 
-    @app.timer(retry_s)  # type: ignore[untyped-decorator]
+    @app.on_partitions_revoked.connect  # type: ignore[untyped-decorator]
+    async def forget_revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
+        guard.forget({tp.partition for tp in revoked if tp.topic == topic})
+
+    @app.timer(retry_s / RETRY_CHECKS)  # type: ignore[untyped-decorator]
     async def retry_unanswered_seeks() -> None:
         await guard.retry()
 

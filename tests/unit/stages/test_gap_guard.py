@@ -1,6 +1,7 @@
 """The gap guard on a faust batch: a partition the stage never applied anything of expects
 its log start offset, so records faust skipped (and acked) before the first delivery are
-read again instead of being lost; a seek that goes unanswered is made again."""
+read again instead of being lost; a seek that goes unanswered is made again; an idle stage
+waiting for records faust dropped at a partition's tail seeks back to them."""
 
 from __future__ import annotations
 
@@ -43,9 +44,15 @@ class Consumer:
     asked: list[TP] = field(default_factory=list)
     _thread: ConsumerThread = field(default_factory=ConsumerThread)
     assigned: set[TP] = field(default_factory=set)
+    ends: dict[int, int] = field(default_factory=dict)
+    flow_active: bool = True
+    _paused_partitions: set[TP] = field(default_factory=set)
 
     def assignment(self) -> set[TP]:
         return self.assigned
+
+    def highwater(self, tp: TP) -> int | None:
+        return self.ends.get(tp.partition)
 
     async def earliest_offsets(self, *partitions: TP) -> dict[TP, int]:
         self.asked.extend(partitions)
@@ -147,3 +154,85 @@ def test_a_seek_of_a_partition_no_longer_held_is_forgotten() -> None:
     clock.now += RETRY_S
     asyncio.run(gap_guard.retry())
     assert app.consumer._thread.seeks[2:] == [{TP(TOPIC, 0): 7}]
+
+
+def test_an_idle_stage_seeks_back_to_records_dropped_at_a_partitions_tail() -> None:
+    clock = Clock()
+    gap_guard, app = guard({0: 0, 1: 0}, clock)
+    seeks = app.consumer._thread.seeks
+    assert run(gap_guard, batch((0, 7), (0, 8), (1, 3)), {0: 7, 1: 3}) == {0: [7, 8], 1: [3]}
+    # faust read partition 0 to its end (offset 12) but dropped 9-11: no batch shows a gap
+    app.consumer.ends = {0: 12, 1: 4}
+    clock.now += RETRY_S - 1
+    asyncio.run(gap_guard.retry())
+    assert seeks == []  # idle, but not for long enough
+    clock.now += 1
+    asyncio.run(gap_guard.retry())
+    assert seeks == []  # seen once: a record fetched a moment ago may be on its way
+    clock.now += RETRY_S / 2
+    asyncio.run(gap_guard.retry())
+    assert seeks == [{TP(TOPIC, 0): 9}]  # partition 1 is applied to its end: left alone
+    # the re-read records come: nothing more to seek
+    assert run(gap_guard, batch((0, 9), (0, 10), (0, 11)), {0: 9}) == {0: [9, 10, 11]}
+    clock.now += 10 * RETRY_S
+    asyncio.run(gap_guard.retry())
+    assert len(seeks) == 1
+
+
+def test_a_busy_paused_or_suspended_stage_does_not_seek_for_the_tail() -> None:
+    clock = Clock()
+    gap_guard, app = guard({0: 0}, clock)
+    seeks = app.consumer._thread.seeks
+    run(gap_guard, batch((0, 7),), {0: 7})
+    app.consumer.ends = {0: 20}
+    # a batch in progress for longer than the wait (a long rebuild): its records may still
+    # be buffered, not dropped
+    asyncio.run(gap_guard.split(batch((0, 8),), {0: 8}.__getitem__))
+    clock.now += 3 * RETRY_S
+    asyncio.run(gap_guard.retry())
+    assert seeks == []
+    asyncio.run(gap_guard.seek_back())  # the batch ends
+    clock.now += RETRY_S
+    app.consumer._paused_partitions = {TP(TOPIC, 0)}  # faust recovers tables
+    asyncio.run(gap_guard.retry())
+    app.consumer._paused_partitions = set()
+    app.consumer.flow_active = False  # a rebalance
+    asyncio.run(gap_guard.retry())
+    assert seeks == []
+    app.consumer.flow_active = True
+    asyncio.run(gap_guard.retry())
+    clock.now += RETRY_S / 2
+    asyncio.run(gap_guard.retry())
+    assert seeks == [{TP(TOPIC, 0): 9}]
+
+
+def test_records_that_come_soon_after_being_seen_are_not_sought() -> None:
+    clock = Clock()
+    gap_guard, app = guard({0: 0}, clock)
+    seeks = app.consumer._thread.seeks
+    run(gap_guard, batch((0, 7),), {0: 7})
+    clock.now += 2 * RETRY_S
+    app.consumer.ends = {0: 10}  # records 8 and 9 produced while the stage idles
+    asyncio.run(gap_guard.retry())
+    clock.now += 0.5  # (exact in binary: the test compares sums of these)
+    assert run(gap_guard, batch((0, 8),), {0: 8}) == {0: [8]}  # one of them came
+    clock.now += RETRY_S / 2
+    asyncio.run(gap_guard.retry())
+    assert seeks == []  # the batch broke the idle spell: seen again from the start
+    clock.now += RETRY_S
+    asyncio.run(gap_guard.retry())
+    assert seeks == []
+    clock.now += RETRY_S / 2
+    asyncio.run(gap_guard.retry())
+    assert seeks == [{TP(TOPIC, 0): 9}]  # 9 never came
+
+
+def test_a_revoked_partition_is_forgotten() -> None:
+    clock = Clock()
+    gap_guard, app = guard({0: 0, 1: 0}, clock)
+    run(gap_guard, batch((0, 7), (1, 9)), {0: 7, 1: 2})  # 1: a gap, sought back to 2
+    gap_guard.forget({0, 1})
+    app.consumer.ends = {0: 20, 1: 20}
+    clock.now += 3 * RETRY_S
+    asyncio.run(gap_guard.retry())
+    assert app.consumer._thread.seeks == [{TP(TOPIC, 1): 2}]  # the first seek only
