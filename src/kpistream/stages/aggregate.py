@@ -104,7 +104,7 @@ def register(app: faust.App, runtime: Runtime) -> PartitionAggregator:
 
     @app.agent(topics.events, name="kpistream.aggregate")
     async def aggregate(stream: Any) -> None:
-        async for batch in stream.take_events(settings.stage_batch_size,
+        async for batch in stream.take_events(settings.aggregate_batch_size,
                                               settings.stage_batch_within_s):
             now = runtime.now_ms()
             parts = await guard.split(batch, partial(expected, now=now),
