@@ -226,9 +226,10 @@ class Settings(BaseSettings):
     stage_batch_within: str = Field(
         "50ms", description="Longest a stage (aggregate, roll-up, customers) waits for more "
         "packed records before applying what it has; faust's take_events waits this long "
-        "unless stage_batch_size records came first, so each stage adds up to this much to "
-        "a row's freshness. 250ms: p99 2.1-3.9 s at 4,080 events/s; 50ms (with "
-        "publish_check_interval): 1.35-1.37 s, a backlog as fast (docs/benchmarks.md).")
+        "unless a whole batch (aggregate_batch_size, stage_batch_size) came first, so each "
+        "stage adds up to this much to a row's freshness. 250ms: p99 2.1-3.9 s at 4,080 "
+        "events/s; 50ms (with publish_check_interval): 1.35-1.37 s, a backlog as fast "
+        "(docs/benchmarks.md).")
     pack_max_bytes: int = Field(
         512 * 1024, ge=1024, description="Edge: approximate size limit of one packed record "
         "(events and their original values) on the internal events topic.")
