@@ -24,9 +24,7 @@ Rules, in the order :func:`classify` applies them to each event ``e``:
      Expiry is judged by the cancellation's own ``ts``, not by ``T_e``, like the engine, so
      the verdict does not depend on arrival speed, partitioning or sweep timing;
    - of an order never accepted (not seen yet, or seen only late): an *unknown order* that
-     changes nothing when it arrives but is remembered: when the placed order arrives later
-     it is accepted and at once retracted (the rows end up as if the cancellation came
-     second).
+     changes nothing: if the placed order arrives later, it is accepted and counted.
 
    A second cancellation of an order is a duplicate (rule 2), whatever happened to the first.
 
@@ -129,7 +127,6 @@ def classify(events: Iterable[Event], *, retention_ms: int,
     stream_time: int | None = None  # None = -inf
     seen: set[tuple[str, str]] = set()
     placed_at: dict[str, int] = {}  # accepted placed order -> its ts
-    cancelled_first: set[str] = set()  # cancellations of orders not seen yet
 
     for index, event in enumerate(events):
         # 1. late?
@@ -153,7 +150,6 @@ def classify(events: Iterable[Event], *, retention_ms: int,
         if isinstance(event, Order) and event.status == "cancelled":
             placed = placed_at.get(event.order_id)
             if placed is None:
-                cancelled_first.add(event.order_id)
                 outcome.unknown_orders.append(event)
             elif placed < event.ts - retention_ms:  # expired: stays counted
                 outcome.unknown_orders.append(event)
@@ -163,8 +159,6 @@ def classify(events: Iterable[Event], *, retention_ms: int,
             continue
         if isinstance(event, Order):
             placed_at[event.order_id] = event.ts
-            if event.order_id in cancelled_first:
-                outcome.retractions.add(event.order_id)
         outcome.accepted.append(event)
     return outcome
 

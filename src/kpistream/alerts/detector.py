@@ -18,11 +18,11 @@ Rules (parameters from :class:`DetectorParams`, defaults in brackets):
 * Without a baseline the CUSUMs do not run (they are reset to 0, or frozen while a CUSUM alert
   fires). A ``no_baseline`` alert fires when the last hour's spend reaches ``min_spend`` [50]
   with no order in that hour; it resolves at the row's next order.
-* Choices where SPEC §6 is silent: a CUSUM episode whose row has lost its baseline (the
+* A choice where SPEC §6 is silent: a CUSUM episode whose row has lost its baseline (the
   baseline window fell below ``min_baseline_orders`` during a long stop) resolves at the next
-  order, like ``no_baseline``; and any firing episode resolves when the row had no spend at all
-  over the last hour (the campaign was paused: there is no CPO left to spike, and without this
-  the statistics could never come down again).
+  order, like ``no_baseline``. A paused row (no spend) keeps firing: with no spend and no
+  order its statistics stay where they are, and SPEC §6 resolves an episode only when they
+  fall below ``h / 4`` (``no_baseline``: at the next order).
 * ``statistic`` in both messages of an episode is the CUSUM value that fired it (before the
   cap), and ``null`` for ``no_baseline`` (the alert schema says so; there is no CUSUM).
 * Idempotent per minute: a ``minute_end`` at or before ``state.last_minute`` returns the state
@@ -186,9 +186,7 @@ def evaluate(
 
     # firing: cap, then decide whether the episode is over
     s_stop, s_shift = min(s_stop, h), min(s_shift, h)
-    if minute.hour_spend <= 0:
-        resolved = True  # paused: no spend in the last hour
-    elif kind == NO_BASELINE or b is None:
+    if kind == NO_BASELINE or b is None:
         resolved = minute.orders > 0 or minute.hour_orders > 0 or (
             kind == NO_BASELINE and b is not None)
     else:
@@ -197,7 +195,7 @@ def evaluate(
         return DetectorState(s_stop, s_shift, kind, state.alert_id, state.started_at,
                              minute.minute_end, state.statistic), None
     if not (s_stop < h / 4 and s_shift < h / 4):
-        s_stop = s_shift = 0.0  # resolved by an order or a pause: start the next one afresh
+        s_stop = s_shift = 0.0  # resolved by an order: start the next one afresh
     message = _message(state, minute, b, "resolved", dimension, group)
     return DetectorState(s_stop, s_shift, last_minute=minute.minute_end), Transition(
         "resolved", message)

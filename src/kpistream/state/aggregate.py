@@ -612,7 +612,10 @@ class PartitionAggregator:
         elif event.status == "placed":
             if record is not None and record[_P_TS] is not None:
                 return "duplicate"
-            sign = 0 if record is not None else 1  # a pending cancellation: counts nowhere
+            # A cancellation that came first was an unknown order and changed nothing
+            # (SPEC §1): this order counts. Its record keeps that cancellation's time, so a
+            # second cancellation is a duplicate of it (SPEC §1, same id and status).
+            sign = 1
             # Kept for the whole retention period, once per order: the few distinct group
             # names are interned rather than held once per record (~150 bytes an order).
             record = [event.ts, event.amount, intern(event.channel), intern(event.campaign_id),

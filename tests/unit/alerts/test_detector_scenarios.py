@@ -3,7 +3,7 @@ tests are deterministic). Baselines are estimated from the simulated stream itse
 
 from __future__ import annotations
 
-from kpistream.alerts.detector import DetectorParams
+from kpistream.alerts.detector import DetectorParams, DetectorState, MinuteInput, evaluate
 from kpistream.alerts.simulation import Anomaly, Campaign, simulate, simulate_campaign
 
 PARAMS = DetectorParams()
@@ -53,3 +53,35 @@ def test_no_baseline_fires_on_spend_without_orders_and_resolves_at_the_next_orde
     assert resolutions and resolutions[0].minute >= 120
     assert resolutions[0].transition.message["alert_id"] == firings[0].transition.message[
         "alert_id"]
+
+
+def _pause_run(spend_minutes: list[int], order_minute: int, *, baseline: bool
+               ) -> list[tuple[int, str, str]]:
+    """One row, minute by minute: 60 EUR of spend in each of ``spend_minutes``, an order a
+    minute from ``order_minute`` on (for 30 minutes); with ``baseline`` a 24h baseline of 10
+    EUR per order. Returns the transitions as (minute, state, kind)."""
+    state, out = DetectorState(), []
+    for m in range(order_minute + 30):
+        spend = 60.0 if m in spend_minutes else 0.0
+        hour_spend = 60.0 * sum(1 for s in spend_minutes if m - 60 < s <= m)
+        orders = 1 if m >= order_minute else 0
+        hour_orders = max(0, min(60, m - order_minute + 1))
+        minute = MinuteInput((m + 1) * 60_000, orders, spend,
+                             100 if baseline else 0, 1000.0 if baseline else 0.0,
+                             hour_orders, hour_spend)
+        state, transition = evaluate(state, minute, PARAMS, dimension="campaign", group="c")
+        if transition is not None:
+            out.append((m, transition.state, transition.message["kind"]))
+    return out
+
+
+def test_a_paused_row_keeps_firing_until_its_next_order() -> None:
+    """SPEC §6: no_baseline resolves at the row's next order, and a CUSUM episode when its
+    statistics fall below h/4, however long the spend pauses in between."""
+    assert _pause_run([0], 200, baseline=False) == [
+        (0, "firing", "no_baseline"), (200, "resolved", "no_baseline")]
+    # 60 EUR a minute for 10 minutes at 10 EUR an order: 6 expected orders a minute, none
+    cusum = _pause_run(list(range(10)), 300, baseline=True)
+    assert [(state, kind) for _, state, kind in cusum] == [
+        ("firing", "orders_stopped"), ("resolved", "orders_stopped")]
+    assert cusum[0][0] < 10 and cusum[1][0] > 300  # orders returned, statistics came down

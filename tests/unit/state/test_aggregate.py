@@ -153,11 +153,15 @@ def test_an_id_used_again_after_the_sweep_survives_a_rebuild_on_disk(tmp_path: P
     disk.drop({0})
 
 
-def test_cancellation_before_its_order_counts_nowhere() -> None:
+def test_cancellation_before_its_order_changes_nothing() -> None:
+    """SPEC §1: a cancellation of an order never seen is an unknown order and changes
+    nothing, so the order arriving after it counts; a second cancellation is a duplicate of
+    the first (same id and status)."""
     agg = aggregator()
-    result = agg.process(0, [(0, pack(order("a", T + 5, "cancelled"), order("a", T)))], T)
-    assert [v.outcome for v in result.verdicts] == ["unknown_order", "accepted"]
-    assert result.updates == {}
+    result = agg.process(0, [(0, pack(order("a", T + 5, "cancelled"), order("a", T),
+                                      order("a", T + 6, "cancelled"), first=0))], T)
+    assert [v.outcome for v in result.verdicts] == ["unknown_order", "accepted", "duplicate"]
+    assert agg.state(0, T).buckets[("5m", "all", "all", T - T % 10_000)][0] == 1  # orders
 
 
 def test_low_mark_is_the_slowest_raw_partition_not_read_to_its_end() -> None:
