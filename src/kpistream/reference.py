@@ -149,9 +149,7 @@ def classify(events: Iterable[Event], *, retention_ms: int,
         # 3. a cancellation: of an order not (yet) seen, of an expired one, or one to retract?
         if isinstance(event, Order) and event.status == "cancelled":
             placed = placed_at.get(event.order_id)
-            if placed is None:
-                outcome.unknown_orders.append(event)
-            elif placed < event.ts - retention_ms:  # expired: stays counted
+            if placed is None or placed < event.ts - retention_ms:
                 outcome.unknown_orders.append(event)
             else:
                 outcome.retractions.add(event.order_id)
