@@ -73,18 +73,18 @@ def customer_facts(p: int, result: BatchResult, partitions: int,
     """The batch's customer facts, one message per customers partition (by customer id),
     plus a message with only the low mark to every partition that has not had it yet."""
     messages: dict[int, CustomerFacts] = {}
+    low_mark = result.customer_low_mark
     for fact in result.facts:
         event = fact[3]
         customer = event.customer_id if isinstance(event, Order | Survey) else None
         if customer is not None:
             r = partition_for(customer, partitions)
-            messages.setdefault(r, CustomerFacts(p, low_mark=result.low_mark)).facts.append(
-                fact)
+            messages.setdefault(r, CustomerFacts(p, low_mark=low_mark)).facts.append(fact)
     for r in range(partitions):
-        if r not in messages and last_marks.get(r) != result.low_mark:
-            messages[r] = CustomerFacts(p, low_mark=result.low_mark)
+        if r not in messages and last_marks.get(r) != low_mark:
+            messages[r] = CustomerFacts(p, low_mark=low_mark)
     for r in messages:
-        last_marks[r] = result.low_mark
+        last_marks[r] = low_mark
     return messages
 
 

@@ -100,6 +100,11 @@ class BatchResult:
     updates: dict[RowId, list[BucketUpdate]] = field(default_factory=dict)
     stream_time: int = NO_TIME
     low_mark: int = NO_TIME
+    # The low mark the customer stage judges expiry against (SPEC §8). In replay mode, once
+    # every raw partition is read to its end, the newest event time read: the customer
+    # stage never sees the pipeline's stream time, and its own partition's newest event
+    # may be days older (the roll-up takes the largest event time of its sources instead).
+    customer_low_mark: int = NO_TIME
     applied: int | None = None
     facts: list[CustomerFact] = field(default_factory=list)
 
@@ -552,7 +557,9 @@ class PartitionAggregator:
         # verdict as a sweep's, only sooner; their values were sent above.
         self._expire_buckets(state, self.expiry_time(state, now_ms))
         result.stream_time = state.stream_time
-        result.low_mark = state.low_mark()
+        result.low_mark = result.customer_low_mark = state.low_mark()
+        if result.low_mark == ALL_READ and not self.live:
+            result.customer_low_mark = state.seen_time
         result.applied = state.applied
         return result
 

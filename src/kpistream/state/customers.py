@@ -628,7 +628,8 @@ class CustomerState:
         low = min(state.low_marks.values())
         if low == NO_TIME:
             return NO_TIME
-        if low == ALL_READ:
+        if low == ALL_READ:  # (replay mode: only from an aggregate of an earlier version,
+            # which sent no customer_low_mark; this partition's newest event is a lower bound)
             low = now_ms - self.idle_lag_ms if self.live else state.stream_time
         return min(low, now_ms - self.idle_lag_ms) if self.live else low
 

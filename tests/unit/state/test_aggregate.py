@@ -13,6 +13,7 @@ from kpistream.contracts.wire import (
     decode_aggregate_pack,
 )
 from kpistream.settings import Settings
+from kpistream.stages.aggregate import customer_facts
 from kpistream.state.aggregate import PartitionAggregator
 from kpistream.state.buckets import bucket_expired
 from kpistream.state.rocks import RocksIdMap, RocksMemory
@@ -174,6 +175,21 @@ def test_low_mark_is_the_slowest_raw_partition_not_read_to_its_end() -> None:
     assert agg.process(0, [(2, EventPack(3, marks))], T).low_mark == T + 10
     marks = [RawMark("orders", 0, T + 10, True)]
     assert agg.process(0, [(3, EventPack(3, marks))], T).low_mark == ALL_READ
+
+
+def test_customers_judge_expiry_against_the_newest_time_read_once_all_is_read() -> None:
+    """Replay mode, every raw partition read to its end: the roll-up anchors on the largest
+    event time of its sources, the customer stage (which sees no event time) gets the newest
+    event time any raw partition reported, not this partition's own newest event."""
+    marks = [RawMark("orders", 0, T + 3 * HOUR, True), RawMark("orders", 1, T, True)]
+    replay = aggregator().process(0, [(0, EventPack(2, marks, [
+        (Source("orders", 1, 0, None, "{}"), order("a", T))]))], T)
+    assert replay.low_mark == ALL_READ and replay.customer_low_mark == T + 3 * HOUR
+    facts = customer_facts(0, replay, 2, {})
+    assert {m.low_mark for m in facts.values()} == {T + 3 * HOUR}
+    live = PartitionAggregator(Settings(clock="live"), DictPackLog()).process(
+        0, [(0, EventPack(2, marks))], T + 4 * HOUR)
+    assert live.low_mark == live.customer_low_mark == ALL_READ  # wall clock, downstream
 
 
 def test_packs_leave_with_retention_but_the_newest_stays() -> None:
