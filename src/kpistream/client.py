@@ -116,9 +116,8 @@ def _decode(value: bytes | None, key: bytes | None) -> KpiRow | RowDeleted:
 
 def _redis(source: str | Settings, *, decode_responses: bool) -> aioredis.Redis:
     if isinstance(source, Settings):
-        return aioredis.Redis.from_url(source.redis_url.get_secret_value(),
-                                       decode_responses=decode_responses,
-                                       **redis_options(source))
+        url, options = redis_options(source)
+        return aioredis.Redis.from_url(url, decode_responses=decode_responses, **options)
     return aioredis.Redis.from_url(source, decode_responses=decode_responses)
 
 

@@ -19,6 +19,7 @@ import socket
 import ssl
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis
 import redis.asyncio as aioredis
@@ -183,36 +184,47 @@ def _tls_probe(host: str, port: int, context: ssl.SSLContext | None) -> str | No
 
 # --- Redis -------------------------------------------------------------------------------
 
-def redis_options(settings: Settings) -> dict[str, Any]:
-    """Keyword arguments of ``Redis.from_url`` beyond the URL: ACL user, password and, for
-    ``rediss://``, the CA and client certificate."""
+def redis_options(settings: Settings) -> tuple[str, dict[str, Any]]:
+    """The URL and the keyword arguments of ``Redis.from_url``: ACL user, password and, for
+    ``rediss://``, the CA and client certificate. ``KPISTREAM_REDIS_USERNAME`` and
+    ``KPISTREAM_REDIS_PASSWORD`` win over a user and password in the URL (SPEC §9): redis-py
+    lets the URL's win over keyword arguments (``from_url`` updates them with the parsed
+    URL), so they are taken out of the URL and passed as arguments."""
+    url = settings.redis_url.get_secret_value()
     options: dict[str, Any] = {}
-    if settings.redis_username:
-        options["username"] = settings.redis_username
-    if settings.redis_password.get_secret_value():
-        options["password"] = settings.redis_password.get_secret_value()
-    if settings.redis_url.get_secret_value().startswith("rediss://"):
+    parts = urlsplit(url)
+    username = settings.redis_username or unquote(parts.username or "")
+    password = settings.redis_password.get_secret_value() or unquote(parts.password or "")
+    if "@" in parts.netloc:
+        url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    if username:
+        options["username"] = username
+    if password:
+        options["password"] = password
+    if url.startswith("rediss://"):
         if settings.redis_ssl_cafile:
             options["ssl_ca_certs"] = settings.redis_ssl_cafile
         if settings.redis_ssl_certfile:
             options.update(ssl_certfile=settings.redis_ssl_certfile,
                            ssl_keyfile=settings.redis_ssl_keyfile)
-    return options
+    return url, options
 
 
-def redis_client(settings: Settings, *, decode_responses: bool = False) -> aioredis.Redis:
-    """The worker's one asyncio Redis client (its pool is shared by every sink)."""
-    timeout = settings.sink_timeout_s
-    return aioredis.Redis.from_url(
-        settings.redis_url.get_secret_value(), decode_responses=decode_responses,
-        socket_timeout=timeout, socket_connect_timeout=timeout, **redis_options(settings))
+def redis_client(settings: Settings, *, decode_responses: bool = False,
+                 socket_timeout: float | None = None) -> aioredis.Redis:
+    """An asyncio Redis client (the worker's one is shared by every sink)."""
+    timeout = settings.sink_timeout_s if socket_timeout is None else socket_timeout
+    url, options = redis_options(settings)
+    return aioredis.Redis.from_url(url, decode_responses=decode_responses,
+                                   socket_timeout=timeout, socket_connect_timeout=timeout,
+                                   **options)
 
 
 def redis_sync_client(settings: Settings) -> redis.Redis:
     """A blocking client for commands (``top``)."""
-    return redis.Redis.from_url(settings.redis_url.get_secret_value(), decode_responses=True,
-                                socket_connect_timeout=CHECK_TIMEOUT_S,
-                                **redis_options(settings))
+    url, options = redis_options(settings)
+    return redis.Redis.from_url(url, decode_responses=True,
+                                socket_connect_timeout=CHECK_TIMEOUT_S, **options)
 
 
 async def check_redis(settings: Settings, *, writes: bool = True) -> None:
@@ -220,9 +232,7 @@ async def check_redis(settings: Settings, *, writes: bool = True) -> None:
     kind on a key of the prefix and the profile script on no change (a channel cannot be
     checked without publishing to its subscribers). Commands that only read (``top``,
     ``customers``) run as a read-only user (docs/security.md): PING only."""
-    client = aioredis.Redis.from_url(
-        settings.redis_url.get_secret_value(), socket_timeout=CHECK_TIMEOUT_S,
-        socket_connect_timeout=CHECK_TIMEOUT_S, **redis_options(settings))
+    client = redis_client(settings, socket_timeout=CHECK_TIMEOUT_S)
     where = f"Redis at {_redis_location(settings)}"
     user = settings.redis_username or "default"
     _check_certificate("KPISTREAM_REDIS_SSL_CERTFILE", settings.redis_ssl_certfile, where)

@@ -112,12 +112,32 @@ def test_redis_user_password_and_tls_files(tmp_path: Path) -> None:
     settings = Settings(redis_url="rediss://cache:6380/0", redis_username="kpistream",
                         redis_password="pw", redis_ssl_cafile=str(cert),
                         redis_ssl_certfile=str(cert), redis_ssl_keyfile=str(key))
-    assert redis_options(settings) == {
+    assert redis_options(settings) == ("rediss://cache:6380/0", {
         "username": "kpistream", "password": "pw", "ssl_ca_certs": str(cert),
-        "ssl_certfile": str(cert), "ssl_keyfile": str(key)}
+        "ssl_certfile": str(cert), "ssl_keyfile": str(key)})
     # TLS files mean nothing to a redis:// URL (redis-py would refuse them).
     plain = Settings(redis_url="redis://cache:6379/0", redis_ssl_cafile=str(cert))
-    assert redis_options(plain) == {}
+    assert redis_options(plain) == ("redis://cache:6379/0", {})
+
+
+def test_redis_username_and_password_settings_win_over_the_url() -> None:
+    """SPEC §9: redis-py's from_url lets a user and password in the URL override keyword
+    arguments, so the settings' must not be passed beside them."""
+    import redis
+
+    both = Settings(redis_url="redis://urluser:url%40pass@cache:6379/2",
+                    redis_username="envuser", redis_password="envpass")
+    assert redis_options(both) == ("redis://cache:6379/2",
+                                   {"username": "envuser", "password": "envpass"})
+    url, options = redis_options(both)
+    kwargs = redis.Redis.from_url(url, **options).connection_pool.connection_kwargs
+    assert (kwargs["username"], kwargs["password"], kwargs["db"]) == ("envuser", "envpass", 2)
+    # what a setting leaves out still comes from the URL (unquoted, as redis-py does)
+    url_only = Settings(redis_url="redis://urluser:url%40pass@cache:6379/2",
+                        redis_password="envpass")
+    assert redis_options(url_only)[1] == {"username": "urluser", "password": "envpass"}
+    assert redis_options(Settings(redis_url="redis://:p%40ss@cache:6379"))[1] == {
+        "password": "p@ss"}
 
 
 def test_web_basic_auth_admits_only_the_configured_user() -> None:
