@@ -195,9 +195,11 @@ def kpi_message(sums: WindowSums, dimension: str = "campaign",
 
 def test_kpi_schema_lists_every_kpi() -> None:
     schema = load_schema("kpi_update")
-    assert set(schema["properties"]) == {*ROW_FIELDS, *KPI_FIELDS, SPEND_ALLOCATED,
+    assert set(schema["properties"]) == {*ROW_FIELDS, *KPI_FIELDS, SPEND_ALLOCATED, "deleted",
                                          "schema_version"}
-    assert set(schema["required"]) == set(schema["properties"]) - {SPEND_ALLOCATED}
+    row, deletion = schema["oneOf"]  # a row, or (Pub/Sub) a deleted row naming itself
+    assert set(row["required"]) == set(schema["properties"]) - {SPEND_ALLOCATED, "deleted"}
+    assert set(deletion["required"]) == {*ROW_FIELDS[:3], "deleted", "schema_version"}
 
 
 def test_kpi_message_with_nulls_for_undefined_kpis() -> None:

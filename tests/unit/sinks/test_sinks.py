@@ -9,11 +9,13 @@ import contextlib
 from typing import Any
 
 import orjson
+import fastjsonschema
 import pytest
 from aiokafka.errors import ProducerClosed
 from prometheus_client import CollectorRegistry
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from kpistream.contracts.schemas import load_schema
 from kpistream.exceptions import DeliveryError
 from kpistream.kpi.profiles import ProfileChange
 from kpistream.kpi.rows import RowChange
@@ -138,6 +140,14 @@ def test_redis_rows_deletion_leaves_the_index() -> None:
     (batch,) = redis.executed
     assert ("srem", ("p:index:channel", "search"), {}) in batch
     assert not any(name == "hset" for name, _, _ in batch)
+    # Pub/Sub has no keys: the deletion names its row, and the shipped schema covers it
+    (payload,) = [orjson.loads(args[1]) for name, args, _ in batch if name == "publish"]
+    check = fastjsonschema.compile(load_schema("kpi_update"))
+    check(payload)
+    assert payload == {"window": "1h", "dimension": "channel", "group": "search",
+                       "deleted": True, "schema_version": 1}
+    with pytest.raises(fastjsonschema.JsonSchemaValueException):
+        check({**payload, "deleted": False})
 
 
 def test_redis_rows_outage_keeps_the_batch_and_rewrites_every_live_row_after() -> None:
