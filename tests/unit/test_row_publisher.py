@@ -146,3 +146,29 @@ def test_decimal_text_is_the_floats_exact_shortest_decimal(value: float) -> None
     (2.0, "2.0"), (7, "7")])
 def test_decimal_text_examples(value: float, text: str) -> None:
     assert decimal_text(value) == text
+
+
+def test_a_row_never_published_gets_no_deletion() -> None:
+    """A new row whose first events are already outside its 5m window: its 1h row goes out,
+    and no tombstone for a 5m row no one has seen; once published, an emptied 5m row is
+    deleted."""
+    settings = Settings(windows=("5m/10s", "1h/1m"), clock="event", partitions=1)
+    state = RollupState(settings, DictPackLog())
+    publisher = RowPublisher(settings, state)
+    sums = tuple(1.0 if i == ORDERS else 0.0 for i in range(len(SUM_FIELDS)))
+
+    def send(seq: int, bucket_5m: int, bucket_1h: int, event_time: int) -> None:
+        values = [BucketValue("5m", "campaign", "a", bucket_5m, sums),
+                  BucketValue("1h", "campaign", "a", bucket_1h, sums)]
+        message = RollupMessage(0, seq, event_time, ALL_READ, values)
+        state.apply(0, seq, encode_rollup(message), 0)
+
+    send(0, T0, T0, T0 + 10 * MIN)
+    changes = publisher.tick({0}, 1_000)
+    assert [(c.window, c.message is not None) for c in changes] == [("1h", True)]
+    send(1, T0 + 10 * MIN, T0 + 10 * MIN, T0 + 10 * MIN)  # now the 5m row has an event
+    assert {(c.window, c.message is not None) for c in publisher.tick({0}, 2_000)} == {
+        ("5m", True), ("1h", True)}
+    send(2, T0 + 10 * MIN, T0 + 10 * MIN, T0 + 20 * MIN)  # stream time moves on: 5m empties
+    assert ("5m", False) in {(c.window, c.message is not None)
+                             for c in publisher.tick({0}, 3_000)}

@@ -272,6 +272,11 @@ class RowPublisher:
                 and (message is None or now_ms - last.at < step_ms)):
             last.window_end = end
             return message, False
+        if last is None and message is None:
+            # never published, so nothing to delete (a new row whose first events are
+            # already outside this window: no tombstone for a row no one has seen)
+            published[(row, name)] = _Published(end, None, now_ms)
+            return None, False
         published[(row, name)] = _Published(end, message, now_ms)
         return message, True
 
