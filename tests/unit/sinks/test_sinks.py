@@ -8,8 +8,8 @@ import asyncio
 import contextlib
 from typing import Any
 
-import orjson
 import fastjsonschema
+import orjson
 import pytest
 from aiokafka.errors import ProducerClosed
 from prometheus_client import CollectorRegistry
