@@ -7,7 +7,7 @@ bounded (topic names, outcomes, sinks, partitions - never ids). Business KPIs ar
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -76,14 +76,18 @@ class EventCountCollector(Collector):
     the state, they survive a crash exactly (a re-delivered record is never counted again),
     and ``sum()`` across workers equals the input's classification."""
 
-    def __init__(self, counts: Callable[[], dict[tuple[str, str], int]]) -> None:
+    def __init__(self, counts: Callable[[], dict[tuple[str, str], int]],
+                 topics: Iterable[str] = ()) -> None:
         self.counts = counts
+        # every (topic, outcome) of the input topics has a series from the start, at 0, so
+        # that a query for an outcome not seen yet returns 0 rather than nothing
+        self.zeros = {(topic, outcome): 0 for topic in topics for outcome in OUTCOMES}
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(
             "kpistream_events", "Input records by topic and outcome "
             "(accepted, duplicate, invalid, late, future).", labels=["topic", "outcome"])
-        for (topic, outcome), count in sorted(self.counts().items()):
+        for (topic, outcome), count in sorted({**self.zeros, **self.counts()}.items()):
             family.add_metric([topic, outcome], count)
         yield family
 

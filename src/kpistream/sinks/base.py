@@ -97,6 +97,8 @@ class SinkSet:
         self.log = RateLimitedLog(logger, log_interval_s)
         self.clock = clock
         self.retry_at: dict[str, float] = {}
+        for sink in self.sinks:  # a series per sink from the start, at 0
+            metrics.sink_errors.labels(sink.name)
 
     async def start(self) -> None:
         for sink in self.sinks:

@@ -17,6 +17,7 @@ from typing import Any, cast
 
 import faust
 
+from kpistream.alerts.detector import ALERT, KINDS
 from kpistream.alerts.engine import AlertEngine
 from kpistream.connections import redis_client
 from kpistream.contracts.wire import (
@@ -68,6 +69,8 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
         RedisProfileSink(settings, redis),
     ], metrics, settings.log_interval_s)
     alert_engine = AlertEngine(settings, state, tables.alerts)
+    for kind in KINDS:  # a series per kind from the start, at 0
+        metrics.alerts.labels(ALERT, kind)
     if not alert_engine.enabled:
         logger.warning("alerts disabled: no window with a 1m STEP of at least 1h, or no "
                        "window named %r (alert_baseline_window)",
@@ -89,7 +92,7 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
                 totals[key] = totals.get(key, 0) + count
         return totals
 
-    runtime.registry.register(EventCountCollector(event_counts))
+    runtime.registry.register(EventCountCollector(event_counts, settings.input_topics))
 
     def state_sizes() -> dict[tuple[str, str], int]:
         sizes = dict.fromkeys((("aggregate", "ids"), ("aggregate", "buckets"),

@@ -19,7 +19,7 @@ from kpistream.contracts.schemas import load_schema
 from kpistream.exceptions import DeliveryError
 from kpistream.kpi.profiles import ProfileChange
 from kpistream.kpi.rows import RowChange
-from kpistream.observability.metrics import Metrics
+from kpistream.observability.metrics import OUTCOMES, EventCountCollector, Metrics
 from kpistream.settings import Settings
 from kpistream.sinks.alerts import RedisAlertSink
 from kpistream.sinks.base import Backoff, Publication, SinkSet, SinkUnavailable
@@ -268,6 +268,8 @@ def test_sink_set_honours_retry_after_and_counts_failures_per_sink() -> None:
     flaky, healthy = FlakySink(), FlakySink()
     healthy.name, healthy.fail = "healthy", False
     sinks = SinkSet([flaky, healthy], Metrics.create(registry), 60, clock=lambda: now[0])
+    # every sink has its series from the start (a query for errors returns 0, not nothing)
+    assert registry.get_sample_value("kpistream_sink_errors_total", {"sink": "healthy"}) == 0
     sinks.write(Publication([change("search", 1)]))
     run(sinks.flush())
     run(sinks.flush())  # within retry_after: the failing sink is not tried again
@@ -316,3 +318,17 @@ def test_redis_profiles_backlog_makes_progress_across_failures() -> None:
     assert not sink.pending
     written = [change[0] for payload in redis.scripted for change in orjson.loads(payload)[1]]
     assert len(written) == len(set(written)) == len(changes)
+
+
+def test_event_counts_have_a_series_per_input_topic_and_outcome_from_the_start() -> None:
+    registry = CollectorRegistry()
+    registry.register(EventCountCollector(lambda: {("orders", "accepted"): 3},
+                                          ["orders", "ad-spend"]))
+    assert registry.get_sample_value("kpistream_events_total",
+                                     {"topic": "orders", "outcome": "accepted"}) == 3
+    for topic in ("orders", "ad-spend"):
+        for outcome in OUTCOMES:
+            assert registry.get_sample_value("kpistream_events_total",
+                                             {"topic": topic, "outcome": outcome}) is not None
+    assert registry.get_sample_value("kpistream_events_total",
+                                     {"topic": "ad-spend", "outcome": "late"}) == 0
