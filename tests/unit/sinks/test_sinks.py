@@ -200,6 +200,35 @@ def test_redis_alerts_in_order_with_the_hash_only_while_firing() -> None:
     assert not sink.pending
 
 
+def test_redis_alerts_rewrite_the_hashes_still_firing_after_a_failure() -> None:
+    """A Redis that failed may have come back empty: the hash of every alert still firing on
+    this worker's rows is written again (not one whose row moved away); numbers as decimals
+    without exponent, as in row hashes."""
+    redis = FakeRedis()
+    sink = RedisAlertSink(SETTINGS, redis)  # type: ignore[arg-type]
+    search, email = ({**alert("firing", group), "statistic": 1e-05, "cpo": None}
+                     for group in ("search", "email"))
+    sink.write(Publication(alerts=[search, email], firing=frozenset(
+        {("cpo_spike", "channel", "search"), ("cpo_spike", "channel", "email")})))
+    run(sink.flush())
+    (first,) = redis.executed
+    mapping = next(kwargs["mapping"] for name, args, kwargs in first
+                   if name == "hset" and args[0] == "p:alert:channel:search")
+    assert mapping["statistic"] == "0.00001" and "cpo" not in mapping
+    redis.down = True
+    sink.write(Publication(alerts=[alert("firing", "social")], firing=frozenset(
+        {("cpo_spike", "channel", "search"), ("cpo_spike", "channel", "social")})))
+    with pytest.raises(SinkUnavailable):
+        run(sink.flush())
+    redis.down = False
+    run(sink.flush())
+    rewritten = [args[0] for name, args, _ in redis.executed[-1] if name == "hset"]
+    # email's row is another worker's now; social's hash comes with its message
+    assert rewritten == ["p:alert:channel:search", "p:alert:channel:social"]
+    run(sink.flush())
+    assert len(redis.executed) == 2  # resynced: nothing more to send
+
+
 def test_kafka_rows_and_alerts_are_kept_until_acknowledged() -> None:
     """A stopping worker's outbox fails its flush (its producer is closed): the tick's
     messages stay for the partitions' next owner. (Any other failure stops the worker:
