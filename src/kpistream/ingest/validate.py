@@ -23,6 +23,7 @@ Checks, in order (the first failing one decides the error code):
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable
@@ -230,7 +231,9 @@ class Validator:
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            return Rejection("invalid_json", f"value: {exc}")
+            data = _with_infinite_numbers(raw, exc)
+            if data is None:
+                return Rejection("invalid_json", f"value: {exc}")
         if type(data) is not dict:
             return Rejection(
                 "invalid_schema", f"value: must be a JSON object, not {_json_type(data)}"
@@ -382,3 +385,20 @@ def _ts(value: Any) -> int | Rejection:
 
 def _unknown_currency(currency: object) -> Rejection:
     return Rejection("unknown_currency", f"currency: no rate configured for {_show(currency)}")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _with_infinite_numbers(raw: bytes, error: orjson.JSONDecodeError) -> Any | None:
+    """A document orjson refused only because a number overflows a double (``1e400`` is
+    valid JSON, and the one way to write a non-finite number in it): parsed again with the
+    standard library, so that the field is rejected by name (SPEC §1: amounts are finite)
+    rather than the whole value as invalid JSON. None if it is not valid JSON after all."""
+    if not str(error).startswith("number is infinity"):
+        return None
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except ValueError:
+        return None
