@@ -502,13 +502,18 @@ def secret_fields() -> list[str]:
             if info.annotation is SecretStr]
 
 
+# Not secrets, but mounted beside them (a Kubernetes secret often holds user and password):
+# these may come from ``<NAME>_FILE`` too, rather than be silently ignored there.
+FILE_USERNAMES = ("kafka_sasl_username", "redis_username", "web_username")
+
+
 class SecretFileSource(EnvSettingsSource):
     """``KPISTREAM_<SECRET>_FILE=/run/secrets/x``: the secret is the file's content (one
     trailing newline dropped), as Docker and Kubernetes mount secrets. Setting both the
     variable and its ``_FILE`` is an error: which one wins would be a guess."""
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        if field.annotation is not SecretStr:
+        if field.annotation is not SecretStr and field_name not in FILE_USERNAMES:
             return None, field_name, False
         env_name = f"{ENV_PREFIX}{field_name}".upper()
         path = _env_ci(env_name + FILE_SUFFIX)

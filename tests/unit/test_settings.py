@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from kpistream.app import create_app
 from kpistream.settings import (
+    FILE_USERNAMES,
     Settings,
     WindowSpec,
     describe_settings_error,
@@ -83,6 +84,18 @@ def test_every_secret_can_come_from_a_file(monkeypatch: pytest.MonkeyPatch, tmp_
     assert settings.redis_url.get_secret_value() == "redis://u:from-file@cache:6379/0"
     masked = json.dumps(settings.masked())
     assert "from-file" not in masked and "from-file" not in repr(settings)
+
+
+def test_users_can_come_from_a_file_too(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """A Kubernetes secret often holds the user beside the password."""
+    for name in ("kafka_sasl_username", "redis_username", "web_username"):
+        (tmp_path / name).write_text(f"user-{name}\n")
+        monkeypatch.setenv(f"KPISTREAM_{name.upper()}_FILE", str(tmp_path / name))
+    settings = Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_password="p",
+                        web_password="w")
+    assert (settings.kafka_sasl_username, settings.redis_username, settings.web_username) == (
+        "user-kafka_sasl_username", "user-redis_username", "user-web_username")
+    assert set(FILE_USERNAMES) == {"kafka_sasl_username", "redis_username", "web_username"}
 
 
 def test_a_secret_and_its_file_together_are_an_error(monkeypatch: pytest.MonkeyPatch,
