@@ -49,8 +49,9 @@ Value formats:
 - **Secrets** (marked *secret* below) are masked by `kpistream settings`
   (`redis://user:***@host`, `***`) and never logged. Each can also be read from a file:
   `KPISTREAM_<NAME>_FILE=/run/secrets/x` (as Docker and Kubernetes mount secrets; setting both
-  is an error), and so can the three user names. In Kubernetes put them in a Secret, not the ConfigMap (deploy/k8s/README.md);
-  [security.md](security.md) has the TLS, SASL and ACL setups.
+  is an error), and so can the three user names. In Kubernetes put them in a Secret, not the
+  ConfigMap (deploy/k8s/README.md); [security.md](security.md) has the TLS, SASL and ACL
+  setups.
 
 | environment variable | type | default | description |
 |---|---|---|---|
