@@ -88,7 +88,10 @@ DEFAULT_RATES = {
 class Settings(BaseSettings):
     """Effective configuration. Every field is ``KPISTREAM_<NAME>`` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+    # hide_input_in_errors: a ValidationError raised to a library user (outside the CLI, which
+    # prints describe_settings_error) must not quote the values given: secrets among them
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore",
+                                      hide_input_in_errors=True)
 
     # --- connections -------------------------------------------------------------------
     app_id: str = Field("kpistream", description="Faust app id: consumer group and table prefix.")
