@@ -1,7 +1,8 @@
 """The gap guard on a faust batch: a partition the stage never applied anything of expects
 its log start offset, so records faust skipped (and acked) before the first delivery are
 read again instead of being lost; a seek that goes unanswered is made again; an idle stage
-waiting for records faust dropped at a partition's tail seeks back to them."""
+waiting for records faust dropped at a partition's tail seeks back to them, and so does one
+whose partition faust's commit is stuck behind (records dropped that the stage did not need)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 from faust.types import TP
 
 from kpistream.observability.logs import RateLimitedLog
-from kpistream.stages.offsets import GapGuard
+from kpistream.stages.offsets import GapGuard, stall_offset
 
 TOPIC = "kpistream-events"
 
@@ -47,6 +48,7 @@ class Consumer:
     ends: dict[int, int] = field(default_factory=dict)
     flow_active: bool = True
     _paused_partitions: set[TP] = field(default_factory=set)
+    _committed_offset: dict[TP, int] = field(default_factory=dict)
 
     def assignment(self) -> set[TP]:
         return self.assigned
@@ -236,3 +238,47 @@ def test_a_revoked_partition_is_forgotten() -> None:
     clock.now += 3 * RETRY_S
     asyncio.run(gap_guard.retry())
     assert app.consumer._thread.seeks == [{TP(TOPIC, 1): 2}]  # the first seek only
+
+
+def test_an_idle_stage_seeks_back_to_where_fausts_commit_is_stuck() -> None:
+    """A worker taking over after a crash: the records 40-49 were applied before the crash
+    (the rebuilt state expects 50) and faust dropped them (never delivered, never acked), so
+    it commits nothing past 40 although the stage applied 50-59: read them again. The same
+    for a partition the stage never got a record of."""
+    clock = Clock()
+    gap_guard, app = guard({0: 0, 1: 0, 2: 0}, clock)
+    seeks = app.consumer._thread.seeks
+    assert run(gap_guard, batch((0, 50), (0, 59)), {0: 50}) == {0: [50]}
+    run(gap_guard, batch((0, 51), *((0, o) for o in range(52, 60))), {0: 51})
+    seeks.clear()
+    app.consumer.ends = {0: 60, 1: 30, 2: 5}
+    app.consumer._committed_offset = {TP(TOPIC, 0): 40, TP(TOPIC, 1): 20, TP(TOPIC, 2): 5}
+    clock.now += RETRY_S
+    asyncio.run(gap_guard.retry())
+    assert seeks == []  # seen once
+    clock.now += RETRY_S / 2
+    asyncio.run(gap_guard.retry())
+    # partition 2 is committed to its end: left alone
+    assert seeks == [{TP(TOPIC, 0): 40, TP(TOPIC, 1): 20}]
+    # faust reads them again: replays, which the stage skips (and faust acknowledges, so
+    # it commits to the end); the seeks are answered
+    assert run(gap_guard, batch(*((0, o) for o in range(40, 60))), {0: 60}) == {
+        0: list(range(40, 60))}
+    assert run(gap_guard, batch(*((1, o) for o in range(20, 30))), {1: 30}) == {
+        1: list(range(20, 30))}
+    app.consumer._committed_offset = {TP(TOPIC, 0): 60, TP(TOPIC, 1): 30, TP(TOPIC, 2): 5}
+    clock.now += 10 * RETRY_S
+    asyncio.run(gap_guard.retry())
+    clock.now += RETRY_S
+    asyncio.run(gap_guard.retry())
+    assert len(seeks) == 1
+
+
+def test_stall_offset_is_the_lower_of_what_the_stage_and_fausts_commit_miss() -> None:
+    assert stall_offset(None, None, 10) is None
+    assert stall_offset(10, 10, 10) is None  # applied and committed to the end
+    assert stall_offset(7, 10, 10) == 7
+    assert stall_offset(10, 4, 10) == 4
+    assert stall_offset(8, 4, 10) == 4
+    assert stall_offset(None, 4, 10) == 4
+    assert stall_offset(3, 4, None) is None  # no end offset known yet
