@@ -23,8 +23,12 @@ Rules, in the order :func:`classify` applies them to each event ``e``:
      *unknown order* and retracts nothing: the order stays counted in rows and profiles.
      Expiry is judged by the cancellation's own ``ts``, not by ``T_e``, like the engine, so
      the verdict does not depend on arrival speed, partitioning or sweep timing;
-   - of an order never accepted (not seen yet, or seen only late): an *unknown order* that
-     changes nothing: if the placed order arrives later, it is accepted and counted.
+   - of an order never accepted (not seen yet, or seen only late): an *unknown order*.
+     If the placed order arrives later with a ``ts`` at or before the cancellation's (and not
+     more than the retention before it), the cancellation was produced after the order and
+     overtook it (another partition, or read sooner): the order is accepted and at once
+     retracted, so the rows do not depend on keying or arrival order (SPEC §4). Otherwise
+     the cancellation changed nothing and the order counts.
 
    A second cancellation of an order is a duplicate (rule 2), whatever happened to the first.
 
@@ -127,6 +131,7 @@ def classify(events: Iterable[Event], *, retention_ms: int,
     stream_time: int | None = None  # None = -inf
     seen: set[tuple[str, str]] = set()
     placed_at: dict[str, int] = {}  # accepted placed order -> its ts
+    cancelled_first: dict[str, int] = {}  # cancellation of an order not seen yet -> its ts
 
     for index, event in enumerate(events):
         # 1. late?
@@ -149,7 +154,10 @@ def classify(events: Iterable[Event], *, retention_ms: int,
         # 3. a cancellation: of an order not (yet) seen, of an expired one, or one to retract?
         if isinstance(event, Order) and event.status == "cancelled":
             placed = placed_at.get(event.order_id)
-            if placed is None or placed < event.ts - retention_ms:
+            if placed is None:
+                cancelled_first[event.order_id] = event.ts
+                outcome.unknown_orders.append(event)
+            elif placed < event.ts - retention_ms:  # expired: stays counted
                 outcome.unknown_orders.append(event)
             else:
                 outcome.retractions.add(event.order_id)
@@ -157,6 +165,10 @@ def classify(events: Iterable[Event], *, retention_ms: int,
             continue
         if isinstance(event, Order):
             placed_at[event.order_id] = event.ts
+            cancelled_ts = cancelled_first.get(event.order_id)
+            if (cancelled_ts is not None
+                    and cancelled_ts - retention_ms <= event.ts <= cancelled_ts):
+                outcome.retractions.add(event.order_id)
         outcome.accepted.append(event)
     return outcome
 

@@ -111,6 +111,18 @@ def test_cancel_before_placed_is_unknown_and_the_order_counts() -> None:
     assert row.orders == 1 and row.revenue == 40.0
 
 
+def test_placed_and_cancelled_rows_agree_whatever_the_order() -> None:
+    """SPEC §4: rows do not depend on keying: a cancellation that overtook its order (read
+    first, of a later time) retracts it all the same."""
+    events: list[Event] = [placed("o1", 1000, 40.0), cancelled("o1", 3000),
+                           placed("o2", 2000, 5.0)]
+    forward = classify(events, retention_ms=RETENTION)
+    backward = classify([events[1], events[0], events[2]], retention_ms=RETENTION)
+    assert (expected_rows(forward, window_start=0, window_end=HOUR)
+            == expected_rows(backward, window_start=0, window_end=HOUR))
+    assert backward.retracted == {"o1"}
+
+
 def test_second_cancel_is_a_duplicate() -> None:
     first, second = cancelled("o1", 2000), cancelled("o1", 3000)
     outcome = classify([placed("o1", 1000), first, second], retention_ms=RETENTION)

@@ -53,12 +53,15 @@ def test_a_cancellation_after_the_order_expired_is_unknown_and_the_order_stays_c
     assert row.orders == 1
 
 
-def test_a_cancellation_within_the_retention_retracts_but_not_before_its_order() -> None:
+def test_a_cancellation_within_the_retention_retracts_also_before_its_order() -> None:
     in_time = classify([order("o1", 0), cancel("o1", RETENTION)], retention_ms=RETENTION)
     assert in_time.retracted == {"o1"} and len(in_time.accepted) == 2
     first = classify([cancel("o2", 5 * MIN), order("o2", MIN)], retention_ms=RETENTION)
-    assert first.retracted == frozenset() and first.unknown_orders[0].order_id == "o2"
-    assert [e.order_id for e in counted_events(first)] == ["o2"]
+    assert first.retracted == {"o2"} and first.unknown_orders[0].order_id == "o2"
+    # one of an earlier time than its order changed nothing
+    earlier = classify([cancel("o3", MIN), order("o3", 5 * MIN)], retention_ms=RETENTION)
+    assert earlier.retracted == frozenset()
+    assert [e.order_id for e in counted_events(earlier)] == ["o3"]
 
 
 def test_campaign_day_cpo_is_counted_spend_over_counted_orders() -> None:

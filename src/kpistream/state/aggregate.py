@@ -619,10 +619,15 @@ class PartitionAggregator:
         elif event.status == "placed":
             if record is not None and record[_P_TS] is not None:
                 return "duplicate"
-            # A cancellation that came first was an unknown order and changed nothing
-            # (SPEC §1): this order counts. Its record keeps that cancellation's time, so a
-            # second cancellation is a duplicate of it (SPEC §1, same id and status).
-            sign = 1
+            # A cancellation that came first was an unknown order (SPEC §1). If it is of
+            # this order's time or later (within the retention), it was produced after the
+            # order and overtook it (another partition, or read sooner): it retracts the
+            # order now, so the rows do not depend on keying or arrival order (SPEC §4).
+            # One of an earlier time came first in event time too: it changed nothing and
+            # this order counts. The record keeps its time either way, so a second
+            # cancellation is a duplicate of it (SPEC §1, same id and status).
+            sign = 0 if record is not None and cancel_retracts(
+                event.ts, record[_C_TS], self.retention_ms) else 1
             # Kept for the whole retention period, once per order: the few distinct group
             # names are interned rather than held once per record (~150 bytes an order).
             record = [event.ts, event.amount, intern(event.channel), intern(event.campaign_id),
@@ -732,6 +737,12 @@ class PartitionAggregator:
 
 def _is_campaign(row: RowId) -> bool:
     return row[0] == "campaign"
+
+
+def cancel_retracts(placed_ts: int, cancelled_ts: int, retention_ms: int) -> bool:
+    """Whether a cancellation read before its order retracts it when the order comes: when
+    it is of the order's time or later, and the order would not have expired by then."""
+    return cancelled_ts - retention_ms <= placed_ts <= cancelled_ts
 
 
 def first_version(record: list[Any]) -> bool:

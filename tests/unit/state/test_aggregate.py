@@ -154,27 +154,20 @@ def test_an_id_used_again_after_the_sweep_survives_a_rebuild_on_disk(tmp_path: P
     disk.drop({0})
 
 
-def test_cancellation_before_its_order_changes_nothing() -> None:
-    """SPEC §1: a cancellation of an order never seen is an unknown order and changes
-    nothing, so the order arriving after it counts; a second cancellation is a duplicate of
-    the first (same id and status)."""
+def test_a_cancellation_read_before_its_order() -> None:
+    """An unknown order when it comes (SPEC §1). Of the order's time or later, it overtook
+    the order (produced after it): the order, when it comes, counts nowhere, as if read in
+    the order produced (SPEC §4: rows do not depend on keying). Of an earlier time, it
+    changed nothing: the order counts. A second cancellation is a duplicate either way."""
     agg = aggregator()
     result = agg.process(0, [(0, pack(order("a", T + 5, "cancelled"), order("a", T),
-                                      order("a", T + 6, "cancelled"), first=0))], T)
-    assert [v.outcome for v in result.verdicts] == ["unknown_order", "accepted", "duplicate"]
-    assert agg.state(0, T).buckets[("5m", "all", "all", T - T % 10_000)][0] == 1  # orders
-
-
-def test_low_mark_is_the_slowest_raw_partition_not_read_to_its_end() -> None:
-    agg = aggregator()
-    marks = [RawMark("orders", 0, T + 10, False), RawMark("orders", 1, T + 5, False)]
-    assert agg.process(0, [(0, EventPack(3, marks))], T).low_mark == NO_TIME  # 1 unknown
-    marks = [RawMark("ad-spend", 0, None, True)]
-    assert agg.process(0, [(1, EventPack(3, marks))], T).low_mark == T + 5
-    marks = [RawMark("orders", 1, T + 7, True)]
-    assert agg.process(0, [(2, EventPack(3, marks))], T).low_mark == T + 10
-    marks = [RawMark("orders", 0, T + 10, True)]
-    assert agg.process(0, [(3, EventPack(3, marks))], T).low_mark == ALL_READ
+                                      order("a", T + 6, "cancelled"),
+                                      order("b", T, "cancelled"), order("b", T + 5),
+                                      order("b", T + 6, "cancelled"), first=0))], T)
+    assert [v.outcome for v in result.verdicts] == [
+        "unknown_order", "accepted", "duplicate", "unknown_order", "accepted", "duplicate"]
+    buckets = agg.state(0, T).buckets
+    assert buckets[("5m", "all", "all", T - T % 10_000)][0] == 1  # b's order only
 
 
 def test_customers_judge_expiry_against_the_newest_time_read_once_all_is_read() -> None:
