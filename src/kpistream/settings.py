@@ -276,7 +276,8 @@ class Settings(BaseSettings):
     # --- alerts ------------------------------------------------------------------------
     alert_baseline_window: str = Field(
         "24h", description="Name (SIZE) of the configured window whose sums give the CPO "
-        "alert's baseline CPO.")
+        "alert's baseline CPO; a window of the same SIZE written otherwise (1d, 1440m) is "
+        "found too.")
     alert_min_baseline_orders: int = Field(
         20, ge=1, description="Orders the baseline window must hold before a row has a "
         "baseline CPO; below it only the no_baseline rule applies.")
@@ -404,6 +405,20 @@ class Settings(BaseSettings):
     @property
     def attribution_period_ms(self) -> int:
         return parse_duration_ms(self.attribution_period)
+
+    @property
+    def alert_baseline(self) -> WindowSpec | None:
+        """The configured window alert_baseline_window names: by name, or else by its SIZE
+        however written (``1440m`` or ``1d`` for a window ``24h/15m``)."""
+        specs = self.window_specs
+        named = next((spec for spec in specs if spec.name == self.alert_baseline_window), None)
+        if named is not None:
+            return named
+        try:
+            size = parse_duration_ms(self.alert_baseline_window)
+        except ValueError:
+            return None
+        return next((spec for spec in specs if spec.size_ms == size), None)
 
     @property
     def attribution_window(self) -> WindowSpec:

@@ -50,8 +50,7 @@ def _minute_window(settings: Settings) -> WindowSpec | None:
 def alerts_enabled(settings: Settings) -> bool:
     """The detector needs a 1-minute-STEP window of at least an hour and the baseline
     window."""
-    return _minute_window(settings) is not None and any(
-        s.name == settings.alert_baseline_window for s in settings.window_specs)
+    return _minute_window(settings) is not None and settings.alert_baseline is not None
 
 
 class AlertEngine:
@@ -61,8 +60,7 @@ class AlertEngine:
         self.state = state
         self.store = store
         self.minute = _minute_window(settings)
-        self.baseline = next((s for s in settings.window_specs
-                              if s.name == settings.alert_baseline_window), None)
+        self.baseline = settings.alert_baseline
         self.settle_ms = settings.idle_lag_ms
 
     @property

@@ -73,7 +73,7 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
         metrics.alerts.labels(ALERT, kind)
     if not alert_engine.enabled:
         logger.warning("alerts disabled: no window with a 1m STEP of at least 1h, or no "
-                       "window named %r (alert_baseline_window)",
+                       "window named %r or of that size (alert_baseline_window)",
                        settings.alert_baseline_window)
     runtime.registry.register(KpiCollector(lambda: publisher.current_rows(set(owned)),
                                            settings.prometheus_max_groups, metrics,

@@ -3,7 +3,7 @@ state persisted per row, one transition per episode edge."""
 
 from __future__ import annotations
 
-from kpistream.alerts.engine import MINUTE_MS, AlertEngine
+from kpistream.alerts.engine import MINUTE_MS, AlertEngine, alerts_enabled
 from kpistream.contracts.wire import BucketValue, RollupMessage, encode_rollup
 from kpistream.kpi.formulas import SUM_FIELDS
 from kpistream.settings import Settings
@@ -98,3 +98,15 @@ def test_minutes_wait_for_the_slowest_source_partition() -> None:
     assert state.complete_time(0, 0) < 0
     send(state, 1, 0, T0 + 10 * MINUTE_MS, [])
     assert state.complete_time(0, 0) == T0 + 10 * MINUTE_MS
+
+
+def test_the_baseline_window_is_found_by_name_or_by_size() -> None:
+    """alert_baseline_window 24h finds a 24-hour window however its SIZE is written."""
+    for written in ("24h", "1d", "1440m"):
+        settings = Settings(windows=("5m/10s", "1h/1m", f"{written}/15m"))
+        baseline = settings.alert_baseline
+        assert baseline is not None and baseline.name == written
+        assert alerts_enabled(settings)
+    assert Settings(windows=("1h/1m", "12h/15m")).alert_baseline is None
+    assert not alerts_enabled(Settings(windows=("1h/1m", "12h/15m")))
+    assert Settings(alert_baseline_window="not-a-window").alert_baseline is None
