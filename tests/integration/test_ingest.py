@@ -207,3 +207,83 @@ def test_ingest_routes_valid_events_and_dead_letters_invalid_ones(stack) -> None
         assert proc.poll() is None
     finally:
         dep.stop()
+
+
+async def produce_to(bootstrap: str, items: list[tuple[str, int, dict[str, Any]]]) -> None:
+    """Produce each ``(topic, partition, value)`` in order (one producer: in order per
+    partition)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        for topic, partition, value in items:
+            await producer.send(topic, orjson.dumps(value), partition=partition)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def wait_judged(port: int, topics: list[str], expected: int, timeout_s: float = 60) -> str:
+    """/metrics once ``expected`` records are counted over every outcome (or the timeout)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            text = scrape(port)
+        except OSError:  # the worker is still starting
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+            continue
+        judged = sum(counter(text, t, outcome) for t in topics
+                     for outcome in ("accepted", "duplicate", "invalid", "late", "future"))
+        if judged >= expected or time.monotonic() > deadline:
+            return text
+        time.sleep(0.5)
+
+
+def test_late_events_of_a_replayed_backlog_are_dead_lettered(stack) -> None:
+    """SPEC §3, replay clock, a backlog produced at once to a fresh worker: an order more
+    than the retention (24 h 5 min) older than one produced before it to the same partition
+    is late, though other raw partitions are still unread or empty. Then records produced
+    to partitions that never held one, older than what was read minus the retention, are
+    late too (an empty partition has nothing left to read: it does not hold the judgement
+    back). Each is in the DLQ with error ``late`` and counted; nothing else is."""
+    dep = Deployment(f"late-{uuid.uuid4().hex[:6]}", stack.bootstrap, stack.redis_url,
+                     extra={"KPISTREAM_CLOCK": "event"})
+    dep.create_topics()
+    settings = dep.settings
+    orders, spend = settings.topic_orders, settings.topic_ad_spend
+    t0 = 1_763_806_500_000  # 2025-11-22T10:15:00Z
+
+    def order(order_id: str, ts: int) -> dict[str, Any]:
+        return {"order_id": order_id, "ts": ts, "customer_id": "c", "amount": 10,
+                "currency": "EUR", "campaign_id": "summer", "channel": "search"}
+
+    backlog = [(orders, 0, order(f"o{i}", t0 + i * 60_000)) for i in range(10)]
+    backlog += [(orders, 0, order("late-in-partition", t0 - 25 * HOUR_MS)),
+                (orders, 0, order("old-in-retention", t0 - 23 * HOUR_MS))]
+    fresh = [(orders, 1, order("late-in-empty-partition", t0 - 25 * HOUR_MS)),
+             (spend, 0, {"spend_id": "late-spend", "ts": t0 - 26 * HOUR_MS,
+                         "campaign_id": "summer", "channel": "search", "amount": 5,
+                         "currency": "EUR"}),
+             (orders, 2, order("recent-in-empty-partition", t0 - HOUR_MS))]
+    topics = list(settings.input_topics)
+    try:
+        proc, port = dep.start_worker()
+        asyncio.run(produce_to(stack.bootstrap, backlog))
+        text = wait_judged(port, topics, len(backlog))
+        assert (counter(text, orders, "accepted"), counter(text, orders, "late")) == (11, 1)
+        asyncio.run(produce_to(stack.bootstrap, fresh))
+        text = wait_judged(port, topics, len(backlog) + len(fresh))
+        assert {(t, outcome): counter(text, t, outcome) for t in (orders, spend)
+                for outcome in ("accepted", "late")} == {
+            (orders, "accepted"): 12, (orders, "late"): 2, (spend, "accepted"): 0,
+            (spend, "late"): 1}
+        dlq = asyncio.run(consume_all(stack.bootstrap, settings.topic_dlq, 3, 30))
+        late = sorted((orjson.loads(m.value)["error"],
+                       orjson.loads(orjson.loads(m.value)["value"]).get("order_id", "spend"))
+                      for m in dlq)
+        assert late == [("late", "late-in-empty-partition"), ("late", "late-in-partition"),
+                        ("late", "spend")]
+        assert proc.poll() is None
+    finally:
+        dep.stop()

@@ -5,17 +5,24 @@ duplicate and a cancellation meet their original), a rejected record is dead-let
 caller and only its coordinates and outcome travel on, to the partition chosen by its source
 partition, where the aggregate stage counts it exactly once. Every item keeps its source
 coordinates. Packs are split when they pass ``pack_max_bytes``.
+
+An event more than the retention older than an event read before it from the same raw
+partition is late here, whatever the other partitions say (SPEC §3): that earlier event was
+produced first, so live it had moved stream time past this one. This needs no knowledge of
+other partitions, so it holds in a backlog read all at once, where the aggregate stage still
+lacks the marks it judges against.
 """
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from kpistream.contracts.records import EventKind, Source, event_key
 from kpistream.contracts.wire import EventPack, RawMark
 from kpistream.ingest.dead_letter import source_from_message
-from kpistream.ingest.validate import Rejection, Validator
+from kpistream.ingest.validate import LATE, Rejection, Validator
 from kpistream.observability.metrics import outcome_label
 
 PACK_ITEM_OVERHEAD = 64  # bytes of framing per item, for the size estimate
@@ -47,20 +54,34 @@ class PackedBatch:
 
 class Packer:
     def __init__(self, validator: Validator, kinds: dict[str, EventKind], partitions: int,
-                 max_bytes: int) -> None:
+                 max_bytes: int, retention_ms: int) -> None:
         self.validator = validator
         self.kinds = kinds
         self.partitions = partitions
         self.max_bytes = max_bytes
+        self.retention_ms = retention_ms
 
-    def pack(self, records: list[RawRecord], now_ms: int, raw_partitions: int) -> PackedBatch:
+    def pack(self, records: list[RawRecord], now_ms: int, raw_partitions: int,
+             newest: Mapping[tuple[str, int], int] | None = None) -> PackedBatch:
+        """``newest``: per raw partition, the newest event time read from it in earlier
+        batches."""
         out = PackedBatch()
         sizes: dict[int, int] = {}
+        before = newest or {}
         for record in records:
             kind = self.kinds.get(record.topic)
             if kind is None:
                 continue
             result = self.validator.validate(kind, record.value, now_ms)
+            if not isinstance(result, Rejection):
+                coords = (record.topic, record.partition)
+                held = out.newest.get(coords)
+                if held is None:
+                    held = before.get(coords)
+                if held is not None and result.ts < held - self.retention_ms:
+                    result = LATE
+                elif held is None or result.ts > held:
+                    out.newest[coords] = result.ts
             source = source_from_message(record.topic, record.partition, record.offset,
                                          record.key, record.value)
             if isinstance(result, Rejection):
@@ -70,10 +91,6 @@ class Packer:
                           Source(record.topic, record.partition, record.offset, None, None),
                           outcome_label(result.error), PACK_ITEM_OVERHEAD)
                 continue
-            coords = (record.topic, record.partition)
-            held = out.newest.get(coords)
-            if held is None or result.ts > held:
-                out.newest[coords] = result.ts
             p = partition_for(event_key(result), self.partitions)
             size = PACK_ITEM_OVERHEAD * 2 + len(record.value or b"") * 2
             self._add(out, sizes, p, raw_partitions, source, result, size)

@@ -70,6 +70,11 @@ class Rejection:
     detail: str
 
 
+# Judged after validation, by the edge or the aggregate stage (SPEC §3).
+LATE: Final = Rejection("late", "ts is older than stream time minus retention")
+UNKNOWN_ORDER: Final = Rejection("unknown_order", "order_id: no such order is known")
+
+
 # --- time --------------------------------------------------------------------------------
 
 _RFC3339: Final = re.compile(

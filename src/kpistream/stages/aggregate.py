@@ -27,7 +27,7 @@ from kpistream.contracts.wire import (
 from kpistream.exceptions import DeliveryError
 from kpistream.ingest.dead_letter import DeadLetters
 from kpistream.ingest.packing import partition_for
-from kpistream.ingest.validate import ErrorCode
+from kpistream.ingest.validate import LATE, UNKNOWN_ORDER, Rejection
 from kpistream.observability.logs import RateLimitedLog
 from kpistream.runtime import Runtime
 from kpistream.stages.offsets import gap_guard
@@ -35,10 +35,7 @@ from kpistream.state.aggregate import BatchResult, PartitionAggregator
 from kpistream.state.buckets import RowId, partition_key
 
 logger = logging.getLogger(__name__)
-REJECTION_DETAIL: dict[str, tuple[ErrorCode, str]] = {
-    "late": ("late", "ts is older than stream time minus retention"),
-    "unknown_order": ("unknown_order", "order_id: no such order is known"),
-}
+REJECTIONS: dict[str, Rejection] = {"late": LATE, "unknown_order": UNKNOWN_ORDER}
 
 
 def row_partition(row: RowId, partitions: int) -> int:
@@ -116,9 +113,10 @@ def register(app: faust.App, runtime: Runtime) -> PartitionAggregator:
                 items = [(offset, decode_event_pack(value)) for offset, value in raw]
                 result = aggregator.process(p, items, now)
                 for verdict in result.verdicts:
-                    if verdict.outcome in REJECTION_DETAIL:
-                        error, detail = REJECTION_DETAIL[verdict.outcome]
-                        dead_letters.send(error, detail, verdict.source, now)
+                    rejection = REJECTIONS.get(verdict.outcome)
+                    if rejection is not None:
+                        dead_letters.send(rejection.error, rejection.detail, verdict.source,
+                                          now)
                     elif verdict.outcome == "accepted":
                         metrics.event_delay.observe(max(0, now - verdict.event.ts) / 1000)
                 marks_sent = last_marks.setdefault(p, {})

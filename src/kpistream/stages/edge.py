@@ -129,7 +129,7 @@ class EdgeReader(Service):
         settings = runtime.settings
         self.topics = list(settings.input_topics)
         self.packer = Packer(Validator(settings), settings.input_topics, settings.partitions,
-                             settings.pack_max_bytes)
+                             settings.pack_max_bytes, settings.retention_ms)
         self.rate_log = RateLimitedLog(logger, settings.log_interval_s)
         self.dead_letters = DeadLetters(settings.topic_dlq, runtime.outbox, self.rate_log)
         self.consumer: AIOKafkaConsumer | None = None
@@ -252,10 +252,13 @@ class EdgeReader(Service):
             # for idle_lag: a partition of a stream replayed fast reaches its end offset
             # between two produce batches many minutes of event time behind the others.
             # A partition just assigned counts as busy until it stayed quiet that long: its
-            # previous reader may have left it mid-stream.
+            # previous reader may have left it mid-stream. One that never held a record has
+            # nothing to read at once: otherwise an input topic nobody writes to would hold
+            # every judgement back for idle_lag after each start (a replayed backlog's late
+            # events were accepted).
             caught_up = end is not None and position is not None and position >= end
             quiet = now - self.last_records.setdefault(tp, now) >= self.idle_lag_ms
-            at_end = caught_up and quiet
+            at_end = caught_up and (quiet or end == 0)
             marks.append(RawMark(tp.topic, tp.partition, self.newest.get(
                 (tp.topic, tp.partition)), at_end))
         return marks
@@ -277,7 +280,7 @@ class EdgeReader(Service):
         now = runtime.now_ms()
         records = [RawRecord(tp.topic, tp.partition, m.offset, m.key, m.value)
                    for tp, messages in fetched.items() for m in messages]
-        batch = self.packer.pack(records, now, raw_partitions)
+        batch = self.packer.pack(records, now, raw_partitions, self.newest)
         for coords, ts in batch.newest.items():
             held = self.newest.get(coords)
             self.newest[coords] = ts if held is None or ts > held else held

@@ -497,11 +497,17 @@ class PartitionAggregator:
                     self._count(state, source.topic, body)
                     continue
                 held = state.marks.get(coords)
+                # A record of a partition that had nothing left to read was produced after
+                # what the others were read up to: judged against them (SPEC §3: T is the
+                # newest event time seen), not held back by its own time.
+                judge_low = low
                 if held is None or held[0] is None or held[1] or body.ts > held[0]:
                     state.marks[coords] = (body.ts if held is None or held[0] is None
                                            else max(body.ts, held[0]), False)
                     if held is None or held[0] is None or held[1] or held[0] <= low:
                         low = state.low_mark()  # this partition may have held it back
+                if held is None or not held[1]:
+                    judge_low = low
                 # Before judging: the event's own time cannot make it late.
                 if body.ts > state.seen_time:
                     state.seen_time = body.ts
@@ -510,7 +516,8 @@ class PartitionAggregator:
                 # behind the others (a backlog) is judged as it would have been live; in
                 # live mode never against less than wall clock minus idle_lag.
                 t_seen = max(state.stream_time, state.seen_time)
-                t_judge = max(t_seen if low == ALL_READ else min(t_seen, low), floor)
+                t_judge = max(t_seen if judge_low == ALL_READ else min(t_seen, judge_low),
+                              floor)
                 if t_judge != NO_TIME and body.ts < t_judge - self.retention_ms:
                     outcome: Outcome = "late"
                 else:

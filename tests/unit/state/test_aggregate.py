@@ -304,6 +304,22 @@ def test_lateness_is_judged_against_what_the_edge_read_not_only_this_partition()
     assert [v.outcome for v in held.verdicts] == ["accepted", "accepted"]
 
 
+def test_a_record_of_a_partition_that_had_nothing_left_to_read_is_judged_against_the_others(
+        ) -> None:
+    """Raw partition 1 was at its end (here: never held a record) while partition 0 is read
+    at T + 30 h: a record now produced to partition 1 is judged against that (SPEC §3), not
+    held back to its own time. One within the retention is accepted."""
+    agg = aggregator()
+    marks = [RawMark("orders", 0, T + 30 * HOUR, False), RawMark("orders", 1, None, True)]
+    agg.process(0, [(0, EventPack(2, marks, []))], T)
+    result = agg.process(0, [(1, EventPack(2, [], [
+        (Source("orders", 1, 0, None, "{}"), order("old", T)),
+        (Source("orders", 1, 1, None, "{}"), order("recent", T + 7 * HOUR))]))], T)
+    assert [v.outcome for v in result.verdicts] == ["late", "accepted"]
+    # partition 1 is busy again: its next records hold the low mark back to what it read
+    assert agg.state(0, T).marks[("orders", 1)] == (T + 7 * HOUR, False)
+
+
 def test_a_rebuild_skips_only_buckets_that_expire_when_it_ends() -> None:
     """A rebuild does not fill the buckets of the smaller windows that the end of the rebuild
     expires anyway: the rebuilt buckets equal the live ones expired as a rebuild expires them
