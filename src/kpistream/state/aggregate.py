@@ -49,6 +49,7 @@ from kpistream.contracts.wire import (
     encode_aggregate_pack,
     encode_aggregate_snapshot,
 )
+from kpistream.kpi.formulas import SUM_FIELDS
 from kpistream.settings import Settings
 from kpistream.state.buckets import (
     ZERO,
@@ -73,6 +74,7 @@ __all__ = ["NO_TIME", "BatchResult", "BucketUpdate", "Buckets", "PartitionAggreg
 _P_TS, _AMOUNT, _CH, _CA, _SE, _C_TS, _MATCHED, _CUSTOMER = range(8)
 Effect = tuple[int, Event, int, int]  # sign, event, events offset, item index
 NEVER = 2**63  # a reach no bucket is ever behind by
+_ORDERS, _REVENUE = SUM_FIELDS.index("orders"), SUM_FIELDS.index("revenue")
 
 
 # Not frozen: one is built per event or bucket value, and a frozen dataclass takes
@@ -667,6 +669,7 @@ class PartitionAggregator:
         rows = rows_of(event)
         buckets = state.buckets
         ts = event.ts
+        retracted: list[array[float]] | None = [] if sign < 0 else None
         for name, step, reach in reaches or self.bucket_reach:
             bucket = ts - ts % step
             # bucket_expired, inline: this runs for every window of every event
@@ -685,8 +688,16 @@ class PartitionAggregator:
                     buckets.created(by_start, bucket)
                 for i, amount in vector:
                     sums[i] += amount
+                if retracted is not None:
+                    retracted.append(sums)
                 if touched is not None:
                     touched.add((name, row[0], row[1], bucket))
+        # A bucket left without orders has no revenue: exactly 0, not what float subtraction
+        # leaves (0.1 + 0.2 - 0.1 - 0.2 is 2.8e-17, and a reference summing the counted
+        # orders says 0; a row's roas would read 1e-18 instead of 0).
+        for sums in retracted or ():
+            if not sums[_ORDERS]:
+                sums[_REVENUE] = 0.0
 
     # -- expiry ------------------------------------------------------------------------
     def sweep(self, p: int, now_ms: int) -> int:

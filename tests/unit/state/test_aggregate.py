@@ -12,6 +12,7 @@ from kpistream.contracts.wire import (
     RawMark,
     decode_aggregate_pack,
 )
+from kpistream.kpi.formulas import SUM_FIELDS
 from kpistream.settings import Settings
 from kpistream.stages.aggregate import customer_facts
 from kpistream.state.aggregate import PartitionAggregator
@@ -318,6 +319,23 @@ def test_a_record_of_a_partition_that_had_nothing_left_to_read_is_judged_against
     assert [v.outcome for v in result.verdicts] == ["late", "accepted"]
     # partition 1 is busy again: its next records hold the low mark back to what it read
     assert agg.state(0, T).marks[("orders", 1)] == (T + 7 * HOUR, False)
+
+
+def test_a_bucket_whose_orders_are_all_cancelled_has_no_revenue_exactly() -> None:
+    """0.1 + 0.2 - 0.1 - 0.2 is 2.8e-17 in floats: the bucket reads 0, as the sum of its
+    (no) counted orders, live and after a rebuild."""
+    log = DictPackLog()
+    agg = aggregator(log)
+    placed = [Order(f"o{i}", T, "placed", "c", amount, "search", "c1", "new")
+              for i, amount in enumerate((0.1, 0.2))]
+    agg.process(0, [(0, pack(*placed))], T)
+    agg.process(0, [(1, pack(*(order(f"o{i}", T + 1, "cancelled") for i in range(2)),
+                             first=2))], T)
+    revenue, orders = SUM_FIELDS.index("revenue"), SUM_FIELDS.index("orders")
+    for state in (agg.state(0, T), aggregator(log).state(0, T)):
+        assert state.buckets
+        assert all(sums[orders] == 0 and sums[revenue] == 0.0
+                   for sums in state.buckets.values())
 
 
 def test_a_rebuild_skips_only_buckets_that_expire_when_it_ends() -> None:
