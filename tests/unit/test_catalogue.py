@@ -7,15 +7,13 @@ import json
 from dataclasses import fields, replace
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry
 from rich.console import Console
 
 from kpistream.client import KpiRow
 from kpistream.kpi.catalogue import COLUMNS, GAUGES, KPI_FIELDS, KPIS, ROW_FIELDS
 from kpistream.kpi.formulas import WindowSums, compute_kpis
 from kpistream.kpi.rows import build_message, hash_fields
-from kpistream.observability.metrics import Metrics
-from kpistream.sinks.prometheus import KpiCollector
+from kpistream.sinks.prometheus import ROWS_DROPPED, KpiCollector
 from kpistream.top import HEADING, fitting_columns, render
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,17 +39,17 @@ def test_prometheus_collector_exports_every_gauge() -> None:
                                        ces_sum=5.0, ces_easy=1, csat_responses=1,
                                        csat_satisfied=1, csat_tx_responses=1,
                                        csat_tx_satisfied=1, new_customers=1), 1, "EUR")
-    collector = KpiCollector(lambda: [message], 10, Metrics.create(CollectorRegistry()))
+    collector = KpiCollector(lambda: [message], 10)
     names = {family.name for family in collector.collect() if family.samples}
-    assert names == {f"kpistream_{kpi.name}" for kpi in GAUGES}
+    assert names == {f"kpistream_{kpi.name}" for kpi in GAUGES} | {ROWS_DROPPED}
 
 
 def test_prometheus_collector_exports_nothing_while_partitions_change_hands() -> None:
     message = build_message("1h", "all", "all", 0, 3_600_000, WindowSums(orders=2), 1, "EUR")
     handing_over = [True]
-    collector = KpiCollector(lambda: [message], 10, Metrics.create(CollectorRegistry()),
-                             handing_over=lambda: handing_over[0])
-    assert [f.samples for f in collector.collect()] == [[]] * len(GAUGES)
+    collector = KpiCollector(lambda: [message], 10, handing_over=lambda: handing_over[0])
+    assert [f.samples for f in collector.collect() if f.name != ROWS_DROPPED] == [
+        []] * len(GAUGES)
     handing_over[0] = False
     orders = {f.name: f.samples for f in collector.collect()}["kpistream_orders"]
     assert [(s.labels, s.value) for s in orders] == [
@@ -99,3 +97,23 @@ def test_top_fits_an_80_column_terminal() -> None:
     assert "campaign cmp-0001" in text
     assert HEADING in text
     assert {kpi.name for kpi in COLUMNS} <= set(KPI_FIELDS)
+
+
+def test_rows_dropped_by_the_cap_are_counted_in_the_same_scrape() -> None:
+    """SPEC §5: rows beyond ``prometheus_max_groups`` per dimension are counted in
+    kpistream_prometheus_rows_dropped, from the rows of the scrape that left them out (a
+    gauge set while collecting showed the previous scrape's count)."""
+    rows = [[build_message(w, "channel", f"ch{i}", 0, 3_600_000, WindowSums(orders=1), 1,
+                           "EUR") for i in range(4) for w in ("5m", "1h")]]
+    collector = KpiCollector(lambda: rows[0], 2)
+
+    def scrape() -> tuple[set[str], dict[str, float]]:
+        families = {f.name: f.samples for f in collector.collect()}
+        exported = {s.labels["group"] for s in families["kpistream_orders"]}
+        return exported, {s.labels["dimension"]: s.value for s in families[ROWS_DROPPED]}
+
+    exported, dropped = scrape()
+    assert exported == {"ch0", "ch1"}
+    assert dropped == {"all": 0, "channel": 4, "campaign": 0, "segment": 0}
+    rows[0] = []
+    assert scrape() == (set(), {"all": 0, "channel": 0, "campaign": 0, "segment": 0})

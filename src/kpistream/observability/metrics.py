@@ -24,7 +24,6 @@ class Metrics:
     event_delay: Histogram
     stream_time: Gauge
     sink_errors: Counter
-    rows_dropped: Gauge
     rows_published: Counter
     alert_active: Gauge
     alerts: Counter
@@ -43,10 +42,6 @@ class Metrics:
             sink_errors=Counter(
                 "kpistream_sink_errors", "Failed sink writes (retried with backoff).",
                 ["sink"], registry=registry),
-            rows_dropped=Gauge(
-                "kpistream_prometheus_rows_dropped",
-                "KPI rows currently left out of /metrics by the per-dimension group cap.",
-                ["dimension"], registry=registry),
             rows_published=Counter(
                 "kpistream_rows_published", "Row changes written to the sinks "
                 "(deletions included).", registry=registry),

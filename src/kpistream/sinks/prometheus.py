@@ -23,6 +23,8 @@ from kpistream.sinks.base import Publication
 from kpistream.state.buckets import DIMENSIONS
 
 KPI_GAUGES: dict[str, str] = {kpi.name: gauge_help(kpi) for kpi in GAUGES}
+ROWS_DROPPED = "kpistream_prometheus_rows_dropped"
+ROWS_DROPPED_HELP = "KPI rows currently left out of /metrics by the per-dimension group cap."
 LABELS = ["window", "dimension", "group"]
 
 
@@ -34,38 +36,42 @@ class KpiCollector(Collector):
     row of a handed-over partition twice. A gap during a rebalance is the lesser evil."""
 
     def __init__(self, rows: Callable[[], list[RowMessage]], max_groups: int,
-                 metrics: Metrics, handing_over: Callable[[], bool] = lambda: False) -> None:
+                 handing_over: Callable[[], bool] = lambda: False) -> None:
         self.rows = rows
         self.max_groups = max_groups
-        self.metrics = metrics
         self.handing_over = handing_over
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         families = {name: GaugeMetricFamily(f"kpistream_{name}", help_text, labels=LABELS)
                     for name, help_text in KPI_GAUGES.items()}
-        if self.handing_over():
-            yield from families.values()
-            return
-        for row in self._capped(self.rows()):
+        # From the same rows as the gauges: a Gauge set here would show on the next scrape
+        dropped_family = GaugeMetricFamily(ROWS_DROPPED, ROWS_DROPPED_HELP,
+                                           labels=["dimension"])
+        rows, dropped = ([], {}) if self.handing_over() else self._capped(self.rows())
+        for row in rows:
             labels = [row["window"], row["dimension"], row["group"]]
             for name, family in families.items():
                 value = row.get(name)
                 if value is not None:
                     family.add_metric(labels, float(value))
+        for dimension in DIMENSIONS:
+            dropped_family.add_metric([dimension], dropped.get(dimension, 0))
         yield from families.values()
+        yield dropped_family
 
-    def _capped(self, rows: list[RowMessage]) -> list[RowMessage]:
+    def _capped(self, rows: list[RowMessage]) -> tuple[list[RowMessage], dict[str, int]]:
+        """The rows within the cap, and per dimension how many were left out."""
         groups: dict[str, set[str]] = defaultdict(set)
         for row in rows:
             groups[row["dimension"]].add(row["group"])
         kept = {dimension: set(sorted(names)[:self.max_groups])
                 for dimension, names in groups.items()}
         out = [row for row in rows if row["group"] in kept[row["dimension"]]]
-        for dimension in DIMENSIONS:
-            dropped = sum(1 for row in rows if row["dimension"] == dimension
-                          and row["group"] not in kept.get(dimension, set()))
-            self.metrics.rows_dropped.labels(dimension).set(dropped)
-        return out
+        dropped: dict[str, int] = defaultdict(int)
+        for row in rows:
+            if row["group"] not in kept[row["dimension"]]:
+                dropped[row["dimension"]] += 1
+        return out, dropped
 
 
 class PrometheusSink:

@@ -76,7 +76,7 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
                        "window named %r or of that size (alert_baseline_window)",
                        settings.alert_baseline_window)
     runtime.registry.register(KpiCollector(lambda: publisher.current_rows(set(owned)),
-                                           settings.prometheus_max_groups, metrics,
+                                           settings.prometheus_max_groups,
                                            handing_over=lambda: bool(app.rebalancing)))
 
     def assigned(topic: str) -> set[int]:
