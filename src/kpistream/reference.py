@@ -11,9 +11,11 @@ Rules, in the order :func:`classify` applies them to each event ``e``:
    ``floor`` is ``clock_floor_ms(index)`` (the live clock's lower bound) or -inf. ``e`` is
    *late* when ``e.ts < T_e - retention_ms``; a late event changes nothing else. Every
    non-late event (duplicates included) advances ``T = max(T, e.ts)``.
-2. De-duplication. Ids are remembered for the whole run (the oracle never expires them): a
-   second spend with the same ``spend_id``, survey with the same ``response_id``, or order with
-   the same ``order_id`` *and* ``status`` is a *duplicate*, whatever its content.
+2. De-duplication. A second spend with the same ``spend_id``, survey with the same
+   ``response_id``, or order with the same ``order_id`` *and* ``status`` is a *duplicate*,
+   whatever its content, when the id's last accepted use is within the retention of its own
+   ``ts`` (SPEC §1: "already seen within retention"); an older use is forgotten and the event
+   is judged as new.
 3. Cancellations (SPEC §1), decided here event by event (``Outcome.retractions``):
 
    - of a placed order already accepted, with ``order.ts >= cancellation.ts - retention_ms``:
@@ -64,10 +66,17 @@ field is computed:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from kpistream.contracts.records import UNATTRIBUTED, Event, Order, Spend, Survey
+from kpistream.contracts.records import (
+    UNATTRIBUTED,
+    Event,
+    Order,
+    Spend,
+    Survey,
+    expired_order_id,
+)
 from kpistream.kpi.formulas import WindowSums, compute_kpis
 
 DIMENSIONS: tuple[str, ...] = ("all", "channel", "campaign", "segment")
@@ -129,7 +138,7 @@ def classify(events: Iterable[Event], *, retention_ms: int,
     """
     outcome = Outcome()
     stream_time: int | None = None  # None = -inf
-    seen: set[tuple[str, str]] = set()
+    seen: dict[tuple[str, str], int] = {}  # identity -> ts of its last accepted use
     placed_at: dict[str, int] = {}  # accepted placed order -> its ts
     cancelled_first: dict[str, int] = {}  # cancellation of an order not seen yet -> its ts
 
@@ -146,10 +155,10 @@ def classify(events: Iterable[Event], *, retention_ms: int,
 
         # 2. duplicate?
         identity = _identity(event)
-        if identity in seen:
+        if seen.get(identity, event.ts - retention_ms - 1) >= event.ts - retention_ms:
             outcome.duplicates.append(event)
             continue
-        seen.add(identity)
+        seen[identity] = event.ts
 
         # 3. a cancellation: of an order not (yet) seen, of an expired one, or one to retract?
         if isinstance(event, Order) and event.status == "cancelled":
@@ -164,6 +173,16 @@ def classify(events: Iterable[Event], *, retention_ms: int,
                 outcome.accepted.append(event)
             continue
         if isinstance(event, Order):
+            if event.order_id in placed_at:
+                # The id's earlier order expired (rule 2): it stays its customer's order
+                # under another name, and a cancellation now concerns only the new one.
+                alias = expired_order_id(event.order_id, placed_at[event.order_id])
+                outcome.accepted[:] = [
+                    replace(e, order_id=alias) if isinstance(e, Order) and e.status == "placed"
+                    and e.order_id == event.order_id else e for e in outcome.accepted]
+                if event.order_id in outcome.retractions:
+                    outcome.retractions.discard(event.order_id)
+                    outcome.retractions.add(alias)
             placed_at[event.order_id] = event.ts
             cancelled_ts = cancelled_first.get(event.order_id)
             if (cancelled_ts is not None

@@ -81,10 +81,10 @@ def test_id_spaces_are_per_kind() -> None:
     assert outcome.duplicates == []
 
 
-def test_ids_are_remembered_for_the_whole_run() -> None:
+def test_an_id_is_forgotten_once_its_use_is_beyond_the_retention() -> None:
     events: list[Event] = [spend("s1", 0), spend("s2", 50 * HOUR), spend("s1", 50 * HOUR)]
     outcome = classify(events, retention_ms=RETENTION)
-    assert outcome.duplicates == [events[2]]
+    assert outcome.duplicates == [] and events[2] in outcome.accepted
 
 
 # --- classify: cancellations --------------------------------------------------------------
@@ -121,6 +121,30 @@ def test_placed_and_cancelled_rows_agree_whatever_the_order() -> None:
     assert (expected_rows(forward, window_start=0, window_end=HOUR)
             == expected_rows(backward, window_start=0, window_end=HOUR))
     assert backward.retracted == {"o1"}
+
+
+def test_an_id_seen_only_beyond_the_retention_is_new_not_a_duplicate() -> None:
+    """SPEC §1: a duplicate is an id "already seen within retention", judged by the new
+    event's own ts; a reused order id counts as a new order (and only it is retracted)."""
+    events = [spend("s", 0), spend("s", RETENTION + 1), spend("s", RETENTION + 2),
+              placed("o", 0), cancelled("o", 10), placed("o", RETENTION + 1, amount=7.0)]
+    outcome = classify(events, retention_ms=RETENTION)
+    assert outcome.duplicates == [events[2]]
+    assert events[1] in outcome.accepted and events[5] in outcome.accepted
+    assert events[3] not in outcome.accepted and outcome.retracted == frozenset()
+    row = expected_row(outcome, dimension="all", group="all", window_start=HOUR,
+                       window_end=2 * HOUR)
+    assert (row.orders, row.revenue, row.spend) == (1, 7.0, 5.0)
+    # at the horizon exactly, still within the retention: a duplicate
+    edge = classify([spend("s", 0), spend("s", RETENTION)], retention_ms=RETENTION)
+    assert len(edge.duplicates) == 1
+    # a cancellation of the new order: a duplicate while the old one is within its
+    # retention, then it retracts the new order only
+    soon, late = cancelled("o", RETENTION + 5), cancelled("o", RETENTION + 20)
+    again = classify([*events, soon, late], retention_ms=RETENTION)
+    assert again.duplicates == [events[2], soon] and again.retracted == {"o"}
+    assert expected_row(again, dimension="all", group="all", window_start=HOUR,
+                        window_end=2 * HOUR).orders == 0
 
 
 def test_second_cancel_is_a_duplicate() -> None:
@@ -202,10 +226,11 @@ def test_out_of_order_events_do_not_lower_stream_time() -> None:
 
 
 def test_duplicates_advance_stream_time() -> None:
-    events: list[Event] = [spend("a", 0), spend("a", 10 * HOUR), spend("b", 5 * HOUR)]
+    events: list[Event] = [spend("a", 10 * HOUR - RETENTION), spend("a", 10 * HOUR),
+                           spend("b", 8 * HOUR)]
     outcome = classify(events, retention_ms=RETENTION)
     assert outcome.duplicates == [events[1]]
-    assert outcome.late == [events[2]]  # 5 h < 10 h - 65 min
+    assert outcome.late == [events[2]]  # 8 h < 10 h - 65 min (not late against 8 h 55)
 
 
 def test_clock_floor() -> None:

@@ -86,3 +86,9 @@ Event = Order | Spend | Survey
 def event_key(event: Event) -> str:
     """Key on the internal topic: one id space per kind, so a cancellation meets its order."""
     return f"{event.kind}:{event.id}"
+
+
+def expired_order_id(order_id: str, placed_ts: int) -> str:
+    """The name a customer's order keeps once its id is used again after the retention (a
+    new order, SPEC §1): profiles hold orders by id, and the earlier one stays counted."""
+    return f"{order_id}\x00{placed_ts}"

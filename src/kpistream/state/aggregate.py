@@ -620,14 +620,23 @@ class PartitionAggregator:
         or the timing of sweeps (ids are swept behind the low mark, so never earlier)."""
         key = f"{event.kind}|{event.id}"
         record = state.ids.get(key)
+        # A duplicate is an id seen within the retention (SPEC §1), judged by the event's own
+        # ts like a cancellation's expiry: an earlier use the sweep has not forgotten yet
+        # (it waits for the low mark) is not one, whatever partition moved stream time on.
+        horizon = event.ts - self.retention_ms
         if not isinstance(event, Order):
-            if record is not None:
+            if record is not None and record[0] >= horizon:
                 return "duplicate"
             record = [event.ts]
             sign = 1
         elif event.status == "placed":
             if record is not None and record[_P_TS] is not None:
-                return "duplicate"
+                if record[_P_TS] >= horizon:
+                    return "duplicate"
+                # The id's earlier order has expired: this one is new. Its cancellation is
+                # still an id seen (a second one within the retention is a duplicate).
+                record = None if record[_C_TS] is None else [
+                    None, None, None, None, None, record[_C_TS], 0, None]
             # A cancellation that came first was an unknown order (SPEC §1). If it is of
             # this order's time or later (within the retention), it was produced after the
             # order and overtook it (another partition, or read sooner): it retracts the
@@ -643,10 +652,9 @@ class PartitionAggregator:
                       intern(event.segment), record[_C_TS] if record else None, 0,
                       event.customer_id]
         else:
-            if record is not None and record[_C_TS] is not None:
+            if record is not None and record[_C_TS] is not None and record[_C_TS] >= horizon:
                 return "duplicate"
-            if (record is None or record[_P_TS] is None
-                    or record[_P_TS] < event.ts - self.retention_ms):
+            if record is None or record[_P_TS] is None or record[_P_TS] < horizon:
                 record = [None, None, None, None, None, event.ts, 0, None]
                 state.ids.put(key, record)
                 ids[key] = record

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from sys import intern
 from typing import Protocol
 
-from kpistream.contracts.records import Order, Survey
+from kpistream.contracts.records import Order, Survey, expired_order_id
 from kpistream.contracts.wire import (
     ALL_READ,
     NO_TIME,
@@ -522,6 +522,14 @@ class CustomerState:
         """Add or retract a counted order; when the first order moves, move its count. The
         first order is cached per customer: only retracting it costs a scan."""
         orders = record.orders
+        if sign > 0 and order.order_id in orders:
+            # The id's earlier order expired (the aggregate judged this one new, SPEC §1):
+            # it stays counted under another name.
+            held = orders.pop(order.order_id)
+            alias = expired_order_id(order.order_id, int(held[_TS]))
+            orders[alias] = held
+            if record.first == order.order_id:
+                record.first = alias
         first = record.first
         before = None if first is None else orders[first]
         if sign > 0:

@@ -338,6 +338,33 @@ def test_a_bucket_whose_orders_are_all_cancelled_has_no_revenue_exactly() -> Non
                    for sums in state.buckets.values())
 
 
+def test_an_id_seen_only_beyond_the_retention_is_new_whether_or_not_it_was_swept() -> None:
+    """SPEC §1: a duplicate is an id seen within the retention, judged by the event's own
+    ts: the id's record still held (the sweep waits for the low mark, held back by another
+    partition) does not make a later use a duplicate."""
+    agg = aggregator()
+    r = agg.retention_ms
+    marks = [RawMark("orders", 0, None, False), RawMark("orders", 1, T, False)]
+    agg.process(0, [(0, EventPack(2, marks, [
+        (Source("orders", 0, 0, None, "{}"), Spend("s", T, "c1", "search", 5.0)),
+        (Source("orders", 0, 1, None, "{}"), order("o", T)),
+        (Source("orders", 0, 2, None, "{}"), order("o", T + 1, "cancelled"))]))], T)
+    later = [Spend("s", T + r + 1, "c1", "search", 5.0), Spend("s", T + r + 2, "c1", "search", 5.0),
+             Order("o", T + r + 1, "placed", "c", 7.0, "search", "c1", "new"),
+             # the old cancellation (T + 1) is within the retention of this one: a duplicate
+             order("o", T + r + 1, "cancelled"),
+             order("o", T + r + 2, "cancelled"), order("o", T + r + 3, "cancelled")]
+    result = agg.process(0, [(1, EventPack(2, [], [
+        (Source("orders", 0, 3 + i, None, "{}"), e) for i, e in enumerate(later)]))], T)
+    assert [v.outcome for v in result.verdicts] == [
+        "accepted", "duplicate", "accepted", "duplicate", "accepted", "duplicate"]
+    state = agg.state(0, T)
+    assert state.ids.get("spend|s") is not None  # held: not swept, yet no duplicate
+    # the new order was counted and then retracted by the new cancellation
+    orders = SUM_FIELDS.index("orders")
+    assert state.buckets[("5m", "all", "all", T + r + 1 - (T + r + 1) % 10_000)][orders] == 0
+
+
 def test_a_rebuild_skips_only_buckets_that_expire_when_it_ends() -> None:
     """A rebuild does not fill the buckets of the smaller windows that the end of the rebuild
     expires anyway: the rebuilt buckets equal the live ones expired as a rebuild expires them
