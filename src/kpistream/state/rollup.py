@@ -369,7 +369,9 @@ class RollupState:
         plog = self.logs.get(q)
         if t == NO_TIME or plog is None:
             return
-        self._fold(q, t)
+        # Days are final at the low watermark itself (SPEC §8), not once the detector has
+        # judged the minutes (it stays idle_lag behind): the buckets it holds are whole.
+        self._fold(q, self.complete_time(q, now_ms))
         for windows in self.cache.get(q, {}).values():
             for name, buckets in windows.items():
                 spec = self.specs[name]

@@ -92,3 +92,17 @@ def test_only_campaign_rows_of_the_largest_window_are_folded() -> None:
     state.apply(0, 1, message(1, HOUR + RETENTION), 0)
     state.sweep(0, 0)
     assert [(c.campaign, c.spend, c.orders) for c in state.final_costs(0)] == [("c1", 3.0, 1)]
+
+
+def test_a_day_is_final_at_the_watermark_while_the_detector_still_holds_its_buckets() -> None:
+    """With alerts on, buckets stay until the detector has judged their minutes, idle_lag
+    behind the watermark: the day is final at the watermark all the same (a replay ending
+    within idle_lag of the boundary published no cost at all)."""
+    state = RollupState(SETTINGS, DictPackLog(), hold_for_alerts=True)
+    state.load(0, 0)
+    state.apply(0, 0, message(0, 50 * MIN, value("c1", 0, 2, 10.0)), 0)
+    state.apply(0, 1, message(1, HOUR + RETENTION), 0)
+    state.evaluated[0] = 10 * MIN  # the detector has judged only the first minutes
+    state.sweep(0, 0)
+    assert [(c.campaign, c.cpo) for c in state.final_costs(0)] == [("c1", 5.0)]
+    assert state.cache[0][("campaign", "c1")]["1h"].totals  # still held for the detector
