@@ -78,6 +78,12 @@ def test_an_event_older_than_one_read_before_it_from_its_partition_by_the_retent
     bodies = {(s.partition, s.offset): body for packs in batch.packs.values()
               for pack in packs for s, body in pack.items}
     assert bodies[(0, 1)] == bodies[(2, 5)] == "late"
+    # to the partition of its id, where it would have gone accepted: a second reading that
+    # judges it otherwise meets the first there (high-water mark per raw partition)
+    where = {(s.partition, s.offset): p for p, packs in batch.packs.items()
+             for pack in packs for s, _ in pack.items}
+    assert where[(0, 1)] == partition_for("order:late", 6)
+    assert where[(2, 5)] == partition_for("order:late-2", 6)
     assert {k: type(v).__name__ for k, v in bodies.items() if v != "late"} == {
         (0, 0): "Order", (0, 2): "Order", (1, 0): "Order"}
     # a late event moves nothing; partition 2 read nothing newer than it knew
