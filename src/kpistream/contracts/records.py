@@ -85,7 +85,12 @@ Event = Order | Spend | Survey
 
 def event_key(event: Event) -> str:
     """Key on the internal topic: one id space per kind, so a cancellation meets its order."""
-    return f"{event.kind}:{event.id}"
+    return id_key(event.kind, event.id)
+
+
+def id_key(kind: EventKind, event_id: str) -> str:
+    """:func:`event_key` of an event of ``kind`` with id ``event_id``."""
+    return f"{kind}:{event_id}"
 
 
 def expired_order_id(order_id: str, placed_ts: int) -> str:

@@ -3,8 +3,9 @@
 Each record is validated; an event goes to the internal partition chosen by its id (so a
 duplicate and a cancellation meet their original), a rejected record is dead-lettered by the
 caller and only its coordinates and outcome travel on, to the partition chosen by its source
-partition (a late event: by its id), where the aggregate stage counts it exactly once. Every
-item keeps its source coordinates. Packs are split when they pass ``pack_max_bytes``.
+partition (a late or future event: by its id), where the aggregate stage counts it exactly
+once. Every item keeps its source coordinates. Packs are split when they pass
+``pack_max_bytes``.
 
 An event more than the retention older than an event read before it from the same raw
 partition is late here, whatever the other partitions say (SPEC §3): that earlier event was
@@ -73,11 +74,14 @@ class Packer:
             if kind is None:
                 continue
             result = self.validator.validate(kind, record.value, now_ms)
-            # A late event travels to its id's partition, where it would go accepted: read
-            # again (a commit lost in a rebalance) it may be judged otherwise, and only
-            # there does the high-water mark recognise the second delivery.
+            # An event rejected for its time alone (late, future) travels to its id's
+            # partition, where it would go accepted: read again (a commit lost in a
+            # rebalance) it may be judged otherwise, and only there does the high-water mark
+            # recognise the second delivery.
             route = f"{record.topic}:{record.partition}"
-            if not isinstance(result, Rejection):
+            if isinstance(result, Rejection):
+                route = result.key or route
+            else:
                 coords = (record.topic, record.partition)
                 held = out.newest.get(coords)
                 if held is None:

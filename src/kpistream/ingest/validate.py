@@ -42,6 +42,7 @@ from kpistream.contracts.records import (
     Order,
     Spend,
     Survey,
+    id_key,
 )
 from kpistream.contracts.schemas import INPUT_SCHEMAS, load_schema
 from kpistream.settings import Settings
@@ -68,6 +69,9 @@ class Rejection:
 
     error: ErrorCode
     detail: str
+    # The internal key of an otherwise valid event rejected for its time alone (future):
+    # read again later it may be valid, and must reach the same partition (ingest/packing).
+    key: str | None = None
 
 
 # Judged after validation, by the edge or the aggregate stage (SPEC §3).
@@ -282,7 +286,7 @@ class Validator:
             order_amount: float | None = converted
         else:
             order_amount = None
-        future = self._future(ts, now_ms)
+        future = self._future(ts, now_ms, id_key("order", data["order_id"]))
         if future is not None:
             return future
         campaign = data.get("campaign_id")
@@ -311,7 +315,7 @@ class Validator:
         converted = _convert(amount, rate)
         if isinstance(converted, Rejection):
             return converted
-        future = self._future(ts, now_ms)
+        future = self._future(ts, now_ms, id_key("spend", data["spend_id"]))
         if future is not None:
             return future
         return Spend(
@@ -333,7 +337,7 @@ class Validator:
             return Rejection(
                 "out_of_range", f"score: {score} is outside the {survey_kind} scale {low}-{high}"
             )
-        future = self._future(ts, now_ms)
+        future = self._future(ts, now_ms, id_key("survey", data["response_id"]))
         if future is not None:
             return future
         campaign = data.get("campaign_id")
@@ -349,12 +353,14 @@ class Validator:
             order_id=data.get("order_id"),
         )
 
-    def _future(self, ts: int, now_ms: int) -> Rejection | None:
+    def _future(self, ts: int, now_ms: int, key: str) -> Rejection | None:
+        """``key``: the event's internal key (:func:`~kpistream.contracts.records.id_key`)."""
         if ts > now_ms + self._max_future_ms:
             return Rejection(
                 "future_timestamp",
                 f"ts: {ts} is later than wall clock {now_ms} + max_future "
                 f"{self._max_future_ms} ms",
+                key,
             )
         return None
 

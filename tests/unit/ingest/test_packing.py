@@ -58,6 +58,11 @@ def test_rejections_travel_as_counted_coordinates_and_are_returned_for_the_dlq()
     items = [item for packs in batch.packs.values() for pack in packs for item in pack.items]
     assert [(s.offset, body, s.value) for s, body in items] == [
         (7, "invalid", None), (8, "future", None)]
+    # rejected for its time alone, an event goes where it would go accepted (its id's
+    # partition); any other rejection to the partition of its source partition
+    where = {s.offset: p for p, packs in batch.packs.items()
+             for pack in packs for s, _ in pack.items}
+    assert where == {7: partition_for("orders:1", 6), 8: partition_for("order:x", 6)}
 
 
 def test_an_event_older_than_one_read_before_it_from_its_partition_by_the_retention_is_late(
