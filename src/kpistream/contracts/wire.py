@@ -172,6 +172,9 @@ class RollupMessage:
     event_time: int
     low_mark: int
     values: Sequence[BucketValue] = field(default_factory=list)
+    # The newest event time any raw partition had shown the source: what its ALL_READ low
+    # mark is as of (the roll-up tells a source that is behind by it, state/rollup.py).
+    seen_time: int = NO_TIME
 
 
 # The roll-up topic carries the one binary format among the internal records: it holds most
@@ -179,14 +182,15 @@ class RollupMessage:
 # their decoding was the roll-up's largest cost (~1.7 µs a value, half of it building float
 # objects; docs/benchmarks.md, seventh session). Layout, little-endian:
 #   header  version u8, source i32, stamp i64, event time i64, low mark i64,
-#           names u32, values u32, width u16
+#           seen time i64, names u32, values u32, width u16 (version 1: no seen time)
 #   names   per name: length u32, UTF-8 bytes (windows, dimensions and groups, each once)
 #   keys    per value: window, dimension and group name indexes, u32 each
 #   buckets per value: i64
 #   sums    per value: ``width`` float64
 # A record that starts with ``[`` is the JSON format of earlier versions, still read.
-ROLLUP_VERSION = 1
-_ROLLUP_HEADER = struct.Struct("<BiqqqIIH")
+ROLLUP_VERSION = 2
+_ROLLUP_HEADER = struct.Struct("<BiqqqqIIH")
+_ROLLUP_HEADER_V1 = struct.Struct("<BiqqqIIH")
 _NAME_LENGTH = struct.Struct("<I")
 _NATIVE_LITTLE = sys.byteorder == "little"
 assert array("I").itemsize == 4 and array("q").itemsize == 8 and array("d").itemsize == 8
@@ -228,8 +232,8 @@ def encode_rollup(message: RollupMessage) -> bytes:
             raise ValueError(f"roll-up values of {width} and of {len(value.sums)} sums")
         sums.extend(value.sums)
     parts = [_ROLLUP_HEADER.pack(ROLLUP_VERSION, message.source, message.stamp,
-                                 message.event_time, message.low_mark, len(names),
-                                 len(buckets), width)]
+                                 message.event_time, message.low_mark, message.seen_time,
+                                 len(names), len(buckets), width)]
     for name in names:
         encoded = name.encode()
         parts += (_NAME_LENGTH.pack(len(encoded)), encoded)
@@ -241,13 +245,19 @@ def decode_rollup(data: bytes) -> RollupMessage:
     """Names are interned: the roll-up keys every held value by them."""
     if data[:1] == b"[":
         return decode_rollup(encode_rollup(_decode_rollup_json(data)))
-    version, source, stamp, event_time, low_mark, n_names, n_values, width = (
-        _ROLLUP_HEADER.unpack_from(data))
-    if version != ROLLUP_VERSION:
+    version = data[0] if data else None
+    if version == ROLLUP_VERSION:
+        (_, source, stamp, event_time, low_mark, seen_time, n_names, n_values,
+         width) = _ROLLUP_HEADER.unpack_from(data)
+        pos = _ROLLUP_HEADER.size
+    elif version == 1:  # of an earlier worker: its own event time is what it had seen
+        _, source, stamp, event_time, low_mark, n_names, n_values, width = (
+            _ROLLUP_HEADER_V1.unpack_from(data))
+        seen_time, pos = event_time, _ROLLUP_HEADER_V1.size
+    else:
         raise ValueError(f"roll-up message of format version {version}, "
-                         f"this worker reads {ROLLUP_VERSION}")
+                         f"this worker reads 1 and {ROLLUP_VERSION}")
     view = memoryview(data)
-    pos = _ROLLUP_HEADER.size
     names = []
     for _ in range(n_names):
         (length,) = _NAME_LENGTH.unpack_from(data, pos)
@@ -263,13 +273,14 @@ def decode_rollup(data: bytes) -> RollupMessage:
         raise ValueError(f"roll-up message of {len(data)} bytes, its header says {pos}")
     keys, buckets, sums = columns
     return RollupMessage(source, stamp, event_time, low_mark,
-                         BucketValues(names, keys, buckets, sums, width))
+                         BucketValues(names, keys, buckets, sums, width), seen_time)
 
 
 def _decode_rollup_json(data: bytes) -> RollupMessage:
     source, stamp, event_time, low_mark, values = orjson.loads(data)
     return RollupMessage(source, stamp, event_time, low_mark,
-                         [BucketValue(v[0], v[1], v[2], v[3], tuple(v[4:])) for v in values])
+                         [BucketValue(v[0], v[1], v[2], v[3], tuple(v[4:])) for v in values],
+                         event_time)
 
 
 @dataclass(slots=True)

@@ -44,7 +44,7 @@ def row_partition(row: RowId, partitions: int) -> int:
 
 
 def rollup_messages(p: int, result: BatchResult, partitions: int,
-                    last_sent: dict[int, tuple[int, int]]) -> dict[int, RollupMessage]:
+                    last_sent: dict[int, tuple[int, int, int]]) -> dict[int, RollupMessage]:
     """One message per roll-up partition with values or with new marks for it."""
     stamp = result.applied if result.applied is not None else -1
     messages: dict[int, RollupMessage] = {}
@@ -53,13 +53,14 @@ def rollup_messages(p: int, result: BatchResult, partitions: int,
         message = messages.get(q)
         if message is None:
             message = messages[q] = RollupMessage(p, stamp, result.stream_time,
-                                                  result.low_mark, [])
+                                                  result.low_mark, [], result.seen_time)
         values = cast(list[BucketValue], message.values)  # built here as a list
         values.extend(BucketValue(u.window, row[0], row[1], u.bucket, u.sums) for u in updates)
-    marks = (result.stream_time, result.low_mark)
+    marks = (result.stream_time, result.low_mark, result.seen_time)
     for q in range(partitions):
         if q not in messages and last_sent.get(q) != marks:
-            messages[q] = RollupMessage(p, stamp, result.stream_time, result.low_mark)
+            messages[q] = RollupMessage(p, stamp, result.stream_time, result.low_mark,
+                                        seen_time=result.seen_time)
     for q in messages:
         last_sent[q] = marks
     return messages
@@ -93,7 +94,7 @@ def register(app: faust.App, runtime: Runtime) -> PartitionAggregator:
     log = RateLimitedLog(logger, settings.log_interval_s)
     dead_letters = DeadLetters(settings.topic_dlq, outbox, log)
     guard = gap_guard(app, settings.topic_events, log, settings.seek_retry_s)
-    last_sent: dict[int, dict[int, tuple[int, int]]] = {}
+    last_sent: dict[int, dict[int, tuple[int, int, int]]] = {}
     last_marks: dict[int, dict[int, int]] = {}  # low mark last sent to each customers partition
 
     def expected(p: int, now: int) -> int | None:

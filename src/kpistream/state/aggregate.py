@@ -107,6 +107,8 @@ class BatchResult:
     # stage never sees the pipeline's stream time, and its own partition's newest event
     # may be days older (the roll-up takes the largest event time of its sources instead).
     customer_low_mark: int = NO_TIME
+    # the newest event time of any raw partition, as the marks applied so far say
+    seen_time: int = NO_TIME
     applied: int | None = None
     facts: list[CustomerFact] = field(default_factory=list)
 
@@ -567,6 +569,7 @@ class PartitionAggregator:
         self._expire_buckets(state, self.expiry_time(state, now_ms))
         result.stream_time = state.stream_time
         result.low_mark = result.customer_low_mark = state.low_mark()
+        result.seen_time = state.seen_time
         if result.low_mark == ALL_READ and not self.live:
             result.customer_low_mark = state.seen_time
         result.applied = state.applied

@@ -135,6 +135,7 @@ class SourceMark:
     seq: int
     event_time: int
     low_mark: int
+    seen_time: int = NO_TIME
 
 
 @dataclass(slots=True)
@@ -215,9 +216,16 @@ class RollupState:
         marks = [m for source, m in held.items() if source < self.partitions]
         if len(marks) < self.partitions:
             return NO_TIME
-        low = min(m.low_mark for m in marks)
-        if low == NO_TIME:
+        if min(m.low_mark for m in marks) == NO_TIME:
             return NO_TIME
+        # "Nothing left to read" is true as of the newest event time its source had seen. A
+        # source that has not yet applied the marks others have (its agent is behind: some
+        # of its events are still on their way) has nothing to say beyond that time; taken
+        # for "no bound", the watermark passed its pending events as soon as a faster
+        # source reported a newer mark (alerts judged minutes before their data).
+        newest = max(m.seen_time for m in marks)
+        low = min(m.seen_time if m.low_mark == ALL_READ and m.seen_time < newest
+                  else m.low_mark for m in marks)
         if low == ALL_READ:  # nothing left to read anywhere
             low = now_ms - self.idle_lag_ms if self.live else self.event_time(q)
         return min(low, now_ms - self.idle_lag_ms) if self.live else low
@@ -278,7 +286,8 @@ class RollupState:
             dirty.add((row, window))
         mark = plog.marks.get(source)
         if mark is None or (stamp, seq) >= (mark.stamp, mark.seq):
-            plog.marks[source] = SourceMark(stamp, seq, message.event_time, message.low_mark)
+            plog.marks[source] = SourceMark(stamp, seq, message.event_time, message.low_mark,
+                                            message.seen_time)
             if mark is not None and mark.seq != seq and self._holds_nothing(plog, mark.seq):
                 plog.dead.add(mark.seq)
         if held_message.values <= 0 and plog.marks[source].seq != seq:

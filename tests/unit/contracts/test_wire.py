@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import orjson
@@ -71,16 +72,23 @@ names = st.sampled_from(["5m", "1h", "all", "campaign", "c-1"]) | st.text(max_si
 
 def fields_of(message: RollupMessage) -> tuple[Any, ...]:
     return (message.source, message.stamp, message.event_time, message.low_mark,
-            list(message.values))
+            list(message.values), message.seen_time)
 
 
-@given(st.integers(0, 100), marked_times, marked_times, marked_times,
+@given(st.integers(0, 100), marked_times, marked_times, marked_times, marked_times,
        st.lists(st.builds(BucketValue, names, names, names, times, sums), max_size=6))
 def test_rollup_message_round_trip(source: int, stamp: int, event_time: int, low: int,
-                                   values: list[BucketValue]) -> None:
-    message = RollupMessage(source, stamp, event_time, low, values)
+                                   seen: int, values: list[BucketValue]) -> None:
+    message = RollupMessage(source, stamp, event_time, low, values, seen)
     decoded = decode_rollup(encode_rollup(message))
     assert fields_of(decoded) == fields_of(message)
+    # a version 1 message (no seen time) of an earlier worker reads as having seen its own
+    # event time
+    data = encode_rollup(message)
+    version1 = struct.pack("<BiqqqIIH", 1, source, stamp, event_time, low,
+                           *struct.unpack_from("<IIH", data, 37)) + data[47:]
+    message.seen_time = event_time
+    assert fields_of(decode_rollup(version1)) == fields_of(message)
     assert isinstance(decoded.values, BucketValues)
     assert [(v.window, v.dimension, v.group, v.bucket, v.sums) for v in values] == [
         (w, d, g, b, tuple(s)) for w, d, g, b, s in decoded.values.columns()]

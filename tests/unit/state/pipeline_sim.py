@@ -6,6 +6,7 @@ control."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -61,7 +62,7 @@ class Sim:
         self.aggregator = PartitionAggregator(self.settings, self.aggregate_log, self.id_maps)
         self.state = RollupState(self.settings, self.rollup_log)
         self.publisher = RowPublisher(self.settings, self.state)
-        self.last_sent: dict[int, dict[int, tuple[int, int]]] = {}
+        self.last_sent: dict[int, dict[int, tuple[int, int, int]]] = {}
         self.marks_sent: dict[int, dict[int, int]] = {}
         self.verdicts: list[tuple[str, Event]] = []
 
@@ -234,7 +235,10 @@ class Sim:
                  if self.customers_done[r] < len(self.customers_topic[r])]
         return work
 
-    def run_all(self, rng: random.Random, crash_rate: float = 0.0) -> None:
+    def run_all(self, rng: random.Random, crash_rate: float = 0.0,
+                check: Callable[[], None] | None = None) -> None:
+        """Run random steps of random stages until nothing is left, calling ``check`` after
+        each."""
         while work := self.pending():
             stage, p = rng.choice(work)
             n = rng.randint(1, 7)
@@ -252,6 +256,8 @@ class Sim:
                 self.rollup_step(p, n, crash=crash, rng=rng)
                 if rng.random() < 0.3:
                     self.sweep_step(p, crash=rng.random() < crash_rate, rng=rng)
+            if check is not None:
+                check()
 
     def rows(self) -> dict[tuple[str, str, str], dict[str, object]]:
         """(window, dimension, group) -> published message, after a final tick."""
@@ -277,6 +283,12 @@ class Sim:
                 out[customer] = {k: v for k, v in message.items() if v is not None
                                  and k not in ("updated_at", "schema_version")}
         return out
+
+    def in_flight(self) -> list[Event]:
+        """Events packed by the edge that their aggregate partition has not applied yet."""
+        return [event for p in range(self.partitions)
+                for data in self.events_topic[p][self.events_done[p]:]
+                for _, event in decode_event_pack(data).items if isinstance(event, Event)]
 
     def counts(self) -> dict[str, int]:
         totals: dict[str, int] = {}
