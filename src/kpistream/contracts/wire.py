@@ -128,12 +128,40 @@ class BucketValues(Sequence[BucketValue]):
     indexes and a bucket per value, and all sums end to end, ``width`` doubles each. Read
     by :meth:`columns` (the roll-up's loop); indexing builds :class:`BucketValue` objects."""
 
-    __slots__ = ("buckets", "keys", "names", "sums", "width")
+    __slots__ = ("buckets", "keys", "name_index", "names", "sums", "width")
 
     def __init__(self, names: list[str], keys: array[int], buckets: array[int],
                  sums: array[float], width: int) -> None:
         self.names, self.keys, self.buckets, self.sums, self.width = (names, keys, buckets,
                                                                        sums, width)
+        self.name_index: dict[str, int] | None = None  # name -> its index, while built
+
+    @classmethod
+    def building(cls) -> BucketValues:
+        """Empty, for :meth:`append`: a message's values built straight into the columns
+        :func:`encode_rollup` writes (no object per value; a worker sends ~5 values per
+        event in the 1000-campaign scenario)."""
+        values = cls([], array("I"), array("q"), array("d"), 0)
+        values.name_index = {}
+        return values
+
+    def append(self, window: str, dimension: str, group: str, bucket: int,
+               sums: SumsVector) -> None:
+        index, names, keys = self.name_index, self.names, self.keys
+        if index is None:
+            raise TypeError("decoded roll-up values are read-only")
+        for name in (window, dimension, group):
+            i = index.get(name)
+            if i is None:
+                i = index[name] = len(names)
+                names.append(name)
+            keys.append(i)
+        if not self.width:
+            self.width = len(sums)
+        elif len(sums) != self.width:
+            raise ValueError(f"roll-up values of {self.width} and of {len(sums)} sums")
+        self.buckets.append(bucket)
+        self.sums.extend(sums)
 
     def __len__(self) -> int:
         return len(self.buckets)
@@ -212,32 +240,21 @@ def _from_little(typecode: str, data: memoryview) -> array[Any]:
 
 
 def encode_rollup(message: RollupMessage) -> bytes:
-    names: list[str] = []
-    index: dict[str, int] = {}
-    keys: array[int] = array("I")
-    buckets: array[int] = array("q")
-    sums: array[float] = array("d")
-    width = 0
-    for value in message.values:
-        for name in (value.window, value.dimension, value.group):
-            i = index.get(name)
-            if i is None:
-                i = index[name] = len(names)
-                names.append(name)
-            keys.append(i)
-        buckets.append(value.bucket)
-        if not width:
-            width = len(value.sums)
-        elif len(value.sums) != width:
-            raise ValueError(f"roll-up values of {width} and of {len(value.sums)} sums")
-        sums.extend(value.sums)
+    values = message.values
+    if not isinstance(values, BucketValues):
+        columns = BucketValues.building()
+        for value in values:
+            columns.append(value.window, value.dimension, value.group, value.bucket,
+                           value.sums)
+        values = columns
+    names = values.names
     parts = [_ROLLUP_HEADER.pack(ROLLUP_VERSION, message.source, message.stamp,
                                  message.event_time, message.low_mark, message.seen_time,
-                                 len(names), len(buckets), width)]
+                                 len(names), len(values.buckets), values.width)]
     for name in names:
         encoded = name.encode()
         parts += (_NAME_LENGTH.pack(len(encoded)), encoded)
-    parts += (_little(keys), _little(buckets), _little(sums))
+    parts += (_little(values.keys), _little(values.buckets), _little(values.sums))
     return b"".join(parts)
 
 

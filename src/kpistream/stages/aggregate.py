@@ -17,7 +17,7 @@ import faust
 
 from kpistream.contracts.records import Order, Survey
 from kpistream.contracts.wire import (
-    BucketValue,
+    BucketValues,
     CustomerFacts,
     RollupMessage,
     decode_event_pack,
@@ -53,9 +53,11 @@ def rollup_messages(p: int, result: BatchResult, partitions: int,
         message = messages.get(q)
         if message is None:
             message = messages[q] = RollupMessage(p, stamp, result.stream_time,
-                                                  result.low_mark, [], result.seen_time)
-        values = cast(list[BucketValue], message.values)  # built here as a list
-        values.extend(BucketValue(u.window, row[0], row[1], u.bucket, u.sums) for u in updates)
+                                                  result.low_mark, BucketValues.building(),
+                                                  result.seen_time)
+        values = cast(BucketValues, message.values)  # built here
+        for update in updates:
+            values.append(update.window, row[0], row[1], update.bucket, update.sums)
     marks = (result.stream_time, result.low_mark, result.seen_time)
     for q in range(partitions):
         if q not in messages and last_sent.get(q) != marks:

@@ -17,7 +17,7 @@ import faust
 from kpistream.contracts.wire import (
     ALL_READ,
     NO_TIME,
-    BucketValue,
+    BucketValues,
     RollupMessage,
     decode_customer_facts,
     encode_rollup,
@@ -40,9 +40,11 @@ def customer_rollup_messages(r: int, result: CustomerResult,
         q = row_partition(row, partitions)
         message = messages.get(q)
         if message is None:
-            message = messages[q] = RollupMessage(partitions + r, stamp, NO_TIME, ALL_READ, [])
-        values = cast(list[BucketValue], message.values)  # built here as a list
-        values.extend(BucketValue(u.window, row[0], row[1], u.bucket, u.sums) for u in updates)
+            message = messages[q] = RollupMessage(partitions + r, stamp, NO_TIME, ALL_READ,
+                                                  BucketValues.building())
+        values = cast(BucketValues, message.values)  # built here
+        for update in updates:
+            values.append(update.window, row[0], row[1], update.bucket, update.sums)
     return messages
 
 

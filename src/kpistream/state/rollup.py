@@ -95,13 +95,6 @@ class WindowBuckets:
         sources = self.by_source.get(bucket)
         return None if sources is None else sources.get(source)
 
-    def set(self, bucket: int, source: int, value: HeldValue) -> None:
-        sources = self.by_source.get(bucket)
-        if sources is None:
-            sources = self.by_source[bucket] = {}
-        sources[source] = value
-        self.stale[bucket] = None
-
     @property
     def totals(self) -> dict[int, SumsVector]:
         """Per bucket, the sum over its sources (in the order buckets were first set)."""
@@ -275,14 +268,20 @@ class RollupState:
             buckets = windows.get(window)
             if buckets is None:
                 buckets = windows[window] = WindowBuckets()
-            held = buckets.held(bucket, source)
-            if held is not None:
-                if held[0].stamp >= stamp:
-                    continue  # the same or a newer value of this bucket is held
-                plog.release(held[0])
+            # WindowBuckets.held, and a bucket set stale, inline: this runs for every value
+            sources = buckets.by_source.get(bucket)
+            if sources is None:
+                sources = buckets.by_source[bucket] = {}
+            else:
+                held = sources.get(source)
+                if held is not None:
+                    if held[0].stamp >= stamp:
+                        continue  # the same or a newer value of this bucket is held
+                    plog.release(held[0])
             held_message.values += 1
             plog.values += 1
-            buckets.set(bucket, source, (held_message, sums))
+            sources[source] = (held_message, sums)
+            buckets.stale[bucket] = None
             dirty.add((row, window))
         mark = plog.marks.get(source)
         if mark is None or (stamp, seq) >= (mark.stamp, mark.seq):

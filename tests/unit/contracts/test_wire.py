@@ -106,6 +106,10 @@ def test_a_damaged_rollup_message_is_an_error_naming_it() -> None:
         decode_rollup(data[:-8])
     with pytest.raises(ValueError, match="format version 9"):
         decode_rollup(b"\x09" + data[1:])
+    decoded = decode_rollup(data).values
+    assert isinstance(decoded, BucketValues)
+    with pytest.raises(TypeError, match="read-only"):
+        decoded.append("5m", "all", "all", 1, (1.0,) * 16)
     with pytest.raises(ValueError, match="of 16 and of 2 sums"):
         encode_rollup(RollupMessage(1, 2, 3, 4, [BucketValue("5m", "all", "all", 0,
                                                              (1.0,) * 16),
