@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import random
 from decimal import Decimal
+from itertools import pairwise
 
 import pytest
 from hypothesis import given, settings
@@ -126,6 +127,29 @@ def test_never_twice_within_the_interval_and_nothing_lost(seed: int) -> None:
         expected = sum(s[ORDERS] for (d, g, _), s in pipe.totals.items()
                        if (d, g) == (dimension, group))
         assert message["orders"] == expected
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(min_value=0, max_value=2**32 - 1))
+def test_a_quiet_row_is_published_at_least_once_per_step(seed: int) -> None:
+    """SPEC §5: at least once per STEP while non-zero, with full ticks coming
+    publish_interval apart or up to a check interval later (the stage's timer)."""
+    rng = random.Random(seed)
+    pipe = Pipeline()
+    pipe.add("campaign", "c1", T0)
+    step = MIN  # of the 1h/1m window
+    published_at = []
+    now = 1_000
+    for _ in range(400):
+        changes = pipe.publisher.tick({0}, now)
+        if published(changes):
+            published_at.append(now)
+        now += SETTINGS.publish_interval_ms + rng.choice(
+            (0, SETTINGS.publish_check_interval_ms))
+    gaps = [b - a for a, b in pairwise(published_at)]
+    assert len(gaps) >= 5
+    assert max(gaps) <= step
+    assert min(gaps) >= SETTINGS.publish_interval_ms
 
 
 def test_the_check_interval_may_not_exceed_the_publish_interval() -> None:

@@ -139,6 +139,10 @@ class RowPublisher:
         self.state = state
         self.currency = settings.reporting_currency
         self.interval_ms = settings.publish_interval_ms
+        # A full tick comes publish_interval after the last, or up to a check interval
+        # later: a row is published again when the next tick could be more than its STEP
+        # after its last publication (SPEC §5: at least once per STEP while non-zero).
+        self.tick_period_ms = settings.publish_interval_ms + settings.publish_check_interval_ms
         self.published: dict[int, dict[tuple[RowId, str], _Published]] = {}
         self.allocations: dict[int, dict[str, _Allocation]] = {}
 
@@ -163,6 +167,10 @@ class RowPublisher:
         for row in targets:
             held.update(row[1], row[0], rows.get(row, {}).get(name))
         return held.spend_by_segment(), before is None or held.result is not before
+
+    def refresh_ms(self, step_ms: int) -> int:
+        """How long an unchanged row may go without being published again."""
+        return max(0, step_ms - self.tick_period_ms)
 
     def snapshot(self, partitions: set[int]) -> list[RowChange]:
         """Every live row as a change, to rewrite a sink that may have lost its data."""
@@ -199,6 +207,7 @@ class RowPublisher:
                 for name, buckets in windows.items():
                     spec = self.state.specs[name]
                     start, end = self.state.window_of(spec, t)
+                    refresh_ms = self.refresh_ms(spec.step_ms)
                     spend: float | None = None
                     moved = False
                     if row[0] == ALLOCATED_DIMENSION:
@@ -208,13 +217,13 @@ class RowPublisher:
                         spend = by_segment.get(row[1], 0.0)
                     last = published.get((row, name))
                     if (last is not None and (row, name) not in dirty and not moved
-                            and last.window_end == end and now_ms - last.at < spec.step_ms):
+                            and last.window_end == end and now_ms - last.at < refresh_ms):
                         continue
                     if last is not None and now_ms - last.at < self.interval_ms:
                         deferred.add((row, name))  # published since by quiet_changes
                         continue
                     message, changed = self._publish(published, row, name, buckets, start,
-                                                     end, now_ms, spend, spec.step_ms)
+                                                     end, now_ms, spend, refresh_ms)
                     if changed:
                         row_changes.append((name, message))
                 changes.extend(self._changes(published, row, windows, row_changes))
@@ -251,7 +260,7 @@ class RowPublisher:
                 spec = self.state.specs[name]
                 start, end = self.state.window_of(spec, t)
                 message, changed = self._publish(published, row, name, buckets, start, end,
-                                                 now_ms, None, spec.step_ms)
+                                                 now_ms, None, self.refresh_ms(spec.step_ms))
                 done.append((row, name))
                 if changed:
                     by_row.setdefault(row, []).append((name, message))
@@ -262,14 +271,15 @@ class RowPublisher:
 
     def _publish(self, published: dict[tuple[RowId, str], _Published], row: RowId, name: str,
                  buckets: WindowBuckets, start: int, end: int, now_ms: int,
-                 spend: float | None, step_ms: int) -> tuple[RowMessage | None, bool]:
-        """The row's message now, and whether it is a change to publish (recorded)."""
+                 spend: float | None, refresh_ms: int) -> tuple[RowMessage | None, bool]:
+        """The row's message now, and whether it is a change to publish (recorded): a new
+        value, or the same one not published for ``refresh_ms``."""
         last = published.get((row, name))
         sums = WindowSums.from_tuple(buckets.window_sums(start, end))
         message = None if sums.is_empty() else build_message(
             name, row[0], row[1], start, end, sums, now_ms, self.currency, spend)
         if (last is not None and _same_values(last.message, message)
-                and (message is None or now_ms - last.at < step_ms)):
+                and (message is None or now_ms - last.at < refresh_ms)):
             last.window_end = end
             return message, False
         if last is None and message is None:

@@ -17,6 +17,8 @@ import faust
 
 from kpistream.contracts.records import Order, Survey
 from kpistream.contracts.wire import (
+    ALL_READ,
+    NO_TIME,
     BucketValues,
     CustomerFacts,
     RollupMessage,
@@ -58,7 +60,10 @@ def rollup_messages(p: int, result: BatchResult, partitions: int,
         values = cast(BucketValues, message.values)  # built here
         for update in updates:
             values.append(update.window, row[0], row[1], update.bucket, update.sums)
-    marks = (result.stream_time, result.low_mark, result.seen_time)
+    # The seen time only qualifies an ALL_READ low mark (state/rollup.py): a change of it
+    # alone is news only then (one more message per roll-up partition per batch otherwise).
+    marks = (result.stream_time, result.low_mark,
+             result.seen_time if result.low_mark == ALL_READ else NO_TIME)
     for q in range(partitions):
         if q not in messages and last_sent.get(q) != marks:
             messages[q] = RollupMessage(p, stamp, result.stream_time, result.low_mark,
