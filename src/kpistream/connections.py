@@ -17,6 +17,7 @@ import base64
 import hmac
 import socket
 import ssl
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -60,10 +61,17 @@ def kafka_ssl_context(settings: Settings) -> ssl.SSLContext | None:
     context = ssl.create_default_context(
         ssl.Purpose.SERVER_AUTH, cafile=settings.kafka_ssl_cafile or None)
     if settings.kafka_ssl_certfile:
-        context.load_cert_chain(
-            settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile,
-            password=settings.kafka_ssl_key_password.get_secret_value() or None)
+        context.load_cert_chain(settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile or None,
+                                password=_key_password(settings.kafka_ssl_key_password
+                                                       .get_secret_value()))
     return context
+
+
+def _key_password(password: str) -> Any:
+    """``load_cert_chain``'s password: a callable, so that OpenSSL never prompts on the
+    terminal for an encrypted key's pass phrase (a worker hung there, or failed with
+    "Invalid argument" without a terminal); an encrypted key without one fails to load."""
+    return lambda: password
 
 
 def kafka_options(settings: Settings) -> dict[str, Any]:
@@ -106,12 +114,14 @@ async def check_kafka(settings: Settings) -> None:
     """One connection to the first bootstrap broker, with TLS and SASL as configured."""
     host, port = _first_broker(settings)
     where = f"Kafka at {host}:{port} ({settings.kafka_security_protocol})"
-    _check_certificate("KPISTREAM_KAFKA_SSL_CERTFILE", settings.kafka_ssl_certfile, where)
-    try:
-        options = kafka_options(settings)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConnectionCheckError(f"{where}: cannot load the TLS files: {_ssl_reason(exc)}"
-                                   ) from None
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        check_tls_files(where, TlsFiles(
+            ("KPISTREAM_KAFKA_SSL_CAFILE", settings.kafka_ssl_cafile),
+            ("KPISTREAM_KAFKA_SSL_CERTFILE", settings.kafka_ssl_certfile),
+            ("KPISTREAM_KAFKA_SSL_KEYFILE", settings.kafka_ssl_keyfile),
+            ("KPISTREAM_KAFKA_SSL_KEY_PASSWORD",
+             settings.kafka_ssl_key_password.get_secret_value())))
+    options = kafka_options(settings)
     options.pop("bootstrap_servers")
     loop = asyncio.get_running_loop()
     deadline = loop.time() + REACH_WITHIN_S
@@ -161,8 +171,11 @@ async def _connect_once(settings: Settings, host: str, port: int, where: str,
     conn.close()
 
 
-def _tls_probe(host: str, port: int, context: ssl.SSLContext | None) -> str | None:
-    """Why a TLS listener dropped us, or that a PLAINTEXT client reached a TLS listener."""
+def _tls_probe(host: str, port: int, context: ssl.SSLContext | None,
+               plaintext_hint: str = "the listener speaks TLS: set "
+               "KPISTREAM_KAFKA_SECURITY_PROTOCOL to SSL or SASL_SSL") -> str | None:
+    """Why a TLS listener dropped us, or (``plaintext_hint``) that a client without TLS
+    reached a TLS listener."""
     probe = context
     if probe is None:
         probe = ssl.create_default_context()
@@ -172,8 +185,7 @@ def _tls_probe(host: str, port: int, context: ssl.SSLContext | None) -> str | No
         with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S) as raw, \
                 probe.wrap_socket(raw, server_hostname=host) as tls:
             if context is None:
-                return ("the listener speaks TLS: set KPISTREAM_KAFKA_SECURITY_PROTOCOL to SSL "
-                        "or SASL_SSL")
+                return plaintext_hint
             tls.recv(1)  # TLS 1.3 sends a rejected client certificate's alert after the handshake
     except ssl.SSLError as exc:
         return None if context is None else f"TLS: {_ssl_reason(exc)}"
@@ -232,10 +244,15 @@ async def check_redis(settings: Settings, *, writes: bool = True) -> None:
     kind on a key of the prefix and the profile script on no change (a channel cannot be
     checked without publishing to its subscribers). Commands that only read (``top``,
     ``customers``) run as a read-only user (docs/security.md): PING only."""
-    client = redis_client(settings, socket_timeout=CHECK_TIMEOUT_S)
     where = f"Redis at {_redis_location(settings)}"
     user = settings.redis_username or "default"
-    _check_certificate("KPISTREAM_REDIS_SSL_CERTFILE", settings.redis_ssl_certfile, where)
+    url, _ = redis_options(settings)
+    if url.startswith("rediss://"):
+        check_tls_files(where, TlsFiles(
+            ("KPISTREAM_REDIS_SSL_CAFILE", settings.redis_ssl_cafile),
+            ("KPISTREAM_REDIS_SSL_CERTFILE", settings.redis_ssl_certfile),
+            ("KPISTREAM_REDIS_SSL_KEYFILE", settings.redis_ssl_keyfile)))
+    client = redis_client(settings, socket_timeout=CHECK_TIMEOUT_S)
     try:
         await client.ping()
         if not writes:
@@ -261,6 +278,13 @@ async def check_redis(settings: Settings, *, writes: bool = True) -> None:
         cause = exc.__context__ if isinstance(exc.__context__, ssl.SSLError) else exc
         if isinstance(cause, ssl.SSLError):
             raise ConnectionCheckError(f"{where}: {_ssl_reason(cause)}") from None
+        # A TLS server drops a client that speaks plain RESP to it: not a server that is down.
+        parts = urlsplit(url)
+        if not url.startswith("rediss://") and parts.hostname and await asyncio.to_thread(
+                _tls_probe, parts.hostname, parts.port or 6379, None, "the server speaks "
+                "TLS: use a rediss:// URL (KPISTREAM_REDIS_URL)"):
+            raise ConnectionCheckError(f"{where}: the server speaks TLS: use a rediss:// URL "
+                                       "(KPISTREAM_REDIS_URL)") from None
         raise ConnectionCheckError(f"cannot reach {where}: {_reason(exc)}",
                                    unreachable=True) from None
     finally:
@@ -299,13 +323,67 @@ def web_middlewares(settings: Settings) -> list[Any]:
 def web_ssl_context(settings: Settings) -> ssl.SSLContext | None:
     if not settings.web_ssl_certfile:
         return None
-    _check_certificate("KPISTREAM_WEB_SSL_CERTFILE", settings.web_ssl_certfile, "web port")
+    check_tls_files("web port", TlsFiles(
+        certfile=("KPISTREAM_WEB_SSL_CERTFILE", settings.web_ssl_certfile),
+        keyfile=("KPISTREAM_WEB_SSL_KEYFILE", settings.web_ssl_keyfile)))
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(settings.web_ssl_certfile, settings.web_ssl_keyfile)
+    context.load_cert_chain(settings.web_ssl_certfile, settings.web_ssl_keyfile or None,
+                            password=_key_password(""))
     return context
 
 
 # --- reasons -----------------------------------------------------------------------------
+
+Setting = tuple[str, str]  # (environment variable, its value)
+NOT_SET: Setting = ("", "")
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A client's or server's TLS files as configured, each with the setting it came from."""
+
+    cafile: Setting = NOT_SET
+    certfile: Setting = NOT_SET
+    keyfile: Setting = NOT_SET
+    key_password: Setting = NOT_SET
+
+
+def check_tls_files(where: str, files: TlsFiles) -> None:
+    """Load the TLS files before any connection, so that a missing, unreadable or encrypted
+    one fails at once naming its setting (SPEC §9). Left to the client libraries, a missing
+    CA file reads "No such file or directory" as if the server were unreachable (and redis-py
+    retries it forever), and an encrypted key prompts for its pass phrase on the terminal."""
+    (ca_setting, cafile), (cert_setting, certfile) = files.cafile, files.certfile
+    (key_setting, keyfile), (password_setting, password) = files.keyfile, files.key_password
+    try:
+        context = ssl.create_default_context(cafile=cafile or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConnectionCheckError(f"{where}: {ca_setting}={cafile} is not a readable CA "
+                                   f"bundle (PEM): {_ssl_reason(exc)}") from None
+    if not certfile:
+        return
+    _check_certificate(cert_setting, certfile, where)
+    key_path = keyfile or certfile
+    key_named = f"{key_setting}={keyfile}" if keyfile else f"{cert_setting}={certfile}"
+    try:
+        with open(key_path, "rb") as file:
+            encrypted = b"ENCRYPTED" in file.read()
+    except OSError as exc:
+        raise ConnectionCheckError(f"{where}: {key_named} cannot be read: {_reason(exc)}"
+                                   ) from None
+    try:
+        context.load_cert_chain(certfile, keyfile or None, password=_key_password(password))
+    except (OSError, ssl.SSLError) as exc:
+        if encrypted and not password:
+            hint = (f"the key is encrypted: set {password_setting} (or {password_setting}_FILE)"
+                    if password_setting else "the key is encrypted, which is not supported "
+                    "here: give it unencrypted")
+        elif encrypted:
+            hint = f"{password_setting} does not decrypt the key"
+        else:
+            hint = f"the key does not match {cert_setting}={certfile}"
+        raise ConnectionCheckError(f"{where}: {key_named}: {hint} ({_ssl_reason(exc)})"
+                                   ) from None
 
 def _check_certificate(setting: str, path: str, where: str) -> None:
     """Our own certificate, read before use: a server that rejects an expired client

@@ -302,6 +302,11 @@ FAILURES: dict[str, tuple[dict[str, str], str]] = {
         "TLS: sslv3 alert"),
     "plaintext_client_on_a_tls_listener": ({"KPISTREAM_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT"},
                                            "the listener speaks TLS"),
+    "missing_redis_ca_file": ({"KPISTREAM_REDIS_SSL_CAFILE": "/nonexistent/ca.pem"},
+                              "KPISTREAM_REDIS_SSL_CAFILE=/nonexistent/ca.pem is not a readable"),
+    "plaintext_redis_url_on_a_tls_port": (
+        {"KPISTREAM_REDIS_URL": REDIS_TLS.replace("rediss://", "redis://")},
+        "the server speaks TLS: use a rediss:// URL"),
     "wrong_redis_password": ({"KPISTREAM_REDIS_PASSWORD": "WrongPassw0rd"},
                              "authentication of user 'default' failed"),
     "redis_acl_without_the_prefix": ({"KPISTREAM_REDIS_USERNAME": "kpistream-noperm"},

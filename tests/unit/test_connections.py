@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import ssl
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,10 +20,13 @@ from cryptography.x509.oid import NameOID
 from kpistream.connections import (
     ConnectionCheckError,
     check_kafka,
+    check_redis,
     faust_broker_credentials,
     kafka_options,
+    kafka_ssl_context,
     redis_options,
     web_middlewares,
+    web_ssl_context,
 )
 from kpistream.settings import Settings
 
@@ -96,6 +100,56 @@ def test_an_expired_client_certificate_is_named_before_connecting(tmp_path: Path
                         kafka_ssl_certfile=str(cert), kafka_ssl_keyfile=str(key))
     with pytest.raises(ConnectionCheckError, match="the certificate expired on"):
         asyncio.run(check_kafka(settings))
+
+
+def test_tls_files_are_loaded_before_connecting_and_named(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """SPEC §9: a missing CA file, an encrypted key without its password or with a wrong
+    one, and a key of another certificate fail at once naming the setting; never a
+    pass-phrase prompt on the terminal."""
+    import kpistream.connections
+
+    monkeypatch.setattr(kpistream.connections, "REACH_WITHIN_S", 0.0)  # no retries
+    cert, key = make_certificate(tmp_path, days=30)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(serialization.load_pem_private_key(key.read_bytes(), None)
+                          .private_bytes(serialization.Encoding.PEM,
+                                         serialization.PrivateFormat.PKCS8,
+                                         serialization.BestAvailableEncryption(b"s3cret")))
+    other = tmp_path / "other"
+    other.mkdir()
+    _, other_key = make_certificate(other, days=30)
+
+    def kafka(**files: str) -> Settings:
+        return Settings(kafka_bootstrap="127.0.0.1:1", kafka_security_protocol="SSL",
+                        kafka_ssl_certfile=str(cert), **files)
+
+    cases = {
+        "KPISTREAM_KAFKA_SSL_CAFILE=/nonexistent/ca.pem is not a readable CA bundle":
+            kafka(kafka_ssl_cafile="/nonexistent/ca.pem", kafka_ssl_keyfile=str(key)),
+        "the key is encrypted: set KPISTREAM_KAFKA_SSL_KEY_PASSWORD":
+            kafka(kafka_ssl_keyfile=str(encrypted)),
+        "KPISTREAM_KAFKA_SSL_KEY_PASSWORD does not decrypt the key":
+            kafka(kafka_ssl_keyfile=str(encrypted), kafka_ssl_key_password="wrong"),
+        f"KPISTREAM_KAFKA_SSL_KEYFILE={other_key}: the key does not match":
+            kafka(kafka_ssl_keyfile=str(other_key)),
+        "cannot reach Kafka at 127.0.0.1:1":  # the files load: only the broker is missing
+            kafka(kafka_ssl_keyfile=str(encrypted), kafka_ssl_key_password="s3cret"),
+    }
+    for words, settings in cases.items():
+        with pytest.raises(ConnectionCheckError, match=re.escape(words)):
+            asyncio.run(check_kafka(settings))
+    with pytest.raises(ssl.SSLError):  # the client's own context: an error, not a prompt
+        kafka_ssl_context(kafka(kafka_ssl_keyfile=str(encrypted)))
+    with pytest.raises(ConnectionCheckError, match=re.escape(
+            "KPISTREAM_REDIS_SSL_CAFILE=/nonexistent/ca.pem is not a readable CA bundle")) as e:
+        asyncio.run(check_redis(Settings(redis_url="rediss://127.0.0.1:1/0",
+                                         redis_ssl_cafile="/nonexistent/ca.pem")))
+    assert not e.value.unreachable
+    with pytest.raises(ConnectionCheckError, match=re.escape(
+            f"web port: KPISTREAM_WEB_SSL_KEYFILE={other_key}: the key does not match")):
+        web_ssl_context(Settings(web_ssl_certfile=str(cert), web_ssl_keyfile=str(other_key)))
+    assert web_ssl_context(Settings(web_ssl_certfile=str(cert), web_ssl_keyfile=str(key)))
 
 
 def test_an_unreachable_broker_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
