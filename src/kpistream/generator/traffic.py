@@ -108,9 +108,12 @@ class TrafficGenerator:
         """All records of the configured span, in event-time order per minute."""
         cfg, rng = self.config, self.rng
         placed: list[dict[str, object]] = []
-        for minute_start in range(cfg.start_ms, cfg.start_ms + cfg.duration_ms, MINUTE_MS):
+        stop = cfg.start_ms + cfg.duration_ms
+        for minute_start in range(cfg.start_ms, stop, MINUTE_MS):
             batch: list[Record] = []
-            rhythm = self._rhythm(minute_start)
+            # the last minute may be cut short by the duration: fewer events, all within it
+            span = min(MINUTE_MS, stop - minute_start)
+            rhythm = self._rhythm(minute_start) * span / MINUTE_MS
             minute_index = (minute_start - cfg.start_ms) // MINUTE_MS
             report_spend = (minute_index + 1) % cfg.spend_every_min == 0
             for name, channel, _ in self.campaigns:
@@ -118,35 +121,41 @@ class TrafficGenerator:
                 mult = min((a.order_multiplier(minute_start, name) for a in cfg.anomalies),
                            default=1.0)
                 for _ in range(_poisson(rng, expected * mult)):
-                    batch.append(self._order(minute_start, name, channel, placed))
+                    batch.append(self._order(minute_start, span, name, channel, placed))
                 if not report_spend:
                     continue
                 spend = (expected * cfg.spend_every_min * cfg.cpo_eur
                          * rng.uniform(0.9, 1.1))
-                end = min(minute_start + MINUTE_MS - 1, cfg.start_ms + cfg.duration_ms - 1)
+                end = minute_start + span - 1
                 batch.append(Record("spend", {
                     "spend_id": self._id("s"), "ts": self._ts_value(end),
                     "campaign_id": name, "channel": channel,
                     "amount": f"{spend:.2f}" if rng.random() < 0.5 else round(spend, 2),
                     "currency": "EUR"}))
             for _ in range(_poisson(rng, cfg.orders_per_hour / 60 * rhythm * cfg.survey_ratio)):
-                batch.append(self._survey(minute_start, placed))
+                batch.append(self._survey(minute_start, span, placed))
             for _ in range(_poisson(rng, cfg.orders_per_hour / 60 * rhythm * cfg.cancel_ratio)):
                 if placed:
                     order = placed.pop(rng.randrange(len(placed)))
+                    # after its order: an order placed late in this minute is cancelled later
+                    earliest = max(minute_start, event_time_ms(order) + 1)
+                    if earliest >= minute_start + span:
+                        placed.append(order)
+                        continue
                     batch.append(Record("order", {
                         "order_id": order["order_id"], "status": "cancelled",
-                        "ts": self._ts_value(minute_start + rng.randrange(MINUTE_MS))}))
+                        "ts": self._ts_value(earliest + rng.randrange(
+                            minute_start + span - earliest))}))
             batch.sort(key=lambda r: event_time_ms(r.value))
             for record in batch:
                 yield record
                 if cfg.duplicate_ratio and rng.random() < cfg.duplicate_ratio:
                     yield record
 
-    def _order(self, minute_start: int, campaign: str, channel: str,
+    def _order(self, minute_start: int, span: int, campaign: str, channel: str,
                placed: list[dict[str, object]]) -> Record:
         rng = self.rng
-        ts = minute_start + rng.randrange(MINUTE_MS)
+        ts = minute_start + rng.randrange(span)
         if rng.random() < self.config.delayed_ratio:  # arrives out of order
             ts -= rng.randrange(DELAY_MAX_MS)
         currency = rng.choice(CURRENCIES)
@@ -171,7 +180,8 @@ class TrafficGenerator:
         known.append(customer)
         return customer
 
-    def _survey(self, minute_start: int, placed: list[dict[str, object]]) -> Record:
+    def _survey(self, minute_start: int, span: int,
+                placed: list[dict[str, object]]) -> Record:
         rng = self.rng
         kind = rng.choice(("nps", "nps", "ces", "csat"))
         score = {"nps": rng.choices(range(0, 11), NPS_WEIGHTS)[0],
@@ -180,7 +190,7 @@ class TrafficGenerator:
         name, channel, _ = rng.choice(self.campaigns)
         value: dict[str, object] = {
             "response_id": self._id("r"), "ts": self._ts_value(minute_start + rng.randrange(
-                MINUTE_MS)), "kind": kind, "score": score, "channel": channel,
+                span)), "kind": kind, "score": score, "channel": channel,
             "campaign_id": name, "segment": rng.choice(SEGMENTS)}
         if kind == "csat" and placed and rng.random() < POST_PURCHASE_SHARE:
             # a post-purchase survey: about an order, from its customer and touchpoint

@@ -51,3 +51,23 @@ def test_generator_is_seeded_and_the_stop_anomaly_stops_orders() -> None:
                    and event_time_ms(r.value) >= 1_800_000]
     assert spend_after, "spend continues while orders stop"
     assert orjson.dumps(first[0].value)
+
+
+@pytest.mark.parametrize("duration_ms", [20_000, 90_000, 3_600_000])
+def test_every_event_is_within_the_duration_and_cancelled_after_its_order(
+        duration_ms: int) -> None:
+    start = 1_796_590_800_000
+    config = TrafficConfig(seed=42, start_ms=start, duration_ms=duration_ms,
+                           orders_per_hour=30_000, cancel_ratio=0.2, campaigns=4)
+    records = list(TrafficGenerator(config).records())
+    assert records
+    assert all(start <= event_time_ms(r.value) < start + duration_ms for r in records)
+    placed = {r.value["order_id"]: event_time_ms(r.value) for r in records
+              if r.kind == "order" and r.value.get("status", "placed") == "placed"}
+    cancelled = [r.value for r in records if r.value.get("status") == "cancelled"]
+    assert cancelled
+    assert all(event_time_ms(c) > placed[c["order_id"]] for c in cancelled)
+    # A short last minute has its share of the traffic, not a whole minute's.
+    orders = len(placed)
+    expected = config.orders_per_hour * duration_ms / 3_600_000
+    assert 0.5 * expected < orders < 1.5 * expected
