@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import IO
 
+from redis.exceptions import RedisError
+
 from kpistream.exceptions import ConfigurationError, KpistreamError
 from kpistream.kpi.profiles import RANKINGS
 from kpistream.settings import Settings, describe_settings_error
@@ -237,6 +239,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](settings, args)
     except KpistreamError as exc:
         print(f"kpistream: {exc}", file=sys.stderr)
+        return 1
+    except RedisError as exc:
+        # A command the ACL user may not run (`top` and `customers` as a user without read
+        # rights pass the connection check, which only PINGs), named rather than a traceback.
+        print(f"kpistream: Redis refused a command: {exc}", file=sys.stderr)
         return 1
 
 

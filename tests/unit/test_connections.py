@@ -222,3 +222,20 @@ def test_web_basic_auth_admits_only_the_configured_user() -> None:
             return statuses
 
     assert asyncio.run(scenario()) == [200, 401, 401, 401]
+
+
+def test_a_command_redis_refuses_is_named_not_a_traceback(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`top` or `customers` as an ACL user without read rights: the connection check (PING)
+    passes, the first read is refused."""
+    from redis.exceptions import NoPermissionError
+
+    from kpistream import cli
+
+    def refused(settings: Settings, args: object) -> int:
+        raise NoPermissionError("this user has no permissions to run the 'hgetall' command")
+
+    monkeypatch.setitem(cli.COMMANDS, "settings", refused)
+    assert cli.main(["settings"]) == 1
+    assert "kpistream: Redis refused a command: this user has no permissions" in (
+        capsys.readouterr().err)
