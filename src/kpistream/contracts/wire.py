@@ -441,6 +441,7 @@ class CustomerFacts:
     facts: list[CustomerFact] = field(default_factory=list)
     low_mark: int = NO_TIME
     costs: list[CampaignDayCost] = field(default_factory=list)
+    seen_time: int = NO_TIME  # as in RollupMessage: what an ALL_READ low mark is as of
 
 
 def encode_customer_facts(message: CustomerFacts) -> bytes:
@@ -448,14 +449,17 @@ def encode_customer_facts(message: CustomerFacts) -> bytes:
                                           for o, i, sign, event in message.facts],
                          message.low_mark,
                          [[c.campaign, c.day, c.cpo, c.spend, c.orders]
-                          for c in message.costs]])
+                          for c in message.costs], message.seen_time])
 
 
 def decode_customer_facts(data: bytes) -> CustomerFacts:
-    source, facts, low_mark, costs = orjson.loads(data)
-    return CustomerFacts(source, [(o, i, sign, event_from_fields(fields))
-                                  for o, i, sign, fields in facts], low_mark,
-                         [CampaignDayCost(*cost) for cost in costs])
+    fields = orjson.loads(data)
+    source, facts, low_mark, costs = fields[:4]
+    # (four fields: of an earlier worker, which had seen what its own event time says)
+    seen_time = fields[4] if len(fields) > 4 else NO_TIME
+    return CustomerFacts(source, [(o, i, sign, event_from_fields(event))
+                                  for o, i, sign, event in facts], low_mark,
+                         [CampaignDayCost(*cost) for cost in costs], seen_time)
 
 
 # A profile's state: counted orders (order_id -> [ts, amount, channel, campaign, segment]) and

@@ -74,22 +74,24 @@ def rollup_messages(p: int, result: BatchResult, partitions: int,
 
 
 def customer_facts(p: int, result: BatchResult, partitions: int,
-                   last_marks: dict[int, int]) -> dict[int, CustomerFacts]:
+                   last_marks: dict[int, tuple[int, int]]) -> dict[int, CustomerFacts]:
     """The batch's customer facts, one message per customers partition (by customer id),
     plus a message with only the low mark to every partition that has not had it yet."""
     messages: dict[int, CustomerFacts] = {}
-    low_mark = result.customer_low_mark
+    low_mark, seen = result.customer_low_mark, result.seen_time
     for fact in result.facts:
         event = fact[3]
         customer = event.customer_id if isinstance(event, Order | Survey) else None
         if customer is not None:
             r = partition_for(customer, partitions)
-            messages.setdefault(r, CustomerFacts(p, low_mark=low_mark)).facts.append(fact)
+            messages.setdefault(r, CustomerFacts(p, low_mark=low_mark, seen_time=seen)
+                                ).facts.append(fact)
+    marks = (low_mark, seen if low_mark == ALL_READ else NO_TIME)  # as in rollup_messages
     for r in range(partitions):
-        if r not in messages and last_marks.get(r) != low_mark:
-            messages[r] = CustomerFacts(p, low_mark=low_mark)
+        if r not in messages and last_marks.get(r) != marks:
+            messages[r] = CustomerFacts(p, low_mark=low_mark, seen_time=seen)
     for r in messages:
-        last_marks[r] = low_mark
+        last_marks[r] = marks
     return messages
 
 
@@ -102,7 +104,7 @@ def register(app: faust.App, runtime: Runtime) -> PartitionAggregator:
     dead_letters = DeadLetters(settings.topic_dlq, outbox, log)
     guard = gap_guard(app, settings.topic_events, log, settings.seek_retry_s)
     last_sent: dict[int, dict[int, tuple[int, int, int]]] = {}
-    last_marks: dict[int, dict[int, int]] = {}  # low mark last sent to each customers partition
+    last_marks: dict[int, dict[int, tuple[int, int]]] = {}  # marks last sent to each
 
     def expected(p: int, now: int) -> int | None:
         return aggregator.expected(p, now)

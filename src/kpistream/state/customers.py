@@ -57,6 +57,7 @@ from kpistream.contracts.wire import (
 from kpistream.kpi.formulas import SUM_FIELDS
 from kpistream.settings import Settings
 from kpistream.state.buckets import DIMENSIONS, RowId, Sums, bucket_expired
+from kpistream.state.rollup import low_watermark
 from kpistream.state.store import PackLog, Snapshots, pack_digest, records
 
 BucketKey = tuple[str, str, str, int]  # window, dimension, group, bucket
@@ -199,6 +200,9 @@ class CustomerPartition:
     republish_after: str | None = None
     expired: set[str] = field(default_factory=set)  # deleted, not yet in the changelog
     low_marks: dict[int, int] = field(default_factory=dict)  # per aggregate partition
+    # what each low mark is as of (state/rollup.py low_watermark); not in the changelog: a
+    # restored ALL_READ counts as no bound only once its source reports again
+    seen_times: dict[int, int] = field(default_factory=dict)
     costs: dict[tuple[str, int], float] = field(default_factory=dict)  # (campaign, day) -> cpo
     cost_packs: dict[int, int] = field(default_factory=dict)  # seq -> newest day it holds
 
@@ -420,6 +424,7 @@ class CustomerState:
                         new_costs.append((cost.campaign, cost.day, cost.cpo))
                 continue
             state.low_marks[message.source] = message.low_mark
+            state.seen_times[message.source] = message.seen_time
             held = state.high_water.get(message.source, (-1, -1))
             for o, i, sign, event in message.facts:
                 if (o, i) <= held:
@@ -633,7 +638,8 @@ class CustomerState:
         again)."""
         if len(state.low_marks) < self.partitions:
             return NO_TIME
-        low = min(state.low_marks.values())
+        low = low_watermark((low, state.seen_times.get(source, NO_TIME))
+                            for source, low in state.low_marks.items())
         if low == NO_TIME:
             return NO_TIME
         if low == ALL_READ:  # (replay mode: only from an aggregate of an earlier version,

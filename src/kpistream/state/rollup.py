@@ -122,6 +122,22 @@ class WindowBuckets:
 RowCache = dict[RowId, dict[str, WindowBuckets]]
 
 
+def low_watermark(marks: Iterable[tuple[int, int]]) -> int:
+    """The low watermark (SPEC §3) from every source's ``(low mark, seen time)``: NO_TIME,
+    a time, or ALL_READ (nothing left to read anywhere).
+
+    "Nothing left to read" is true as of the newest event time its source had seen. A source
+    that has not yet applied the marks others have (its agent is behind: some of its events
+    are still on their way) has nothing to say beyond that time; taken for "no bound", the
+    watermark passed its pending events as soon as a faster source reported a newer mark
+    (alerts judged minutes before their data)."""
+    held = list(marks)
+    if not held or min(low for low, _ in held) == NO_TIME:
+        return NO_TIME
+    newest = max(seen for _, seen in held)
+    return min(seen if low == ALL_READ and seen < newest else low for low, seen in held)
+
+
 @dataclass(frozen=True, slots=True)
 class SourceMark:
     stamp: int
@@ -209,16 +225,9 @@ class RollupState:
         marks = [m for source, m in held.items() if source < self.partitions]
         if len(marks) < self.partitions:
             return NO_TIME
-        if min(m.low_mark for m in marks) == NO_TIME:
+        low = low_watermark([(m.low_mark, m.seen_time) for m in marks])
+        if low == NO_TIME:
             return NO_TIME
-        # "Nothing left to read" is true as of the newest event time its source had seen. A
-        # source that has not yet applied the marks others have (its agent is behind: some
-        # of its events are still on their way) has nothing to say beyond that time; taken
-        # for "no bound", the watermark passed its pending events as soon as a faster
-        # source reported a newer mark (alerts judged minutes before their data).
-        newest = max(m.seen_time for m in marks)
-        low = min(m.seen_time if m.low_mark == ALL_READ and m.seen_time < newest
-                  else m.low_mark for m in marks)
         if low == ALL_READ:  # nothing left to read anywhere
             low = now_ms - self.idle_lag_ms if self.live else self.event_time(q)
         return min(low, now_ms - self.idle_lag_ms) if self.live else low

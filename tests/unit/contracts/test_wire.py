@@ -181,11 +181,15 @@ costs = st.lists(st.builds(CampaignDayCost, text, times, amounts, amounts,
 @given(st.integers(0, 100),
        st.lists(st.tuples(st.integers(0, 2**40), st.integers(0, 10_000),
                           st.sampled_from([1, -1]), orders | surveys), max_size=6), times,
-       costs)
+       costs, marked_times)
 def test_customer_facts_round_trip(source: int, facts: list, low_mark: int,
-                                   day_costs: list) -> None:
-    message = CustomerFacts(source, facts, low_mark, day_costs)
-    assert decode_customer_facts(encode_customer_facts(message)) == message
+                                   day_costs: list, seen: int) -> None:
+    message = CustomerFacts(source, facts, low_mark, day_costs, seen)
+    data = encode_customer_facts(message)
+    assert decode_customer_facts(data) == message
+    # four fields, of an earlier worker: no seen time
+    earlier = orjson.dumps(orjson.loads(data)[:4])
+    assert decode_customer_facts(earlier) == CustomerFacts(source, facts, low_mark, day_costs)
 
 
 records = st.builds(

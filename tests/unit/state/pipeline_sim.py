@@ -63,7 +63,7 @@ class Sim:
         self.state = RollupState(self.settings, self.rollup_log)
         self.publisher = RowPublisher(self.settings, self.state)
         self.last_sent: dict[int, dict[int, tuple[int, int, int]]] = {}
-        self.marks_sent: dict[int, dict[int, int]] = {}
+        self.marks_sent: dict[int, dict[int, tuple[int, int]]] = {}
         self.verdicts: list[tuple[str, Event]] = []
 
     def append(self, event: Event) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kpistream.contracts.records import Order, Survey
-from kpistream.contracts.wire import CampaignDayCost, CustomerFacts
+from kpistream.contracts.wire import ALL_READ, CampaignDayCost, CustomerFacts
 from kpistream.kpi.formulas import SUM_FIELDS
 from kpistream.settings import Settings
 from kpistream.state.customers import CustomerMaps, CustomerState, DictCustomerMap, first_order
@@ -153,6 +153,25 @@ def test_retention_waits_for_the_low_watermark_of_every_aggregate_partition(
     restored = make(settings, state.log)
     restored.load(0, 0)
     assert names(restored) == {"busy"}
+
+
+def test_a_stale_nothing_left_to_read_holds_the_watermark_at_what_it_had_seen(
+        make: MakeState) -> None:
+    """Live mode: aggregate partition 1 said "everything read" when it had seen minute 30;
+    partition 0 has since applied newer marks (everything read again, at minute 300). Until
+    partition 1 catches up, its events of the new reads may be on their way: the watermark
+    stays at minute 30, not wall clock minus idle_lag."""
+    settings = Settings(windows=("1h/1m",), clock="live", partitions=2, idle_lag="30s")
+    state = make(settings)
+    now = 400 * MIN
+    state.process(0, [(0, CustomerFacts(0, low_mark=ALL_READ, seen_time=30 * MIN)),
+                      (1, CustomerFacts(1, low_mark=ALL_READ, seen_time=30 * MIN))], now)
+    part = state.parts[0]
+    assert state.watermark(part, now) == now - 30_000  # both current: wall clock rules
+    state.process(0, [(2, CustomerFacts(0, low_mark=ALL_READ, seen_time=300 * MIN))], now)
+    assert state.watermark(part, now) == 30 * MIN
+    state.process(0, [(3, CustomerFacts(1, low_mark=ALL_READ, seen_time=300 * MIN))], now)
+    assert state.watermark(part, now) == now - 30_000
 
 
 def test_final_costs_are_kept_once_restored_and_mark_their_customers_changed(
