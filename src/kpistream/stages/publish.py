@@ -85,10 +85,7 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
     def event_counts() -> dict[tuple[str, str], int]:
         totals: dict[tuple[str, str], int] = {}
         for p in assigned(settings.topic_events):
-            held = aggregator.parts.get(p)
-            if held is None:
-                continue
-            for key, count in held.counts.items():
+            for key, count in aggregator.counts(p).items():
                 totals[key] = totals.get(key, 0) + count
         return totals
 

@@ -310,6 +310,7 @@ class PartitionAggregator:
         self.restored: list[int] = []  # partitions restored from a snapshot, to report
         self.parts: dict[int, PartitionState] = {}
         self.drops: dict[int, int] = {}  # per partition: how often it was dropped
+        self.header_counts: dict[int, tuple[int, dict[tuple[str, str], int]]] = {}
 
     # -- ownership ---------------------------------------------------------------------
     def load(self, p: int, now_ms: int) -> PartitionState:
@@ -439,6 +440,23 @@ class PartitionAggregator:
         """What a pack's header says of its partition's times (no ids, no buckets)."""
         return PartitionState(applied=pack.offset, stream_time=pack.stream_time,
                               marks=pack.marks, raw_partitions=pack.raw_partitions)
+
+    def counts(self, p: int) -> dict[tuple[str, str], int]:
+        """Partition p's outcome counts (``kpistream_events_total``): its state's or, while
+        it is not loaded (just assigned: its rebuild waits for a batch or the publish
+        timer, seconds after the lag reads 0), those in its newest pack's header."""
+        held = self.parts.get(p)
+        if held is not None:
+            return held.counts
+        seqs = self.log.seqs(p)
+        if not seqs:
+            return {}
+        cached = self.header_counts.get(p)
+        if cached is None or cached[0] != seqs[-1]:
+            data = self.log.get(p, seqs[-1])
+            cached = self.header_counts[p] = (
+                seqs[-1], {} if data is None else decode_aggregate_pack(data).counts)
+        return cached[1]
 
     def drop(self, partitions: set[int]) -> None:
         for p in partitions:

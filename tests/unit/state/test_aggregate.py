@@ -48,6 +48,20 @@ def test_one_changelog_record_per_batch_whatever_the_rows() -> None:
     assert sum(len(u) for u in result.updates.values()) > 300  # many buckets, one record
 
 
+def test_a_partition_not_loaded_yet_counts_what_its_newest_pack_says() -> None:
+    """kpistream_events_total of a partition just assigned, before its rebuild (a worker
+    that took it over after a kill exported 0 for seconds after the lag read 0)."""
+    log = DictPackLog()
+    agg = aggregator(log)
+    agg.process(0, [(0, pack(order("a", T), order("a", T)))], T)
+    agg.process(0, [(1, pack(order("b", T), first=2))], T)
+    owner = aggregator(log)  # another worker, same changelog
+    assert owner.counts(0) == {("orders", "accepted"): 2, ("orders", "duplicate"): 1}
+    assert 0 not in owner.parts  # read from the header, not rebuilt
+    assert owner.counts(1) == {}
+    assert owner.state(0, T).counts == owner.counts(0)
+
+
 def test_replayed_batch_is_not_applied_again_and_resends_its_buckets() -> None:
     log = DictPackLog()
     agg = aggregator(log)
