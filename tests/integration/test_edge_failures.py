@@ -16,7 +16,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from harness import LOG_DIR, Deployment, free_port
 
-from kpistream.generator.traffic import Record
+from kpistream.generator.traffic import Record, TrafficConfig, TrafficGenerator
 
 pytestmark = pytest.mark.integration
 
@@ -33,21 +33,32 @@ def test_broker_unreachable_at_start_exits_non_zero_naming_the_cause(stack) -> N
     assert "cannot reach Kafka at 127.0.0.1" in proc.stderr
 
 
-def test_input_topic_deleted_under_a_running_worker_exits_naming_it(stack) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_input_topic_deleted_under_running_workers_exits_naming_it(stack, workers) -> None:
+    """With two workers the deletion rebalances the edge group, and a metadata request of
+    the rebalance creates the topic again at once (the broker's auto.create.topics.enable):
+    each worker must still exit, naming it, rather than read the new, empty topic."""
     dep = Deployment(f"deltopic-{uuid.uuid4().hex[:6]}", stack.bootstrap, stack.redis_url)
     dep.create_topics()
-    proc, _ = dep.start_worker()
+    topic = dep.settings.topic_surveys
+    procs = [dep.start_worker()[0] for _ in range(workers)]
     try:
-        time.sleep(10)  # up and reading
-        assert proc.poll() is None
-        asyncio.run(delete_topic(stack.bootstrap, dep.settings.topic_surveys))
+        now = int(time.time() * 1000)
+        dep.produce(TrafficGenerator(TrafficConfig(
+            seed=5, start_ms=now - 20 * 60_000, duration_ms=20 * 60_000,
+            orders_per_hour=6000)).records())
+        time.sleep(12)  # up, reading and committing
+        assert all(proc.poll() is None for proc in procs)
+        asyncio.run(delete_topic(stack.bootstrap, topic))
         deleted = time.monotonic()
-        while proc.poll() is None and time.monotonic() - deleted < 40:
+        while any(p.poll() is None for p in procs) and time.monotonic() - deleted < 40:
             time.sleep(0.5)
-        assert proc.poll() not in (None, 0)
+        assert all(proc.poll() not in (None, 0) for proc in procs)
         assert time.monotonic() - deleted < 30
-        log = (LOG_DIR / f"{dep.name}-1.log").read_text()
-        assert f"input topics missing: ['{dep.settings.topic_surveys}']" in log
+        for n in range(1, workers + 1):
+            log = (LOG_DIR / f"{dep.name}-{n}.log").read_text()
+            assert (f"input topics missing: ['{topic}']" in log
+                    or f"input topic '{topic}' was deleted under the worker" in log), log[-2000:]
     finally:
         dep.stop()
 

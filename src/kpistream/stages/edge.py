@@ -71,6 +71,10 @@ class CommittedOffsets:
     def __init__(self) -> None:
         self.offsets: dict[tuple[str, int], int] = {}
         self.epoch = 0
+        # The largest offset ever known committed per partition, kept across rebalances: a
+        # partition's log never ends below it unless its topic was deleted and created again
+        # (whose committed offsets Kafka may drop with it).
+        self.highest: dict[tuple[str, int], int] = {}
 
     def rebalanced(self, revoked: list[TopicPartition]) -> None:
         self.epoch += 1
@@ -79,15 +83,18 @@ class CommittedOffsets:
 
     def record(self, epoch: int, offsets: dict[TopicPartition, int]) -> None:
         """Offsets committed (or looked up) by a call started in ``epoch``."""
-        if epoch == self.epoch:
-            for tp, offset in offsets.items():
-                self.offsets[(tp.topic, tp.partition)] = offset
+        for tp, offset in offsets.items():
+            key = (tp.topic, tp.partition)
+            self.highest[key] = max(offset, self.highest.get(key, offset))
+            if epoch == self.epoch:
+                self.offsets[key] = offset
 
     def looked_up(self, epoch: int, tp: TopicPartition, offset: int) -> None:
         """The group's committed offset, read from the broker: kept unless this edge already
         knows a later one (its own commit may have been recorded while the lookup was
         under way)."""
         key = (tp.topic, tp.partition)
+        self.highest[key] = max(offset, self.highest.get(key, offset))
         if epoch == self.epoch and offset > self.offsets.get(key, -1):
             self.offsets[key] = offset
 
@@ -213,12 +220,28 @@ class EdgeReader(Service):
                     raise EdgeError(f"input topics missing: {self._missing_topics()}")
                 continue
             missing_since = None
+            self._check_not_recreated()
             await self._process(fetched, raw_partitions)
 
     async def _fetch(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Any]]:
         settings = self.runtime.settings
         return await gather_batch(consumer.getmany, settings.batch_size,
                                   settings.batch_within_s, lambda: self.should_stop)
+
+    def _check_not_recreated(self) -> None:
+        """An input partition whose log ends below an offset the group committed was deleted
+        and created again empty (by the broker's auto.create.topics.enable, when any
+        client asks for it: aiokafka's metadata requests allow it). Read on, the worker
+        would look healthy and read nothing of what the topic held."""
+        assert self.consumer is not None
+        for tp in self.consumer.assignment():
+            end = self.consumer.highwater(tp)
+            committed = self.committed.highest.get((tp.topic, tp.partition))
+            if end is not None and committed is not None and committed > end:
+                raise EdgeError(
+                    f"input topic {tp.topic!r} was deleted under the worker and created "
+                    f"again: partition {tp.partition} ends at offset {end}, below offset "
+                    f"{committed} already read and committed")
 
     def _not_authorised(self, exc: Exception) -> EdgeError:
         settings = self.runtime.settings

@@ -55,3 +55,15 @@ def test_a_lookup_corrects_a_stale_offset_but_never_undoes_a_later_commit() -> N
     offsets.rebalanced([])
     offsets.looked_up(started, SPEND_1, 1200)  # answered across a rebalance: dropped
     assert offsets.lag(SPEND_1, 1200) == 200
+
+
+def test_the_highest_committed_offset_outlives_rebalances() -> None:
+    """What tells a topic deleted and created again (its log ends below it) after the
+    rebalance the deletion causes, when Kafka may have dropped the group's offsets."""
+    offsets = CommittedOffsets()
+    started = offsets.epoch
+    offsets.record(started, {ORDERS_4: 90})
+    offsets.rebalanced([ORDERS_4])
+    offsets.record(started, {SPEND_1: 7})  # committed, answered after the rebalance
+    offsets.looked_up(offsets.epoch, ORDERS_4, 60)  # an earlier commit, looked up
+    assert offsets.highest == {("orders", 4): 90, ("ad-spend", 1): 7}
