@@ -18,13 +18,12 @@ Rules, in the order :func:`classify` applies them to each event ``e``:
    is judged as new.
 3. Cancellations (SPEC §1), decided here event by event (``Outcome.retractions``):
 
-   - of a placed order already accepted, with ``order.ts >= cancellation.ts - retention_ms``:
-     accepted, and it retracts the order;
-   - of a placed order already accepted, with ``order.ts < cancellation.ts - retention_ms``:
-     the order has *expired* ("never seen, or already expired"). The cancellation is an
-     *unknown order* and retracts nothing: the order stays counted in rows and profiles.
-     Expiry is judged by the cancellation's own ``ts``, not by ``T_e``, like the engine, so
-     the verdict does not depend on arrival speed, partitioning or sweep timing;
+   - of a placed order already accepted, with ``order.ts >= max(cancellation.ts, T_e) -
+     retention_ms``: accepted, and it retracts the order;
+   - of a placed order already accepted and older than that: the order has *expired*
+     ("never seen, or already expired"; it would be late now, its bucket is no longer
+     retained and its attribution day may be final). The cancellation is an *unknown
+     order* and retracts nothing: the order stays counted in rows and profiles;
    - of an order never accepted (not seen yet, or seen only late): an *unknown order*.
      If the placed order arrives later with a ``ts`` at or before the cancellation's (and not
      more than the retention before it), the cancellation was produced after the order and
@@ -166,7 +165,8 @@ def classify(events: Iterable[Event], *, retention_ms: int,
             if placed is None:
                 cancelled_first[event.order_id] = event.ts
                 outcome.unknown_orders.append(event)
-            elif placed < event.ts - retention_ms:  # expired: stays counted
+            elif placed < max(event.ts, judged_at if judged_at is not None
+                              else event.ts) - retention_ms:  # expired: stays counted
                 outcome.unknown_orders.append(event)
             else:
                 outcome.retractions.add(event.order_id)

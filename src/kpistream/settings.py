@@ -198,6 +198,10 @@ class Settings(BaseSettings):
 
     # --- input limits ------------------------------------------------------------------
     max_value_bytes: int = Field(65536, ge=1, description="Larger input values are too_large.")
+    max_amount: float = Field(
+        1e15, gt=0, allow_inf_nan=False,
+        description="Largest amount accepted, in the reporting currency: sums of amounts stay "
+        "finite (two orders of 1.7e308 summed to inf, published as 'Infinity').")
     reporting_currency: str = Field("EUR", description="Currency of every published amount.")
     currency_rates: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_RATES),

@@ -53,6 +53,17 @@ def test_a_cancellation_after_the_order_expired_is_unknown_and_the_order_stays_c
     assert row.orders == 1
 
 
+def test_a_cancellation_of_an_order_older_than_stream_time_allows_is_unknown() -> None:
+    """Not late itself (20 min after its order), but stream time is 10 min past the order's
+    retention: the order has expired, stays counted, and its final day's cost stands."""
+    events = [order("o1", 0), spend("s1", MIN, 30.0), order("o2", RETENTION + 10 * MIN),
+              cancel("o1", 20 * MIN)]
+    outcome = classify(events, retention_ms=RETENTION)
+    assert outcome.unknown_orders == [events[3]] and outcome.retracted == frozenset()
+    costed = profiles(events, PERIOD + RETENTION)["cu1"]
+    assert costed["orders"] == 2 and costed["acquisition_cost"] == 30.0
+
+
 def test_a_cancellation_within_the_retention_retracts_also_before_its_order() -> None:
     in_time = classify([order("o1", 0), cancel("o1", RETENTION)], retention_ms=RETENTION)
     assert in_time.retracted == {"o1"} and len(in_time.accepted) == 2
@@ -116,7 +127,7 @@ def test_responses_only_and_no_watermark() -> None:
                 "acquisition_cost", "value_ratio"} & set(plain)
 
 
-def test_expiry_is_judged_by_the_cancellations_own_ts_not_by_stream_time() -> None:
+def test_expiry_is_judged_by_the_cancellations_own_ts_and_by_stream_time() -> None:
     # Stream time is still 0 when the cancellation (ts 2 h) comes, but the order was placed
     # more than the retention before the cancellation: expired, the order stays counted.
     events: list[Event] = [order("o1", 0, 40.0), cancel("o1", 2 * HOUR)]
@@ -125,12 +136,18 @@ def test_expiry_is_judged_by_the_cancellations_own_ts_not_by_stream_time() -> No
     assert outcome.accepted == [events[0]] and outcome.retracted == frozenset()
     row = expected_row(outcome, dimension="all", group="all", window_start=0, window_end=HOUR)
     assert (row.orders, row.revenue) == (1, 40.0)
-    # Stream time is 2 h (T_e - retention = 55 min > the order's 0), but the cancellation's
-    # own ts (1 h) is within the retention of the order: it retracts.
+    # The cancellation's own ts (1 h) is within the retention of the order, but stream time
+    # is 2 h (T_e - retention = 55 min > the order's 0): the order would be late now, its
+    # bucket is gone: expired, it stays counted.
     events = [order("o1", 0, 40.0), spend("s1", 2 * HOUR, 5.0), cancel("o1", HOUR)]
     outcome = classify(events, retention_ms=RETENTION)
-    assert outcome.late == [] and outcome.unknown_orders == []
-    assert events[2] in outcome.accepted and outcome.retracted == {"o1"}
+    assert outcome.late == [] and outcome.unknown_orders == [events[2]]
+    assert outcome.retracted == frozenset()
+    assert expected_profiles(outcome)["cu1"]["orders"] == 1
+    # Stream time 1 h: the same cancellation retracts.
+    events = [order("o1", 0, 40.0), spend("s1", HOUR, 5.0), cancel("o1", HOUR)]
+    outcome = classify(events, retention_ms=RETENTION)
+    assert outcome.unknown_orders == [] and outcome.retracted == {"o1"}
     assert expected_rows(outcome, window_start=0, window_end=HOUR) == {}
     assert expected_profiles(outcome) == {}
 

@@ -11,7 +11,7 @@ Checks, in order (the first failing one decides the error code):
 2. value longer than ``max_value_bytes`` -> ``too_large``
 3. not UTF-8 JSON -> ``invalid_json``
 4. not a JSON object, or a schema violation -> ``invalid_schema`` (detail ``"field: reason"``)
-5. amount not finite or negative -> ``invalid_schema``
+5. amount not finite, negative, or over ``max_amount`` -> ``invalid_schema``
 6. ``ts`` not a real RFC 3339 time (e.g. February 30) -> ``invalid_schema``
 7. currency without a configured rate -> ``unknown_currency``
 8. survey score outside its scale -> ``out_of_range``
@@ -205,7 +205,7 @@ _Check = Callable[[Any], Any]
 class Validator:
     """Compiled input schemas plus the settings the checks need (limits and rates)."""
 
-    __slots__ = ("_checks", "_max_bytes", "_max_future_ms", "_rates")
+    __slots__ = ("_checks", "_max_amount", "_max_bytes", "_max_future_ms", "_rates")
 
     def __init__(self, settings: Settings) -> None:
         self._checks: dict[str, _Check] = {
@@ -213,6 +213,7 @@ class Validator:
             for kind, name in INPUT_SCHEMAS.items()
         }
         self._max_bytes = settings.max_value_bytes
+        self._max_amount = settings.max_amount
         self._max_future_ms = settings.max_future_ms
         self._rates = dict(settings.currency_rates)
 
@@ -280,7 +281,7 @@ class Validator:
             rate = found
         if status == "placed":
             assert amount is not None  # required by the schema when placed
-            converted = _convert(amount, rate)
+            converted = _convert(amount, rate, self._max_amount)
             if isinstance(converted, Rejection):
                 return converted
             order_amount: float | None = converted
@@ -312,7 +313,7 @@ class Validator:
         rate = self._rates.get(currency)
         if rate is None:
             return _unknown_currency(currency)
-        converted = _convert(amount, rate)
+        converted = _convert(amount, rate, self._max_amount)
         if isinstance(converted, Rejection):
             return converted
         future = self._future(ts, now_ms, id_key("spend", data["spend_id"]))
@@ -378,10 +379,13 @@ def _amount(value: Any) -> float | Rejection:
     return amount
 
 
-def _convert(amount: float, rate: float) -> float | Rejection:
+def _convert(amount: float, rate: float, max_amount: float) -> float | Rejection:
     converted = amount * rate
     if not math.isfinite(converted):
         return Rejection("invalid_schema", "amount: must be finite in the reporting currency")
+    if converted > max_amount:
+        return Rejection("invalid_schema",
+                         f"amount: must be at most {max_amount:g} in the reporting currency")
     return converted + 0.0  # -0.0 -> 0.0
 
 

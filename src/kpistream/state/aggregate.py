@@ -512,6 +512,9 @@ class PartitionAggregator:
             # against the marks before it, advanced by each event as it is read, and the
             # pack's marks apply after them.
             low = state.low_mark()
+            t_seen = max(state.stream_time, state.seen_time)
+            wake_time = (NO_TIME if low == NO_TIME or t_seen == NO_TIME
+                         else held_back(t_seen, low))
             for index, (source, body) in enumerate(pack.items):
                 coords = (source.topic, source.partition)
                 if source.offset <= state.high_water.get(coords, -1):
@@ -521,43 +524,46 @@ class PartitionAggregator:
                     self._count(state, source.topic, body)
                     continue
                 held = state.marks.get(coords)
-                # A record of a partition that had nothing left to read was produced after
-                # what the others were read up to: judged against them (SPEC §3: T is the
-                # newest event time seen), not held back by its own time.
-                judge_low = low
-                if held is None or held[0] is None or held[1] or body.ts > held[0]:
-                    state.marks[coords] = (body.ts if held is None or held[0] is None
-                                           else max(body.ts, held[0]), False)
-                    if held is None or held[0] is None or held[1] or held[0] <= low:
-                        low = state.low_mark()  # this partition may have held it back
-                if held is None or not held[1]:
-                    judge_low = low
                 # Before judging: the event's own time cannot make it late.
                 if body.ts > state.seen_time:
                     state.seen_time = body.ts
                 # Lateness (SPEC §3) is judged against the newest event time the pipeline
                 # has read, held back to the low mark, so an event of a raw partition read
                 # behind the others (a backlog) is judged as it would have been live; in
-                # live mode never against less than wall clock minus idle_lag.
+                # live mode never against less than wall clock minus idle_lag. A record of
+                # a partition that had nothing left to read was produced after what the
+                # others were read up to: judged against them, not held back by its own
+                # partition's time (its mark wakes at that time: _woken_mark).
+                if held is not None and held[1]:
+                    state.marks[coords] = _woken_mark(held[0], body.ts, wake_time)
+                    low = state.low_mark()
+                else:
+                    if held is None or held[0] is None or body.ts > held[0]:
+                        state.marks[coords] = (body.ts if held is None or held[0] is None
+                                               else max(body.ts, held[0]), False)
+                        if held is None or held[0] is None or held[0] <= low:
+                            low = state.low_mark()  # this partition may have held it back
                 t_seen = max(state.stream_time, state.seen_time)
-                t_judge = max(t_seen if judge_low == ALL_READ else min(t_seen, judge_low),
-                              floor)
+                t_judge = max(held_back(t_seen, low), floor)
                 if t_judge != NO_TIME and body.ts < t_judge - self.retention_ms:
                     outcome: Outcome = "late"
                 else:
                     state.stream_time = max(state.stream_time, body.ts)
                     t_now = max(state.stream_time, floor)
                     outcome = self._apply(state, body, t_now if low == ALL_READ
-                                          else min(t_now, low), touched, ids, effects,
-                                          (offset, index))
+                                          else min(t_now, low), t_judge, touched, ids,
+                                          effects, (offset, index))
                 self._count(state, source.topic, COUNTED_OUTCOME[outcome])
                 result.verdicts.append(Verdict(outcome, body, source))
             for mark in pack.marks:
                 key = (mark.topic, mark.partition)
                 held = state.marks.get(key)
-                newest = mark.newest_ts
-                if held is not None and held[0] is not None:
-                    newest = held[0] if newest is None else max(newest, held[0])
+                if held is not None and held[1] and not mark.at_end:
+                    newest = _woken_mark(held[0], mark.newest_ts, wake_time)[0]
+                else:
+                    newest = mark.newest_ts
+                    if held is not None and held[0] is not None:
+                        newest = held[0] if newest is None else max(newest, held[0])
                 state.marks[key] = (newest, mark.at_end)
                 if newest is not None and newest > state.seen_time:
                     state.seen_time = newest
@@ -633,13 +639,18 @@ class PartitionAggregator:
                                                                             bucket][:]))
         return dict(updates)
 
-    def _apply(self, state: PartitionState, event: Event, t_eff: int, touched: Touched,
-               ids: dict[str, list[Any]], effects: list[Effect],
+    def _apply(self, state: PartitionState, event: Event, t_eff: int, t_judge: int,
+               touched: Touched, ids: dict[str, list[Any]], effects: list[Effect],
                coords: tuple[int, int]) -> Outcome:
-        """Judge one event that is not late. A cancellation of an order placed more than the
-        retention before it (by the cancellation's own ts) finds the order expired (SPEC §1),
-        whether or not a sweep forgot its id yet: the same verdict whatever the arrival speed
-        or the timing of sweeps (ids are swept behind the low mark, so never earlier)."""
+        """Judge one event that is not late (against ``t_judge``).
+
+        A cancellation finds its order expired (SPEC §1: "as long as that bucket is still
+        retained") when the order is older than the retention before the cancellation's own
+        ts or before ``t_judge``: the order would be late now. Its bucket has left every
+        window, and its attribution day may be final with the order counted in its CPO: a
+        retraction then would change a published cost (SPEC §8). Whether or not a sweep
+        forgot its id yet: the same verdict whatever the timing of sweeps (ids are swept
+        behind the low mark, so never earlier)."""
         key = f"{event.kind}|{event.id}"
         record = state.ids.get(key)
         # A duplicate is an id seen within the retention (SPEC §1), judged by the event's own
@@ -676,7 +687,8 @@ class PartitionAggregator:
         else:
             if record is not None and record[_C_TS] is not None and record[_C_TS] >= horizon:
                 return "duplicate"
-            if record is None or record[_P_TS] is None or record[_P_TS] < horizon:
+            if (record is None or record[_P_TS] is None
+                    or record[_P_TS] < max(event.ts, t_judge) - self.retention_ms):
                 record = [None, None, None, None, None, event.ts, 0, None]
                 state.ids.put(key, record)
                 ids[key] = record
@@ -783,6 +795,30 @@ class PartitionAggregator:
             attributed = keep_from is not None and bucket >= keep_from and window == attribution
             expired += buckets.expire(window, bucket, _is_campaign if attributed else None)
         return expired
+
+
+def held_back(t_seen: int, low: int) -> int:
+    """Stream time as far as a partition judges it: the newest event time seen, held back
+    to the low mark."""
+    return t_seen if low == ALL_READ else min(t_seen, low)
+
+
+def _woken_mark(newest: int | None, ts: int | None, wake_time: int
+                ) -> tuple[int | None, bool]:
+    """The mark of a raw partition that had nothing left to read and has records again.
+
+    Its records were produced after what the other partitions had been read up to when the
+    pack was built (``wake_time``: the newest event time seen, held back to the low mark),
+    so it has passed that time, whatever its own last event time. Left at its own time, its
+    mark held back the low mark, and with it the lateness of every record after it, in this
+    aggregate partition and in every other one its marks reach: late events were accepted
+    after a quiet spell, depending on the id that routed them. Never beyond ``wake_time``:
+    the low mark does not advance by a partition waking (the alert detector's minutes).
+    """
+    times = [t for t in (newest, ts) if t is not None]
+    if wake_time != NO_TIME:
+        times.append(wake_time)
+    return (max(times) if times else None), False
 
 
 def _is_campaign(row: RowId) -> bool:

@@ -310,6 +310,12 @@ INVALID: list[tuple[str, str, bytes | None, str, str]] = [
      "amount: must be finite"),
     ("amount-overflow-converted", "order",
      enc(with_(ORDER, amount=1.7e308, currency="GBP")), "invalid_schema", "amount:"),
+    # finite, but two of them sum to inf: revenue was published as "Infinity" (SPEC §5)
+    ("amount-over-max-amount", "order", enc(with_(ORDER, amount=1.7e308)), "invalid_schema",
+     "amount: must be at most 1e+15 in the reporting currency"),
+    ("spend-over-max-amount-converted", "spend",
+     enc(with_(SPEND, amount="1000000000000000", currency="GBP")), "invalid_schema",
+     "amount: must be at most 1e+15"),
     ("amount-bool", "order", enc(with_(ORDER, amount=True)), "invalid_schema", "amount:"),
     ("amount-null", "order", enc(with_(ORDER, amount=None)), "invalid_schema", "amount:"),
     ("amount-list", "order", enc(with_(ORDER, amount=[1])), "invalid_schema", "amount:"),

@@ -236,6 +236,19 @@ def test_ids_wait_for_the_low_mark_and_a_cancellation_judges_expiry_by_its_own_t
     assert [v.outcome for v in expired.verdicts] == ["unknown_order"]
 
 
+def test_a_cancellation_of_an_order_stream_time_has_expired_is_an_unknown_order() -> None:
+    """SPEC §1: a cancellation removes its order "as long as that bucket is still retained".
+    Stream time is 2 h past the order's retention; the cancellation itself is not late (its
+    ts is 2 h after the order), but the order would be: its bucket is gone and its day may
+    be final with the order counted (SPEC §8). It stays counted."""
+    agg = aggregator()
+    r = agg.retention_ms
+    agg.process(0, [(0, pack(order("a", T), order("z", T + r + 2 * HOUR)))], T)
+    result = agg.process(0, [(1, pack(order("a", T + 2 * HOUR, "cancelled"), first=2))], T)
+    assert [v.outcome for v in result.verdicts] == ["unknown_order"]
+    assert [fact for fact in result.facts if fact[2] < 0] == []
+
+
 def test_a_redelivery_is_skipped_however_far_stream_time_has_moved() -> None:
     agg = aggregator()
     agg.process(0, [(0, pack(order("a", T), order("a", T + 5, "cancelled")))], T)
@@ -331,8 +344,40 @@ def test_a_record_of_a_partition_that_had_nothing_left_to_read_is_judged_against
         (Source("orders", 1, 0, None, "{}"), order("old", T)),
         (Source("orders", 1, 1, None, "{}"), order("recent", T + 7 * HOUR))]))], T)
     assert [v.outcome for v in result.verdicts] == ["late", "accepted"]
-    # partition 1 is busy again: its next records hold the low mark back to what it read
-    assert agg.state(0, T).marks[("orders", 1)] == (T + 7 * HOUR, False)
+    # partition 1 is busy again, and has passed what the others were read up to: its next
+    # records are judged against that too, not held back to its own
+    assert agg.state(0, T).marks[("orders", 1)] == (T + 30 * HOUR, False)
+    result = agg.process(0, [(2, EventPack(2, [], [
+        (Source("orders", 1, 2, None, "{}"), order("older", T + 5 * HOUR))]))], T)
+    assert [v.outcome for v in result.verdicts] == ["late"]
+
+
+def test_records_after_a_quiet_spell_are_late_whatever_partitions_they_come_from() -> None:
+    """Every raw partition read to its end, the newest at T + 30 h: records then produced
+    to several of them, older than T + 30 h - retention, are all late (SPEC §3), in an
+    aggregate partition that gets several of them and in one that learnt from the marks
+    that others woke first. A woken partition's own old time held the low mark back: the
+    later ones were accepted, depending on the ids that routed them."""
+    agg = aggregator()
+    quiet = [RawMark("orders", 0, T + 30 * HOUR, True), RawMark("orders", 1, T, True),
+             RawMark("orders", 2, T + HOUR, True)]
+    for p in (0, 1):
+        agg.process(p, [(0, EventPack(3, quiet, []))], T)
+    old = T + 30 * HOUR - agg.retention_ms - 1
+    woken = [RawMark("orders", 0, T + 30 * HOUR, True), RawMark("orders", 1, T, False),
+             RawMark("orders", 2, T + HOUR, False)]
+    result = agg.process(0, [(1, EventPack(3, woken, [
+        (Source("orders", 1, 0, None, "{}"), order("a", old)),
+        (Source("orders", 2, 0, None, "{}"), order("b", old))]))], T)
+    assert [v.outcome for v in result.verdicts] == ["late", "late"]
+    # partition 1 heard of the wakes from the marks only, then gets a record of each
+    agg.process(1, [(1, EventPack(3, woken, []))], T)
+    result = agg.process(1, [(2, EventPack(3, woken, [
+        (Source("orders", 1, 1, None, "{}"), order("c", old)),
+        (Source("orders", 2, 1, None, "{}"), order("d", old))]))], T)
+    assert [v.outcome for v in result.verdicts] == ["late", "late"]
+    # the low mark did not move by the wakes: no period is complete that was not before
+    assert agg.state(1, T).low_mark() == T + 30 * HOUR
 
 
 def test_a_bucket_whose_orders_are_all_cancelled_has_no_revenue_exactly() -> None:
