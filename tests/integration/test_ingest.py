@@ -246,9 +246,12 @@ def test_late_events_of_a_replayed_backlog_are_dead_lettered(stack) -> None:
     is late, though other raw partitions are still unread or empty. Then records produced
     to partitions that never held one, older than what was read minus the retention, are
     late too (an empty partition has nothing left to read: it does not hold the judgement
-    back). Each is in the DLQ with error ``late`` and counted; nothing else is."""
+    back). Each is in the DLQ with error ``late`` and counted; nothing else is. Last, once
+    every partition has been quiet for idle_lag, old orders produced to every partition are
+    all late, whichever partitions and ids they come with (a partition waking held the low
+    mark back at its own time, and the records after it got through)."""
     dep = Deployment(f"late-{uuid.uuid4().hex[:6]}", stack.bootstrap, stack.redis_url,
-                     extra={"KPISTREAM_CLOCK": "event"})
+                     extra={"KPISTREAM_CLOCK": "event", "KPISTREAM_IDLE_LAG": "2s"})
     dep.create_topics()
     settings = dep.settings
     orders, spend = settings.topic_orders, settings.topic_ad_spend
@@ -284,6 +287,13 @@ def test_late_events_of_a_replayed_backlog_are_dead_lettered(stack) -> None:
                       for m in dlq)
         assert late == [("late", "late-in-empty-partition"), ("late", "late-in-partition"),
                         ("late", "spend")]
+        time.sleep(2 * settings.idle_lag_ms / 1000 + 1)  # quiet: nothing left to read
+        after_quiet = [(orders, p, order(f"after-quiet-{p}-{i}", t0 - 25 * HOUR_MS))
+                       for p in range(settings.partitions) for i in range(3)]
+        asyncio.run(produce_to(stack.bootstrap, after_quiet))
+        text = wait_judged(port, topics, len(backlog) + len(fresh) + len(after_quiet))
+        assert (counter(text, orders, "accepted"), counter(text, orders, "late")) == (
+            12, 2 + len(after_quiet))
         assert proc.poll() is None
     finally:
         dep.stop()
