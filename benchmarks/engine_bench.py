@@ -11,7 +11,7 @@ run and on the same broker and topics:
    its own (``benchmarks/peers/requirements.txt``); events/s and peak RSS;
 4. kpistream with 1 worker, then 2 workers (replay clock): events/s from the first record
    judged until every consumer group reads no lag (all stages done and committed), and
-   until the last record is judged (``kpistream_events_total`` summed over outcomes and
+   until the last record is judged (``kpistream_judged_events`` summed over
    workers; the roll-up drains its messages after that), Kafka
    records written per input event (end offsets of the internal and changelog topics before
    and after), peak RSS (VmHWM) and the live rows published.
@@ -122,8 +122,10 @@ def bare_faust(bootstrap: str, topics: list[str], expected: int, timeout_s: floa
 
 
 def judged(ports: list[int]) -> float:
+    """Records the aggregate partitions have judged (kpistream_events_total follows the
+    roll-up, which drains after them)."""
     return sum(value for port in ports
-               for _, value in samples(scrape(port), "kpistream_events_total"))
+               for _, value in samples(scrape(port), "kpistream_judged_events"))
 
 
 def judged_progress(ports: list[int], expected: int,

@@ -4,7 +4,7 @@ Fills a fresh deployment's input topics with orders of ``--customers`` distinct 
 (plus ``--repeat`` returning orders, ad spend each minute per campaign; event times spread
 over two hours, replay clock), then starts one worker and measures:
 
-- events/s from the first record judged to the last (``kpistream_events_total``);
+- events/s from the first record judged to the last (``kpistream_judged_events``);
 - the time until every profile is in Redis (``kpi:customers:by_revenue`` holds them all);
 - peak RSS (``VmHWM``) of the worker;
 - restart: the worker is stopped (SIGTERM) and a new one started on the same data directory

@@ -203,6 +203,17 @@ class RollupMessage:
     # The newest event time any raw partition had shown the source: what its ALL_READ low
     # mark is as of (the roll-up tells a source that is behind by it, state/rollup.py).
     seen_time: int = NO_TIME
+    # On messages to COUNTS_PARTITION: the source's input outcome counts by (topic,
+    # outcome), as of this message (kpistream_events_total).
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+# The roll-up partition that totals every aggregate partition's outcome counts: its owner
+# alone exports kpistream_events_total, so a series moves whole between workers and never
+# decreases (exported by each aggregate partition's owner, a worker's counter fell whenever
+# it lost partitions, and Prometheus read every fall as a reset: rate() over the workers
+# was 1.8x the input after a rebalance).
+COUNTS_PARTITION = 0
 
 
 # The roll-up topic carries the one binary format among the internal records: it holds most
@@ -215,9 +226,12 @@ class RollupMessage:
 #   keys    per value: window, dimension and group name indexes, u32 each
 #   buckets per value: i64
 #   sums    per value: ``width`` float64
+#   counts  per count: topic and outcome name indexes and the count, i64 each (the names
+#           follow the values' names; version 3, header field ``counts`` u32 after width)
 # A record that starts with ``[`` is the JSON format of earlier versions, still read.
-ROLLUP_VERSION = 2
-_ROLLUP_HEADER = struct.Struct("<BiqqqqIIH")
+ROLLUP_VERSION = 3
+_ROLLUP_HEADER = struct.Struct("<BiqqqqIIHI")
+_ROLLUP_HEADER_V2 = struct.Struct("<BiqqqqIIH")
 _ROLLUP_HEADER_V1 = struct.Struct("<BiqqqIIH")
 _NAME_LENGTH = struct.Struct("<I")
 _NATIVE_LITTLE = sys.byteorder == "little"
@@ -248,13 +262,25 @@ def encode_rollup(message: RollupMessage) -> bytes:
                            value.sums)
         values = columns
     names = values.names
+    counts = array("q")
+    if message.counts:
+        names = list(names)
+        index = {name: i for i, name in enumerate(names)}
+        for (topic, outcome), n in sorted(message.counts.items()):
+            for name in (topic, outcome):
+                if name not in index:
+                    index[name] = len(names)
+                    names.append(name)
+            counts.extend((index[topic], index[outcome], n))
     parts = [_ROLLUP_HEADER.pack(ROLLUP_VERSION, message.source, message.stamp,
                                  message.event_time, message.low_mark, message.seen_time,
-                                 len(names), len(values.buckets), values.width)]
+                                 len(names), len(values.buckets), values.width,
+                                 len(counts) // 3)]
     for name in names:
         encoded = name.encode()
         parts += (_NAME_LENGTH.pack(len(encoded)), encoded)
-    parts += (_little(values.keys), _little(values.buckets), _little(values.sums))
+    parts += (_little(values.keys), _little(values.buckets), _little(values.sums),
+              _little(counts))
     return b"".join(parts)
 
 
@@ -263,17 +289,22 @@ def decode_rollup(data: bytes) -> RollupMessage:
     if data[:1] == b"[":
         return decode_rollup(encode_rollup(_decode_rollup_json(data)))
     version = data[0] if data else None
+    n_counts = 0
     if version == ROLLUP_VERSION:
         (_, source, stamp, event_time, low_mark, seen_time, n_names, n_values,
-         width) = _ROLLUP_HEADER.unpack_from(data)
+         width, n_counts) = _ROLLUP_HEADER.unpack_from(data)
         pos = _ROLLUP_HEADER.size
+    elif version == 2:  # of an earlier worker: no counts
+        (_, source, stamp, event_time, low_mark, seen_time, n_names, n_values,
+         width) = _ROLLUP_HEADER_V2.unpack_from(data)
+        pos = _ROLLUP_HEADER_V2.size
     elif version == 1:  # of an earlier worker: its own event time is what it had seen
         _, source, stamp, event_time, low_mark, n_names, n_values, width = (
             _ROLLUP_HEADER_V1.unpack_from(data))
         seen_time, pos = event_time, _ROLLUP_HEADER_V1.size
     else:
         raise ValueError(f"roll-up message of format version {version}, "
-                         f"this worker reads 1 and {ROLLUP_VERSION}")
+                         f"this worker reads 1 to {ROLLUP_VERSION}")
     view = memoryview(data)
     names = []
     for _ in range(n_names):
@@ -283,14 +314,16 @@ def decode_rollup(data: bytes) -> RollupMessage:
         pos += length
     columns = []
     for typecode, size in (("I", 12 * n_values), ("q", 8 * n_values),
-                           ("d", 8 * n_values * width)):
+                           ("d", 8 * n_values * width), ("q", 24 * n_counts)):
         columns.append(_from_little(typecode, view[pos:pos + size]))
         pos += size
     if pos != len(data):
         raise ValueError(f"roll-up message of {len(data)} bytes, its header says {pos}")
-    keys, buckets, sums = columns
+    keys, buckets, sums, counted = columns
+    counts = {(names[counted[i]], names[counted[i + 1]]): counted[i + 2]
+              for i in range(0, len(counted), 3)}
     return RollupMessage(source, stamp, event_time, low_mark,
-                         BucketValues(names, keys, buckets, sums, width), seen_time)
+                         BucketValues(names, keys, buckets, sums, width), seen_time, counts)
 
 
 def _decode_rollup_json(data: bytes) -> RollupMessage:
@@ -318,6 +351,9 @@ class AggregatePack:
     # events older than this may have been in packs dropped since (their buckets are not
     # whole when rebuilt from the packs left)
     dropped_below: int = NO_TIME
+    # raw partitions woken from nothing left to read: what the others were read up to then
+    # (state/aggregate.py, PartitionState.judge_low); a fifth field of their marks' entries
+    woken: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 def encode_aggregate_pack(pack: AggregatePack) -> bytes:
@@ -325,7 +361,9 @@ def encode_aggregate_pack(pack: AggregatePack) -> bytes:
         pack.offset, pack.stream_time,
         [[t, p, o] for (t, p), o in pack.high_water.items()],
         [[t, outcome, n] for (t, outcome), n in pack.counts.items()],
-        [[t, p, newest, end] for (t, p), (newest, end) in pack.marks.items()],
+        [[t, p, newest, end] if (t, p) not in pack.woken
+         else [t, p, newest, end, pack.woken[t, p]]
+         for (t, p), (newest, end) in pack.marks.items()],
         pack.raw_partitions,
         [[key, record] for key, record in pack.ids],
         [[sign, event_fields(event), o, i] for sign, event, o, i in pack.effects],
@@ -340,11 +378,12 @@ def decode_aggregate_pack(data: bytes) -> AggregatePack:
         offset, stream_time,
         {(t, p): o for t, p, o in high_water},
         {(t, outcome): n for t, outcome, n in counts},
-        {(t, p): (newest, end) for t, p, newest, end in marks},
+        {(m[0], m[1]): (m[2], m[3]) for m in marks},
         raw_partitions,
         [(key, record) for key, record in ids],
         [(sign, event_from_fields(fields), o, i) for sign, fields, o, i in effects],
         keep_until, dropped_below,
+        {(m[0], m[1]): m[4] for m in marks if len(m) > 4},
     )
 
 

@@ -67,13 +67,22 @@ def outcome_label(error: str) -> str:
 
 class EventCountCollector(Collector):
     """``kpistream_events_total{topic,outcome}``: the classification counts the aggregate
-    stage keeps in its changelog, summed over the partitions this worker owns. Persisted with
-    the state, they survive a crash exactly (a re-delivered record is never counted again),
-    and ``sum()`` across workers equals the input's classification."""
+    stage keeps in its changelog, totalled over every aggregate partition by the roll-up
+    partition COUNTS_PARTITION; only the worker that owns it exports them (``counts``
+    returns None elsewhere). Persisted with the state, they survive a crash exactly (a
+    re-delivered record is never counted again); a series moves whole when that partition
+    changes hands, so it never decreases on a running worker, ``sum()`` across workers
+    equals the input's classification and ``rate()`` sees no false resets. They follow the
+    roll-up: in a backlog they lag the judging by as much as the roll-up does.
 
-    def __init__(self, counts: Callable[[], dict[tuple[str, str], int]],
-                 topics: Iterable[str] = ()) -> None:
+    Also ``kpistream_judged_events``: the records the aggregate partitions this worker owns
+    have judged, a gauge that moves with those partitions (progress, e.g. for a benchmark,
+    not for rates)."""
+
+    def __init__(self, counts: Callable[[], dict[tuple[str, str], int] | None],
+                 judged: Callable[[], int], topics: Iterable[str] = ()) -> None:
         self.counts = counts
+        self.judged = judged
         # every (topic, outcome) of the input topics has a series from the start, at 0, so
         # that a query for an outcome not seen yet returns 0 rather than nothing
         self.zeros = {(topic, outcome): 0 for topic in topics for outcome in OUTCOMES}
@@ -82,9 +91,15 @@ class EventCountCollector(Collector):
         family = CounterMetricFamily(
             "kpistream_events", "Input records by topic and outcome "
             "(accepted, duplicate, invalid, late, future).", labels=["topic", "outcome"])
-        for (topic, outcome), count in sorted({**self.zeros, **self.counts()}.items()):
-            family.add_metric([topic, outcome], count)
+        counts = self.counts()
+        if counts is not None:
+            for (topic, outcome), count in sorted({**self.zeros, **counts}.items()):
+                family.add_metric([topic, outcome], count)
         yield family
+        yield GaugeMetricFamily(
+            "kpistream_judged_events", "Input records judged by the aggregate partitions "
+            "this worker owns (moves with them: progress, not for rate()).",
+            value=self.judged())
 
 
 class StateSizeCollector(Collector):

@@ -18,6 +18,7 @@ import faust
 from kpistream.contracts.records import Order, Survey
 from kpistream.contracts.wire import (
     ALL_READ,
+    COUNTS_PARTITION,
     NO_TIME,
     BucketValues,
     CustomerFacts,
@@ -46,8 +47,9 @@ def row_partition(row: RowId, partitions: int) -> int:
 
 
 def rollup_messages(p: int, result: BatchResult, partitions: int,
-                    last_sent: dict[int, tuple[int, int, int]]) -> dict[int, RollupMessage]:
-    """One message per roll-up partition with values or with new marks for it."""
+                    last_sent: dict[int, tuple[Any, ...]]) -> dict[int, RollupMessage]:
+    """One message per roll-up partition with values or with new marks for it; those to
+    COUNTS_PARTITION carry the partition's outcome counts, and go when they changed."""
     stamp = result.applied if result.applied is not None else -1
     messages: dict[int, RollupMessage] = {}
     for row, updates in result.updates.items():
@@ -64,12 +66,16 @@ def rollup_messages(p: int, result: BatchResult, partitions: int,
     # alone is news only then (one more message per roll-up partition per batch otherwise).
     marks = (result.stream_time, result.low_mark,
              result.seen_time if result.low_mark == ALL_READ else NO_TIME)
+    counted = (*marks, tuple(sorted(result.counts.items())))
     for q in range(partitions):
-        if q not in messages and last_sent.get(q) != marks:
+        news = counted if q == COUNTS_PARTITION else marks
+        if q not in messages and last_sent.get(q) != news:
             messages[q] = RollupMessage(p, stamp, result.stream_time, result.low_mark,
                                         seen_time=result.seen_time)
-    for q in messages:
-        last_sent[q] = marks
+    for q, message in messages.items():
+        if q == COUNTS_PARTITION:
+            message.counts = result.counts
+        last_sent[q] = counted if q == COUNTS_PARTITION else marks
     return messages
 
 
@@ -103,7 +109,7 @@ def register(app: faust.App, runtime: Runtime) -> PartitionAggregator:
     log = RateLimitedLog(logger, settings.log_interval_s)
     dead_letters = DeadLetters(settings.topic_dlq, outbox, log)
     guard = gap_guard(app, settings.topic_events, log, settings.seek_retry_s)
-    last_sent: dict[int, dict[int, tuple[int, int, int]]] = {}
+    last_sent: dict[int, dict[int, tuple[Any, ...]]] = {}
     last_marks: dict[int, dict[int, tuple[int, int]]] = {}  # marks last sent to each
 
     def expected(p: int, now: int) -> int | None:

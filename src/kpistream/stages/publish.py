@@ -21,6 +21,7 @@ from kpistream.alerts.detector import ALERT, KINDS
 from kpistream.alerts.engine import AlertEngine
 from kpistream.connections import redis_client
 from kpistream.contracts.wire import (
+    COUNTS_PARTITION,
     NO_TIME,
     CampaignDayCost,
     CustomerFacts,
@@ -82,14 +83,13 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
     def assigned(topic: str) -> set[int]:
         return {tp.partition for tp in app.consumer.assignment() if tp.topic == topic}
 
-    def event_counts() -> dict[tuple[str, str], int]:
-        totals: dict[tuple[str, str], int] = {}
-        for p in assigned(settings.topic_events):
-            for key, count in aggregator.counts(p).items():
-                totals[key] = totals.get(key, 0) + count
-        return totals
+    def event_counts() -> dict[tuple[str, str], int] | None:
+        return state.event_counts(COUNTS_PARTITION) if COUNTS_PARTITION in owned else None
 
-    runtime.registry.register(EventCountCollector(event_counts, settings.input_topics))
+    def judged() -> int:
+        return sum(sum(aggregator.counts(p).values()) for p in assigned(settings.topic_events))
+
+    runtime.registry.register(EventCountCollector(event_counts, judged, settings.input_topics))
 
     def state_sizes() -> dict[tuple[str, str], int]:
         sizes = dict.fromkeys((("aggregate", "ids"), ("aggregate", "buckets"),

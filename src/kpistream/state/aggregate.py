@@ -113,6 +113,7 @@ class BatchResult:
     seen_time: int = NO_TIME
     applied: int | None = None
     facts: list[CustomerFact] = field(default_factory=list)
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)  # the partition's, after
 
 
 def customer_fact(effect: Effect) -> CustomerFact | None:
@@ -270,11 +271,33 @@ class PartitionState:
     # the newest event time of any raw partition, as the marks say: the pipeline's stream
     # time as far as this partition knows it (its own events may all be older)
     seen_time: int = NO_TIME
+    # raw partitions that had nothing left to read and have records again: what the others
+    # had been read up to then (lateness only: judge_low)
+    woken: dict[tuple[str, int], int] = field(default_factory=dict)
 
     def header(self, seq: int) -> AggregatePack:
         return AggregatePack(seq, self.stream_time, dict(self.high_water), dict(self.counts),
                              dict(self.marks), self.raw_partitions,
-                             dropped_below=self.dropped_below)
+                             dropped_below=self.dropped_below, woken=dict(self.woken))
+
+    def judge_low(self) -> int:
+        """The low mark lateness is held back to: :meth:`low_mark`, but a raw partition that
+        woke from nothing left to read counts as having passed what the others were read up
+        to then (its records were produced after that). Left at its own last event time, it
+        held lateness back for every record after it, of every partition: late records were
+        accepted after a quiet spell, depending on the ids that routed them. The watermark
+        (:meth:`low_mark`) does wait for it: its records may still be on their way."""
+        if not self.woken:
+            return self.low_mark()
+        if not self.raw_partitions or len(self.marks) < self.raw_partitions:
+            return NO_TIME
+        low = ALL_READ
+        woken = self.woken
+        for coords, (newest, at_end) in self.marks.items():
+            if not at_end:
+                passed = NO_TIME if newest is None else newest
+                low = min(low, max(passed, woken.get(coords, NO_TIME)))
+        return low
 
     def low_mark(self) -> int:
         """Event time every raw input partition has passed or been read to its end: the
@@ -356,6 +379,7 @@ class PartitionAggregator:
             state.applied, state.stream_time = pack.offset, pack.stream_time
             state.high_water, state.counts = pack.high_water, pack.counts
             state.marks, state.raw_partitions = pack.marks, pack.raw_partitions
+            state.woken = pack.woken
             state.seen_time = max((newest for newest, _ in pack.marks.values()
                                    if newest is not None), default=NO_TIME)
             state.dropped_below = max(state.dropped_below, pack.dropped_below)
@@ -420,7 +444,7 @@ class PartitionAggregator:
         state = PartitionState(
             applied=header.offset, stream_time=header.stream_time,
             high_water=header.high_water, counts=header.counts, marks=header.marks,
-            raw_partitions=header.raw_partitions, ids=ids,
+            raw_partitions=header.raw_partitions, ids=ids, woken=header.woken,
             packs={seq: keep for seq, keep in snapshot.packs.items() if seq in held},
             dropped_below=header.dropped_below, seen_time=snapshot.seen_time)
         buckets = state.buckets
@@ -439,7 +463,8 @@ class PartitionAggregator:
     def _header_state(pack: AggregatePack) -> PartitionState:
         """What a pack's header says of its partition's times (no ids, no buckets)."""
         return PartitionState(applied=pack.offset, stream_time=pack.stream_time,
-                              marks=pack.marks, raw_partitions=pack.raw_partitions)
+                              marks=pack.marks, raw_partitions=pack.raw_partitions,
+                              woken=pack.woken)
 
     def counts(self, p: int) -> dict[tuple[str, str], int]:
         """Partition p's outcome counts (``kpistream_events_total``): its state's or, while
@@ -511,10 +536,10 @@ class PartitionAggregator:
             # batch (a batch of a sparse partition may span days): its events are judged
             # against the marks before it, advanced by each event as it is read, and the
             # pack's marks apply after them.
-            low = state.low_mark()
+            low, judge_low = state.low_mark(), state.judge_low()
             t_seen = max(state.stream_time, state.seen_time)
-            wake_time = (NO_TIME if low == NO_TIME or t_seen == NO_TIME
-                         else held_back(t_seen, low))
+            wake_time = (NO_TIME if judge_low == NO_TIME or t_seen == NO_TIME
+                         else held_back(t_seen, judge_low))
             for index, (source, body) in enumerate(pack.items):
                 coords = (source.topic, source.partition)
                 if source.offset <= state.high_water.get(coords, -1):
@@ -533,18 +558,17 @@ class PartitionAggregator:
                 # live mode never against less than wall clock minus idle_lag. A record of
                 # a partition that had nothing left to read was produced after what the
                 # others were read up to: judged against them, not held back by its own
-                # partition's time (its mark wakes at that time: _woken_mark).
-                if held is not None and held[1]:
-                    state.marks[coords] = _woken_mark(held[0], body.ts, wake_time)
-                    low = state.low_mark()
-                else:
-                    if held is None or held[0] is None or body.ts > held[0]:
-                        state.marks[coords] = (body.ts if held is None or held[0] is None
-                                               else max(body.ts, held[0]), False)
-                        if held is None or held[0] is None or held[0] <= low:
-                            low = state.low_mark()  # this partition may have held it back
+                # partition's time (PartitionState.judge_low).
+                if held is not None and held[1] and wake_time != NO_TIME:
+                    state.woken[coords] = wake_time
+                if held is None or held[0] is None or held[1] or body.ts > held[0]:
+                    state.marks[coords] = (body.ts if held is None or held[0] is None
+                                           else max(body.ts, held[0]), False)
+                    if held is None or held[0] is None or held[1] or held[0] <= low:
+                        low = state.low_mark()  # this partition may have held it back
+                        judge_low = state.judge_low()
                 t_seen = max(state.stream_time, state.seen_time)
-                t_judge = max(held_back(t_seen, low), floor)
+                t_judge = max(held_back(t_seen, judge_low), floor)
                 if t_judge != NO_TIME and body.ts < t_judge - self.retention_ms:
                     outcome: Outcome = "late"
                 else:
@@ -558,12 +582,13 @@ class PartitionAggregator:
             for mark in pack.marks:
                 key = (mark.topic, mark.partition)
                 held = state.marks.get(key)
-                if held is not None and held[1] and not mark.at_end:
-                    newest = _woken_mark(held[0], mark.newest_ts, wake_time)[0]
-                else:
-                    newest = mark.newest_ts
-                    if held is not None and held[0] is not None:
-                        newest = held[0] if newest is None else max(newest, held[0])
+                if held is not None and held[1] and not mark.at_end and wake_time != NO_TIME:
+                    state.woken[key] = wake_time
+                elif mark.at_end:
+                    state.woken.pop(key, None)
+                newest = mark.newest_ts
+                if held is not None and held[0] is not None:
+                    newest = held[0] if newest is None else max(newest, held[0])
                 state.marks[key] = (newest, mark.at_end)
                 if newest is not None and newest > state.seen_time:
                     state.seen_time = newest
@@ -599,6 +624,7 @@ class PartitionAggregator:
         if result.low_mark == ALL_READ and not self.live:
             result.customer_low_mark = state.seen_time
         result.applied = state.applied
+        result.counts = dict(state.counts)
         return result
 
     @staticmethod
@@ -801,24 +827,6 @@ def held_back(t_seen: int, low: int) -> int:
     """Stream time as far as a partition judges it: the newest event time seen, held back
     to the low mark."""
     return t_seen if low == ALL_READ else min(t_seen, low)
-
-
-def _woken_mark(newest: int | None, ts: int | None, wake_time: int
-                ) -> tuple[int | None, bool]:
-    """The mark of a raw partition that had nothing left to read and has records again.
-
-    Its records were produced after what the other partitions had been read up to when the
-    pack was built (``wake_time``: the newest event time seen, held back to the low mark),
-    so it has passed that time, whatever its own last event time. Left at its own time, its
-    mark held back the low mark, and with it the lateness of every record after it, in this
-    aggregate partition and in every other one its marks reach: late events were accepted
-    after a quiet spell, depending on the id that routed them. Never beyond ``wake_time``:
-    the low mark does not advance by a partition waking (the alert detector's minutes).
-    """
-    times = [t for t in (newest, ts) if t is not None]
-    if wake_time != NO_TIME:
-        times.append(wake_time)
-    return (max(times) if times else None), False
 
 
 def _is_campaign(row: RowId) -> bool:

@@ -145,6 +145,7 @@ class SourceMark:
     event_time: int
     low_mark: int
     seen_time: int = NO_TIME
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)  # COUNTS_PARTITION's
 
 
 @dataclass(slots=True)
@@ -240,6 +241,19 @@ class RollupState:
             return min(t, self.evaluated.get(q, NO_TIME))
         return t
 
+    def event_counts(self, q: int) -> dict[tuple[str, str], int] | None:
+        """The input's outcome counts by (topic, outcome), summed over the aggregate
+        partitions as their newest messages to q (COUNTS_PARTITION) say; None while q is
+        not loaded here."""
+        if not self.loaded(q):
+            return None
+        totals: dict[tuple[str, str], int] = {}
+        for source, mark in self.logs[q].marks.items():
+            if source < self.partitions:
+                for key, count in mark.counts.items():
+                    totals[key] = totals.get(key, 0) + count
+        return totals
+
     # -- messages ----------------------------------------------------------------------
     def expected(self, q: int) -> int | None:
         """Next roll-up offset this partition expects (None before any)."""
@@ -295,7 +309,7 @@ class RollupState:
         mark = plog.marks.get(source)
         if mark is None or (stamp, seq) >= (mark.stamp, mark.seq):
             plog.marks[source] = SourceMark(stamp, seq, message.event_time, message.low_mark,
-                                            message.seen_time)
+                                            message.seen_time, message.counts)
             if mark is not None and mark.seq != seq and self._holds_nothing(plog, mark.seq):
                 plog.dead.add(mark.seq)
         if held_message.values <= 0 and plog.marks[source].seq != seq:

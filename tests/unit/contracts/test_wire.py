@@ -72,26 +72,36 @@ names = st.sampled_from(["5m", "1h", "all", "campaign", "c-1"]) | st.text(max_si
 
 def fields_of(message: RollupMessage) -> tuple[Any, ...]:
     return (message.source, message.stamp, message.event_time, message.low_mark,
-            list(message.values), message.seen_time)
+            list(message.values), message.seen_time, message.counts)
+
+
+counts = st.dictionaries(st.tuples(names, st.sampled_from(["accepted", "late"])),
+                         st.integers(0, 2**40), max_size=4)
 
 
 @given(st.integers(0, 100), marked_times, marked_times, marked_times, marked_times,
-       st.lists(st.builds(BucketValue, names, names, names, times, sums), max_size=6))
+       st.lists(st.builds(BucketValue, names, names, names, times, sums), max_size=6),
+       counts)
 def test_rollup_message_round_trip(source: int, stamp: int, event_time: int, low: int,
-                                   seen: int, values: list[BucketValue]) -> None:
-    message = RollupMessage(source, stamp, event_time, low, values, seen)
+                                   seen: int, values: list[BucketValue],
+                                   counted: dict[tuple[str, str], int]) -> None:
+    message = RollupMessage(source, stamp, event_time, low, values, seen, counted)
     decoded = decode_rollup(encode_rollup(message))
     assert fields_of(decoded) == fields_of(message)
-    # a version 1 message (no seen time) of an earlier worker reads as having seen its own
-    # event time
-    data = encode_rollup(message)
-    version1 = struct.pack("<BiqqqIIH", 1, source, stamp, event_time, low,
-                           *struct.unpack_from("<IIH", data, 37)) + data[47:]
-    message.seen_time = event_time
-    assert fields_of(decode_rollup(version1)) == fields_of(message)
     assert isinstance(decoded.values, BucketValues)
     assert [(v.window, v.dimension, v.group, v.bucket, v.sums) for v in values] == [
         (w, d, g, b, tuple(s)) for w, d, g, b, s in decoded.values.columns()]
+    # earlier versions, of an earlier worker: version 2 (no counts), version 1 (no seen
+    # time either: it reads as having seen its own event time)
+    message.counts = {}
+    data = encode_rollup(message)
+    version2 = struct.pack("<BiqqqqIIH", 2, source, stamp, event_time, low, seen,
+                           *struct.unpack_from("<IIH", data, 37)) + data[51:]
+    assert fields_of(decode_rollup(version2)) == fields_of(message)
+    version1 = struct.pack("<BiqqqIIH", 1, source, stamp, event_time, low,
+                           *struct.unpack_from("<IIH", data, 37)) + data[51:]
+    message.seen_time = event_time
+    assert fields_of(decode_rollup(version1)) == fields_of(message)
     # the JSON format of earlier versions (a changelog written before) still reads
     legacy = orjson.dumps([source, stamp, event_time, low,
                            [[v.window, v.dimension, v.group, v.bucket, *v.sums]

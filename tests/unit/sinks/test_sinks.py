@@ -351,7 +351,7 @@ def test_redis_profiles_backlog_makes_progress_across_failures() -> None:
 
 def test_event_counts_have_a_series_per_input_topic_and_outcome_from_the_start() -> None:
     registry = CollectorRegistry()
-    registry.register(EventCountCollector(lambda: {("orders", "accepted"): 3},
+    registry.register(EventCountCollector(lambda: {("orders", "accepted"): 3}, lambda: 7,
                                           ["orders", "ad-spend"]))
     assert registry.get_sample_value("kpistream_events_total",
                                      {"topic": "orders", "outcome": "accepted"}) == 3
@@ -361,3 +361,14 @@ def test_event_counts_have_a_series_per_input_topic_and_outcome_from_the_start()
                                              {"topic": topic, "outcome": outcome}) is not None
     assert registry.get_sample_value("kpistream_events_total",
                                      {"topic": "ad-spend", "outcome": "late"}) == 0
+    assert registry.get_sample_value("kpistream_judged_events") == 7
+
+
+def test_event_counts_only_where_their_roll_up_partition_is_owned() -> None:
+    """A worker that does not own COUNTS_PARTITION exports no kpistream_events_total series:
+    a series moves whole between workers and never decreases on a running one."""
+    registry = CollectorRegistry()
+    registry.register(EventCountCollector(lambda: None, lambda: 2, ["orders"]))
+    assert registry.get_sample_value("kpistream_events_total",
+                                     {"topic": "orders", "outcome": "accepted"}) is None
+    assert registry.get_sample_value("kpistream_judged_events") == 2

@@ -12,6 +12,7 @@ from functools import partial
 
 from kpistream.contracts.records import Event, Source, event_key
 from kpistream.contracts.wire import (
+    COUNTS_PARTITION,
     CustomerFacts,
     EventPack,
     RawMark,
@@ -294,6 +295,16 @@ class Sim:
         totals: dict[str, int] = {}
         for p in range(self.partitions):
             for (_, outcome), count in self.aggregator.state(p, self.now_ms).counts.items():
+                totals[outcome] = totals.get(outcome, 0) + count
+        return totals
+
+    def exported_counts(self) -> dict[str, int]:
+        """kpistream_events_total as exported: totalled by the roll-up's COUNTS_PARTITION."""
+        if not self.state.loaded(COUNTS_PARTITION):
+            self.state.load(COUNTS_PARTITION, self.now_ms)
+        totals: dict[str, int] = {}
+        for (_, outcome), count in (self.state.event_counts(COUNTS_PARTITION) or {}).items():
+            if count:
                 totals[outcome] = totals.get(outcome, 0) + count
         return totals
 

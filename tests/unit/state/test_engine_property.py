@@ -137,8 +137,9 @@ def test_duplicated_stream_and_crashes_give_the_same_rows(
     outcome = reference.classify(evs, retention_ms=SETTINGS.retention_ms)
     assert_rows_match(sim, outcome)
     assert_profiles_match(sim, outcome)
-    assert sim.counts() == expected_counts(
-        reference.classify(doubled, retention_ms=SETTINGS.retention_ms))
+    expected = expected_counts(reference.classify(doubled, retention_ms=SETTINGS.retention_ms))
+    assert sim.counts() == expected
+    assert sim.exported_counts() == expected
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
