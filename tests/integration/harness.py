@@ -336,6 +336,8 @@ def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
             labels_text, value = line[len(name) + 1:].rsplit("} ", 1)
             labels = dict(re.findall(r'(\w+)="([^"]*)"', labels_text))
             out.append((labels, float(value)))
+        elif line.startswith(name + " "):  # no labels
+            out.append(({}, float(line[len(name) + 1:])))
     return out
 
 
