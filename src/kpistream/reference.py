@@ -390,31 +390,54 @@ class AlertEpisodeEdge:
     started_at: int
 
 
-def expected_alerts(outcome: Outcome, params: Any, *, baseline_ms: int, baseline_step_ms: int,
-                    last_minute_end: int) -> list[AlertEpisodeEdge]:
-    """The detector (``kpistream.alerts.detector.evaluate``, a pure definition like the KPI
-    formulas) run on the exact per-minute sums of the counted events, for every minute of
-    every ``all``/``channel``/``campaign`` row from its first event's minute to
-    ``last_minute_end``.
-
-    Baseline of minute ``m``: the row's sums over the baseline window that ends at the last
-    baseline STEP boundary at or before ``m`` (complete buckets only); last hour:
-    ``[m - 1h, m)``."""
-    from kpistream.alerts.detector import DetectorState, MinuteInput, evaluate
-
+def detector_minutes(outcome: Outcome) -> dict[tuple[str, str], dict[int, list[float]]]:
+    """Per ``all``/``channel``/``campaign`` row, minute start -> ``[orders, spend]`` as the
+    detector counts them, in event time: every accepted placed order in its own minute, and
+    a cancellation that retracts one as -1 in the minute of the cancellation's own ts (in
+    the order's rows). So a minute's input is complete once every event of its time is read,
+    whatever came later (SPEC §6: the same episodes whatever the arrival)."""
+    cancelled_at: dict[str, int] = {}
+    for event in [*outcome.accepted, *outcome.unknown_orders]:
+        if isinstance(event, Order) and event.status == "cancelled":
+            cancelled_at.setdefault(event.order_id, event.ts)
+    retracted = outcome.retracted
     per_minute: dict[tuple[str, str], dict[int, list[float]]] = {}
-    for event in counted_events(outcome):
-        if isinstance(event, Survey):
-            continue
-        minute = event.ts - event.ts % MINUTE_MS
+
+    def add(event: Order | Spend, ts: int, orders: int) -> None:
+        minute = ts - ts % MINUTE_MS
         for dimension in ALERT_DIMENSIONS:
             group = group_of(event, dimension)
             sums = per_minute.setdefault((dimension, str(group)), {}).setdefault(
                 minute, [0, 0.0])
             if isinstance(event, Order):
-                sums[0] += 1
+                sums[0] += orders
             else:
                 sums[1] += event.amount
+
+    for event in outcome.accepted:
+        if isinstance(event, Spend):
+            add(event, event.ts, 0)
+        elif isinstance(event, Order) and event.status == "placed":
+            add(event, event.ts, 1)
+            if event.order_id in retracted:
+                add(event, cancelled_at[event.order_id], -1)
+    return per_minute
+
+
+def expected_alerts(outcome: Outcome, params: Any, *, baseline_ms: int, baseline_step_ms: int,
+                    last_minute_end: int) -> list[AlertEpisodeEdge]:
+    """The detector (``kpistream.alerts.detector.evaluate``, a pure definition like the KPI
+    formulas) run on the per-minute sums of :func:`detector_minutes`, for every minute of
+    every ``all``/``channel``/``campaign`` row from its first event's minute to
+    ``last_minute_end``. A minute, hour or baseline that sums below zero orders counts as
+    none.
+
+    Baseline of minute ``m``: the row's sums over the baseline window that ends at the last
+    baseline STEP boundary at or before ``m`` (complete buckets only); last hour:
+    ``[m - 1h, m)``."""
+    from kpistream.alerts.detector import DetectorState, evaluate, minute_input
+
+    per_minute = detector_minutes(outcome)
 
     def total(minutes: dict[int, list[float]], start: int, end: int) -> tuple[int, float]:
         orders, spend = 0, 0.0
@@ -434,8 +457,8 @@ def expected_alerts(outcome: Outcome, params: Any, *, baseline_ms: int, baseline
             base_orders, base_spend = total(minutes, base_end - baseline_ms, base_end)
             hour_orders, hour_spend = total(minutes, minute_end - HOUR_MS, minute_end)
             state, transition = evaluate(
-                state, MinuteInput(minute_end, int(here[0]), float(here[1]), base_orders,
-                                   base_spend, hour_orders, hour_spend),
+                state, minute_input(minute_end, here[0], here[1], base_orders, base_spend,
+                                    hour_orders, hour_spend),
                 params, dimension=dimension, group=group)
             if transition is not None:
                 message = transition.message

@@ -267,14 +267,15 @@ def test_no_kpi_is_nan_or_inf(orders: int, revenue: float, spend: float,
 # --- WindowSums ---------------------------------------------------------------------------
 
 def test_from_tuple_roundtrip_and_types() -> None:
-    values = (3.0, 12.5, 7.25, 2.0, 4.0, 2.0, 1.0, 1.0, 2.0, 9.0, 1.0, 5.0, 4.0, 2.0, 1.0, 1.0)
+    values = (3.0, 12.5, 7.25, 2.0, 4.0, 2.0, 1.0, 1.0, 2.0, 9.0, 1.0, 5.0, 4.0, 2.0, 1.0, 1.0,
+              -1.0)
     sums = WindowSums.from_tuple(values)
     assert astuple(sums) == values
     assert SUM_FIELDS == (
         "orders", "revenue", "spend", "spend_records", "nps_responses", "promoters",
         "passives", "detractors", "ces_responses", "ces_sum", "ces_easy",
         "csat_responses", "csat_satisfied", "csat_tx_responses", "csat_tx_satisfied",
-        "new_customers")
+        "new_customers", "cancel_shift")
     for name in SUM_FIELDS:
         expected_type = float if name in {"revenue", "spend", "ces_sum"} else int
         assert type(getattr(sums, name)) is expected_type, name
@@ -283,8 +284,8 @@ def test_from_tuple_roundtrip_and_types() -> None:
 
 def test_from_tuple_rounds_float_counts() -> None:
     # counts accumulated as floats (e.g. +1 then -1 then +1) come back as exact ints
-    sums = WindowSums.from_tuple((0.9999999999, 10.0, 0.0, 1.0000000001, 0, 0, 0, 0,
-                                  0, 0, 0, 0, 0, 0, 0, 0))
+    sums = WindowSums.from_tuple((0.9999999999, 10.0, 0.0, 1.0000000001,
+                                  *[0] * (len(SUM_FIELDS) - 4)))
     assert sums.orders == 1 and sums.spend_records == 1
     assert type(sums.orders) is int
 

@@ -81,12 +81,22 @@ class DetectorParams:
 @dataclass(frozen=True, slots=True)
 class MinuteInput:
     minute_end: int  # epoch ms, end of the evaluated minute [minute_end - 60000, minute_end)
-    orders: int  # orders in that minute (x_t)
+    orders: int  # orders in that minute (x_t), cancellations counted in their own minute
     spend: float  # spend in that minute (spend_t)
     baseline_orders: int  # orders over the baseline window (e.g. 24h) at this time
     baseline_spend: float  # spend over the baseline window
     hour_orders: int  # orders over the last hour
     hour_spend: float  # spend over the last hour
+
+
+def minute_input(minute_end: int, orders: float, spend: float, baseline_orders: float,
+                 baseline_spend: float, hour_orders: float, hour_spend: float) -> MinuteInput:
+    """A minute's input from event-time sums: orders count each cancellation in the minute
+    of its own ts (``cancel_shift``), so a minute of many cancellations of earlier orders
+    can sum below zero; it counts as no order."""
+    return MinuteInput(minute_end, max(0, round(orders)), float(spend),
+                       max(0, round(baseline_orders)), float(baseline_spend),
+                       max(0, round(hour_orders)), float(hour_spend))
 
 
 @dataclass(frozen=True, slots=True)

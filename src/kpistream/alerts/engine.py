@@ -19,6 +19,7 @@ from kpistream.alerts.detector import (
     MinuteInput,
     Transition,
     evaluate,
+    minute_input,
 )
 from kpistream.kpi.formulas import SUM_FIELDS
 from kpistream.settings import Settings, WindowSpec
@@ -32,6 +33,7 @@ HOUR_MS = 3_600_000
 ALERT_DIMENSIONS = frozenset({"all", "channel", "campaign"})
 _ORDERS = SUM_FIELDS.index("orders")
 _SPEND = SUM_FIELDS.index("spend")
+_SHIFT = SUM_FIELDS.index("cancel_shift")
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,12 +139,10 @@ class AlertEngine:
             baseline = base.window_sums(end - self.baseline.size_ms, end)
         else:
             baseline = hour
-        return MinuteInput(
-            minute_end=minute_end,
-            orders=round(bucket[_ORDERS]) if bucket else 0,
-            spend=float(bucket[_SPEND]) if bucket else 0.0,
-            baseline_orders=round(baseline[_ORDERS]),
-            baseline_spend=float(baseline[_SPEND]),
-            hour_orders=round(hour[_ORDERS]),
-            hour_spend=float(hour[_SPEND]),
-        )
+        # orders as they stood in event time: each cancellation in its own minute
+        return minute_input(
+            minute_end,
+            bucket[_ORDERS] + bucket[_SHIFT] if bucket else 0,
+            bucket[_SPEND] if bucket else 0.0,
+            baseline[_ORDERS] + baseline[_SHIFT], baseline[_SPEND],
+            hour[_ORDERS] + hour[_SHIFT], hour[_SPEND])

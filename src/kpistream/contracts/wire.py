@@ -34,6 +34,7 @@ import orjson
 
 from kpistream.contracts.records import Event, Order, Source, Spend, Survey
 from kpistream.encoding import json_bytes
+from kpistream.kpi.formulas import SUM_FIELDS
 
 NO_TIME = -(2**62)
 ALL_READ = 2**62  # low mark of a partition whose every raw input partition is read to its end
@@ -217,7 +218,7 @@ COUNTS_PARTITION = 0
 
 
 # The roll-up topic carries the one binary format among the internal records: it holds most
-# of the values kpistream moves (~150 bucket values per message, 16 doubles each), and as JSON
+# of the values kpistream moves (~150 bucket values per message, 17 doubles each), and as JSON
 # their decoding was the roll-up's largest cost (~1.7 µs a value, half of it building float
 # objects; docs/benchmarks.md, seventh session). Layout, little-endian:
 #   header  version u8, source i32, stamp i64, event time i64, low mark i64,
@@ -320,10 +321,21 @@ def decode_rollup(data: bytes) -> RollupMessage:
     if pos != len(data):
         raise ValueError(f"roll-up message of {len(data)} bytes, its header says {pos}")
     keys, buckets, sums, counted = columns
+    if width < len(SUM_FIELDS):  # of an earlier worker: the sums added since are 0
+        sums, width = _widen(sums, width, n_values, len(SUM_FIELDS)), len(SUM_FIELDS)
     counts = {(names[counted[i]], names[counted[i + 1]]): counted[i + 2]
               for i in range(0, len(counted), 3)}
     return RollupMessage(source, stamp, event_time, low_mark,
                          BucketValues(names, keys, buckets, sums, width), seen_time, counts)
+
+
+def _widen(sums: array[float], width: int, n_values: int, to: int) -> array[float]:
+    """Each value's ``width`` sums followed by ``to - width`` zeros (sums are only ever
+    appended to ``SUM_FIELDS``)."""
+    out = array("d", bytes(8 * n_values * to))
+    for i in range(n_values):
+        out[i * to:i * to + width] = sums[i * width:(i + 1) * width]
+    return out
 
 
 def _decode_rollup_json(data: bytes) -> RollupMessage:
@@ -393,7 +405,7 @@ def decode_aggregate_pack(data: bytes) -> AggregatePack:
 # next start on the same disk: the header of the newest pack, a digest of that pack (the
 # snapshot is used only if the changelog holds the same pack), the packs held, and the
 # buckets. Layout: JSON length (u32, little-endian), JSON, then the buckets' doubles in order.
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: sums gained cancel_shift (a snapshot of 1 is rebuilt from its packs)
 _SNAPSHOT_HEAD = struct.Struct("<I")
 
 

@@ -20,6 +20,13 @@ SUM_FIELDS: tuple[str, ...] = (
     "csat_responses", "csat_satisfied",
     "csat_tx_responses", "csat_tx_satisfied",
     "new_customers",  # first counted orders of customers, from the customer stage
+    # Orders of the bucket retracted by a cancellation in a later bucket, less cancellations
+    # in the bucket of an earlier bucket's order: ``orders + cancel_shift`` counts each
+    # cancellation in the bucket of its own ts, an event-time sum complete once the low
+    # watermark passes the bucket. The alert detector reads it (SPEC §6: the same episodes
+    # whatever the arrival), never a KPI: a minute judged live cannot know a later
+    # cancellation, and a backlog read ahead would.
+    "cancel_shift",
 )
 INTEGER_SUMS = frozenset(SUM_FIELDS) - {"revenue", "spend", "ces_sum"}
 __all__ = ["KPI_FIELDS", "SUM_FIELDS", "WindowSums", "compute_kpis"]
@@ -52,6 +59,7 @@ class WindowSums:
     csat_tx_responses: int = 0
     csat_tx_satisfied: int = 0
     new_customers: int = 0
+    cancel_shift: int = 0
 
     @classmethod
     def from_tuple(cls, values: tuple[float, ...] | list[float]) -> WindowSums:

@@ -31,7 +31,7 @@ from __future__ import annotations
 from array import array
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from sys import intern
 from typing import Any, Literal, Protocol
 
@@ -75,8 +75,14 @@ __all__ = ["NO_TIME", "BatchResult", "BucketUpdate", "Buckets", "PartitionAggreg
 # order id-record fields
 _P_TS, _AMOUNT, _CH, _CA, _SE, _C_TS, _MATCHED, _CUSTOMER = range(8)
 Effect = tuple[int, Event, int, int]  # sign, event, events offset, item index
+# Signs of the effects that move a cancellation to its own bucket for the alert detector
+# (``cancel_shift``, kpi/formulas.py): +1 in the order's bucket (the event is the order) and
+# -1 in the cancellation's (the event is the order at the cancellation's ts). Never a
+# customer fact.
+SHIFT_BACK, SHIFT_HERE = 2, -2
 NEVER = 2**63  # a reach no bucket is ever behind by
 _ORDERS, _REVENUE = SUM_FIELDS.index("orders"), SUM_FIELDS.index("revenue")
+_SHIFT = SUM_FIELDS.index("cancel_shift")
 
 
 # Not frozen: one is built per event or bucket value, and a frozen dataclass takes
@@ -119,6 +125,8 @@ class BatchResult:
 def customer_fact(effect: Effect) -> CustomerFact | None:
     """The customer stage's view of an effect: orders and responses of a known customer."""
     sign, event, offset, index = effect
+    if sign in (SHIFT_BACK, SHIFT_HERE):
+        return None
     if isinstance(event, Order | Survey) and event.customer_id is not None:
         return (offset, index, sign, event)
     return None
@@ -679,6 +687,7 @@ class PartitionAggregator:
         behind the low mark, so never earlier)."""
         key = f"{event.kind}|{event.id}"
         record = state.ids.get(key)
+        shifts: list[tuple[int, Order]] = []
         # A duplicate is an id seen within the retention (SPEC §1), judged by the event's own
         # ts like a cancellation's expiry: an earlier use the sweep has not forgotten yet
         # (it waits for the low mark) is not one, whatever partition moved stream time on.
@@ -705,6 +714,8 @@ class PartitionAggregator:
             # cancellation is a duplicate of it (SPEC §1, same id and status).
             sign = 0 if record is not None and cancel_retracts(
                 event.ts, record[_C_TS], self.retention_ms) else 1
+            if not sign:
+                shifts = cancellation_shifts(event, record[_C_TS])  # type: ignore[index]
             # Kept for the whole retention period, once per order: the few distinct group
             # names are interned rather than held once per record (~150 bytes an order).
             record = [event.ts, event.amount, intern(event.channel), intern(event.campaign_id),
@@ -720,22 +731,31 @@ class PartitionAggregator:
                 ids[key] = record
                 return "unknown_order"
             record = [*record[:_C_TS], event.ts, 1, record[_CUSTOMER]]
+            cancelled_at = event.ts
             event = Order(event.order_id, record[_P_TS], "placed", record[_CUSTOMER],
                           record[_AMOUNT], record[_CH], record[_CA], record[_SE])
             sign = -1
+            shifts = cancellation_shifts(event, cancelled_at)
         state.ids.put(key, record)
         ids[key] = record
         if sign:
             effects.append((sign, event, *coords))
             self._add(state, event, sign, touched, t_eff)
+        for shift_sign, shifted in shifts:
+            effects.append((shift_sign, shifted, *coords))
+            self._add(state, shifted, shift_sign, touched, t_eff)
         return "accepted"
 
     def _add(self, state: PartitionState, event: Event, sign: int,
              touched: Touched | None, t_eff: int,
              reaches: list[tuple[str, int, int]] | None = None) -> None:
-        vector = contribution_items(event)
-        if sign != 1:
-            vector = [(i, sign * amount) for i, amount in vector]
+        if sign in (SHIFT_BACK, SHIFT_HERE):
+            vector: list[tuple[int, float]] = [(_SHIFT, sign // 2)]
+            sign = 1  # (nothing retracted)
+        else:
+            vector = contribution_items(event)
+            if sign != 1:
+                vector = [(i, sign * amount) for i, amount in vector]
         rows = rows_of(event)
         buckets = state.buckets
         ts = event.ts
@@ -831,6 +851,12 @@ def held_back(t_seen: int, low: int) -> int:
 
 def _is_campaign(row: RowId) -> bool:
     return row[0] == "campaign"
+
+
+def cancellation_shifts(order: Order, cancelled_at: int) -> list[tuple[int, Order]]:
+    """The ``cancel_shift`` effects of a cancellation at ``cancelled_at`` that retracts
+    ``order`` (placed): the order back in its own bucket, the cancellation in its own."""
+    return [(SHIFT_BACK, order), (SHIFT_HERE, replace(order, ts=cancelled_at))]
 
 
 def cancel_retracts(placed_ts: int, cancelled_ts: int, retention_ms: int) -> bool:

@@ -65,7 +65,7 @@ _SPEND = SUM_FIELDS.index("spend")
 class HeldMessage:
     """A roll-up message of a partition's changelog, and how many current values it holds
     (every value refers to the one message it came in: a per-value ``(stamp, seq)`` and
-    an index by value key cost ~270 bytes a value, more than the value's own 16 doubles)."""
+    an index by value key cost ~270 bytes a value, more than the value's own 17 doubles)."""
 
     stamp: int
     seq: int

@@ -41,6 +41,7 @@ from kpistream.contracts.wire import (
     encode_event_pack,
     encode_rollup,
 )
+from kpistream.kpi.formulas import SUM_FIELDS
 
 text = st.text(max_size=12)
 times = st.integers(-(2**53), 2**53)
@@ -54,7 +55,7 @@ events = orders | spends | surveys
 sources = st.builds(Source, text, st.integers(0, 1000), st.integers(0, 2**40),
                     st.none() | text, st.none() | text, st.none() | text)
 marks = st.builds(RawMark, text, st.integers(0, 100), st.none() | times, st.booleans())
-sums = st.tuples(*[st.floats(allow_nan=False, allow_infinity=False)] * 16)
+sums = st.tuples(*[st.floats(allow_nan=False, allow_infinity=False)] * len(SUM_FIELDS))
 
 
 @given(st.integers(0, 1000), st.lists(marks, max_size=4),
@@ -107,6 +108,16 @@ def test_rollup_message_round_trip(source: int, stamp: int, event_time: int, low
                            [[v.window, v.dimension, v.group, v.bucket, *v.sums]
                             for v in values]])
     assert fields_of(decode_rollup(legacy)) == fields_of(message)
+
+
+def test_sums_of_an_earlier_worker_read_with_the_sums_added_since_at_zero() -> None:
+    """A changelog written before ``cancel_shift`` (16 sums a value) still reads."""
+    old = [BucketValue("1h", "all", "all", 60_000 * i, tuple(float(i + j) for j in range(16)))
+           for i in range(3)]
+    decoded = decode_rollup(encode_rollup(RollupMessage(1, 2, 3, 4, old)))
+    assert isinstance(decoded.values, BucketValues)
+    assert [(b, tuple(s)) for _, _, _, b, s in decoded.values.columns()] == [
+        (v.bucket, (*v.sums, *[0.0] * (len(SUM_FIELDS) - 16))) for v in old]
 
 
 def test_a_damaged_rollup_message_is_an_error_naming_it() -> None:

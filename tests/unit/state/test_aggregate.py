@@ -185,6 +185,30 @@ def test_a_cancellation_read_before_its_order() -> None:
     assert buckets[("5m", "all", "all", T - T % 10_000)][0] == 1  # b's order only
 
 
+def test_a_cancellation_counts_for_the_detector_in_its_own_minute_whatever_the_arrival(
+        ) -> None:
+    """SPEC §6: the same episodes whatever the arrival. The rows count a retracted order
+    nowhere; the detector's orders (``orders + cancel_shift``) count it in its own minute and
+    the cancellation as -1 in the cancellation's, whether the cancellation was read after
+    the order or overtook it, and also after a rebuild from the changelog."""
+    placed_at, cancelled_at = T + 30_000, T + 7 * 60_000 + 1
+    minute = SUM_FIELDS.index("orders"), SUM_FIELDS.index("cancel_shift")
+    for events in ([order("a", placed_at), order("a", cancelled_at, "cancelled")],
+                   [order("a", cancelled_at, "cancelled"), order("a", placed_at)]):
+        log = DictPackLog()
+        agg = aggregator(log)
+        agg.process(0, [(0, pack(*events))], T)
+        for held in (agg, aggregator(log)):  # the second rebuilt from the changelog
+            buckets = held.state(0, T).buckets
+            here = buckets[("1h", "campaign", "c1", placed_at - placed_at % 60_000)]
+            there = buckets[("1h", "campaign", "c1", cancelled_at - cancelled_at % 60_000)]
+            assert (here[minute[0]], here[minute[1]]) == (0, 1), events
+            assert (there[minute[0]], there[minute[1]]) == (0, -1), events
+            # both in one 15-minute bucket of the 24h window: nothing moves there
+            quarter = buckets[("24h", "campaign", "c1", T - T % (15 * 60_000))]
+            assert (quarter[minute[0]], quarter[minute[1]]) == (0, 0), events
+
+
 def test_customers_judge_expiry_against_the_newest_time_read_once_all_is_read() -> None:
     """Replay mode, every raw partition read to its end: the roll-up anchors on the largest
     event time of its sources, the customer stage (which sees no event time) gets the newest

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from kpistream.contracts.records import Order, Source, Spend
-from kpistream.contracts.wire import EventPack
+from kpistream.contracts.wire import SNAPSHOT_VERSION, EventPack
 from kpistream.settings import Settings
 from kpistream.state.aggregate import PartitionAggregator, PartitionState
 from kpistream.state.rocks import LocalSnapshots, RocksIdMap, RocksMemory
@@ -136,7 +136,8 @@ def test_a_snapshot_of_another_version_is_not_used(tmp_path: Path) -> None:
     log, disk = stopped_after_five_batches(tmp_path)
     path = tmp_path / f"{TOPIC}-0.snapshot"
     data = bytearray(path.read_bytes())
-    data[data.index(b"[1,") + 1] = ord("9")  # the version field of the JSON part
+    # the version field of the JSON part
+    data[data.index(f"[{SNAPSHOT_VERSION},".encode()) + 1] = ord("9")
     path.write_bytes(bytes(data))
     second = disk.aggregator(log)
     state = second.state(0, T)

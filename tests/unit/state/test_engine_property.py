@@ -16,7 +16,7 @@ from pipeline_sim import Sim
 
 from kpistream import reference
 from kpistream.contracts.records import Event, Order, Spend, Survey
-from kpistream.kpi.formulas import KPI_FIELDS
+from kpistream.kpi.formulas import KPI_FIELDS, SUM_FIELDS
 from kpistream.settings import Settings
 from kpistream.state.rocks import RocksCustomerMap, RocksIdMap, RocksMemory
 
@@ -222,3 +222,39 @@ def test_late_events_match_reference_on_one_partition(evs: list[Event],
     # Over 400 minutes many 30-minute attribution days become final: their costs (and
     # cancellations of orders already expired) match the reference.
     assert_profiles_match(sim, outcome)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(events(90), min_size=1, max_size=60), st.integers(1, 4),
+       st.randoms(use_true_random=False))
+def test_the_detectors_minutes_are_final_once_the_watermark_passes_them(
+        evs: list[Event], partitions: int, rng: random.Random) -> None:
+    """SPEC §6, the same episodes whatever the arrival: whenever a roll-up partition holds a
+    minute complete, its orders as the detector reads them (``orders + cancel_shift``) are
+    already those of the whole stream (``reference.detector_minutes``): a cancellation read
+    later, however much later, changes no minute the detector may have judged. (A stream in
+    time order: the watermark's promise is about partitions read in order, SPEC §3.)"""
+    ordered = sorted(evs, key=lambda e: e.ts)
+    outcome = reference.classify(ordered, retention_ms=SETTINGS.retention_ms)
+    want = reference.detector_minutes(outcome)
+    minute_window = next(s.name for s in SETTINGS.window_specs if s.step_ms == MIN)
+    orders, shift = SUM_FIELDS.index("orders"), SUM_FIELDS.index("cancel_shift")
+    sim = Sim(SETTINGS, partitions=partitions)
+    for event in ordered:
+        sim.append(event)
+
+    def complete_minutes_are_final() -> None:
+        for q in range(partitions):
+            if not sim.state.loaded(q):
+                continue
+            complete = sim.state.complete_time(q, sim.now_ms)
+            for row, windows in sim.state.cache.get(q, {}).items():
+                if row[0] not in ("all", "channel", "campaign") or minute_window not in windows:
+                    continue
+                for bucket, sums in windows[minute_window].totals.items():
+                    if bucket + MIN <= complete:
+                        final = want.get(row, {}).get(bucket, [0, 0.0])[0]
+                        assert sums[orders] + sums[shift] == final, (row, bucket)
+
+    sim.run_all(rng, check=complete_minutes_are_final)
+    complete_minutes_are_final()
