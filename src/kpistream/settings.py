@@ -189,6 +189,13 @@ class Settings(BaseSettings):
     clock: ClockMode = Field("live", description="live: wall clock drives windows; event: only ts.")
     idle_lag: str = Field("30s", description="Live mode: stream time >= wall clock - idle_lag.")
     grace: str = Field("5m", description="Lateness allowed beyond the largest window.")
+    watermark_settle: str = Field(
+        "15s", description="Wall time the low watermark must have stood at a period's end "
+        "before the alert detector judges the period or an attribution day becomes final "
+        "(SPEC §3). A raw partition read to its end counts as having nothing left to read "
+        "until its edge has read what was produced to it since: meanwhile another edge's "
+        "backlog can move the watermark minutes of event time ahead of records on their way "
+        "(several workers started on empty topics, then a backlog produced at once).")
     customer_retention: str = Field(
         "400d", description="A customer inactive for longer than this is deleted (SPEC §8).")
     attribution_period: str = Field(
@@ -337,7 +344,8 @@ class Settings(BaseSettings):
             raise ValueError("window names (their SIZE) must be unique")
         return value
 
-    @field_validator("idle_lag", "grace", "customer_retention", "attribution_period",
+    @field_validator("idle_lag", "grace", "watermark_settle", "customer_retention",
+                     "attribution_period",
                      "max_future",
                      "publish_interval", "publish_check_interval", "sink_timeout",
                      "batch_within", "stage_batch_within",
@@ -397,6 +405,10 @@ class Settings(BaseSettings):
     @property
     def idle_lag_ms(self) -> int:
         return parse_duration_ms(self.idle_lag)
+
+    @property
+    def watermark_settle_ms(self) -> int:
+        return parse_duration_ms(self.watermark_settle)
 
     @property
     def grace_ms(self) -> int:

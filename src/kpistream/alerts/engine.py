@@ -94,7 +94,7 @@ class AlertEngine:
         assert self.minute is not None and self.baseline is not None
         out: list[AlertTransition] = []
         for q in sorted(partitions):
-            t = self.state.complete_time(q, now_ms)
+            t = self.state.settled_time(q, now_ms)
             if t == NO_TIME:
                 continue
             # Minutes every source partition has passed, less a settling margin for records

@@ -34,6 +34,7 @@ loses it (the customer stage ignores a cost it holds).
 from __future__ import annotations
 
 from array import array
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -208,6 +209,10 @@ class RollupState:
         self.attribution_spec = settings.attribution_window
         self.period_ms = settings.attribution_period_ms
         self.attribution: dict[int, AttributionDays] = {}
+        self.settle_ms = settings.watermark_settle_ms
+        # per partition: (now_ms, complete_time) as seen, the oldest one at or before
+        # now - settle first (settled_time)
+        self.seen_complete: dict[int, deque[tuple[int, int]]] = {}
 
     # -- stream time -------------------------------------------------------------------
     def event_time(self, q: int) -> int:
@@ -232,6 +237,24 @@ class RollupState:
         if low == ALL_READ:  # nothing left to read anywhere
             low = now_ms - self.idle_lag_ms if self.live else self.event_time(q)
         return min(low, now_ms - self.idle_lag_ms) if self.live else low
+
+    def settled_time(self, q: int, now_ms: int) -> int:
+        """:meth:`complete_time` as it has stood for ``watermark_settle`` of wall time: the
+        lowest value seen since the last one seen at least that long ago (NO_TIME until the
+        first is that old). What the alert detector judges and attribution days become final
+        against: a raw partition's "nothing left to read" is only as recent as its edge's
+        last look, and records produced since are on their way (settings.watermark_settle)."""
+        t = self.complete_time(q, now_ms)
+        if not self.settle_ms:
+            return t
+        seen = self.seen_complete.setdefault(q, deque())
+        seen.append((now_ms, t))
+        cutoff = now_ms - self.settle_ms
+        while len(seen) > 1 and seen[1][0] <= cutoff:
+            seen.popleft()
+        if seen[0][0] > cutoff:
+            return NO_TIME
+        return min(value for _, value in seen)
 
     def expiry_time(self, q: int, now_ms: int) -> int:
         """Time buckets expire against: the low watermark, held back to the detector's
@@ -390,6 +413,7 @@ class RollupState:
             self.logs.pop(q, None)
             self.evaluated.pop(q, None)
             self.attribution.pop(q, None)
+            self.seen_complete.pop(q, None)
 
     # -- expiry ------------------------------------------------------------------------
     def sweep(self, q: int, now_ms: int) -> None:
@@ -400,9 +424,10 @@ class RollupState:
         plog = self.logs.get(q)
         if t == NO_TIME or plog is None:
             return
-        # Days are final at the low watermark itself (SPEC §8), not once the detector has
-        # judged the minutes (it stays idle_lag behind): the buckets it holds are whole.
-        self._fold(q, self.complete_time(q, now_ms))
+        # Days are final at the (settled) low watermark itself (SPEC §8), not once the
+        # detector has judged the minutes (it stays idle_lag behind): the buckets it holds
+        # are whole.
+        self._fold(q, self.settled_time(q, now_ms))
         for windows in self.cache.get(q, {}).values():
             for name, buckets in windows.items():
                 spec = self.specs[name]

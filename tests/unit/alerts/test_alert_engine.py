@@ -4,7 +4,7 @@ state persisted per row, one transition per episode edge."""
 from __future__ import annotations
 
 from kpistream.alerts.engine import MINUTE_MS, AlertEngine, alerts_enabled
-from kpistream.contracts.wire import BucketValue, RollupMessage, encode_rollup
+from kpistream.contracts.wire import ALL_READ, NO_TIME, BucketValue, RollupMessage, encode_rollup
 from kpistream.kpi.formulas import SUM_FIELDS
 from kpistream.settings import Settings
 from kpistream.state.rollup import RollupState
@@ -23,7 +23,8 @@ def sums(orders: int, spend: float) -> tuple[float, ...]:
 
 
 def setup() -> tuple[RollupState, AlertEngine, DictStore, Settings]:
-    settings = Settings(clock="event", partitions=1)
+    # the clock stands still here: no settling (test_a_watermark_that_falls_back_...)
+    settings = Settings(clock="event", partitions=1, watermark_settle="0s")
     state = RollupState(settings, DictPackLog())
     store = DictStore()
     return state, AlertEngine(settings, state, store), store, settings
@@ -90,7 +91,7 @@ def test_a_restarted_engine_neither_repeats_nor_loses_the_episode() -> None:
 
 
 def test_minutes_wait_for_the_slowest_source_partition() -> None:
-    settings = Settings(clock="event", partitions=2)
+    settings = Settings(clock="event", partitions=2, watermark_settle="0s")
     state = RollupState(settings, DictPackLog())
     engine = AlertEngine(settings, state, DictStore())
     send(state, 0, 0, T0 + 30 * MINUTE_MS, [BucketValue("1h", *ROW, T0, sums(0, 100.0))])
@@ -110,3 +111,33 @@ def test_the_baseline_window_is_found_by_name_or_by_size() -> None:
     assert Settings(windows=("1h/1m", "12h/15m")).alert_baseline is None
     assert not alerts_enabled(Settings(windows=("1h/1m", "12h/15m")))
     assert Settings(alert_baseline_window="not-a-window").alert_baseline is None
+
+
+def test_a_minute_is_judged_once_the_watermark_has_stood_past_it_for_the_settle_time(
+        ) -> None:
+    """Several workers: a raw partition one edge read to its end has records again, not
+    read yet, while another edge's backlog moves the watermark an hour ahead; a second later
+    the first edge's marks pull it back. Nothing the watermark passed for that second is
+    judged; what it has stood past for ``watermark_settle`` is."""
+    settings = Settings(clock="event", partitions=2, watermark_settle="5s")
+    state = RollupState(settings, DictPackLog())
+    engine = AlertEngine(settings, state, DictStore())
+    for minute in range(60):
+        feed(state, minute, 2, 16.0, minute)  # source 0, read up to each minute's end
+    send(state, 1, 0, T0 + 10 * MINUTE_MS, [])
+    now = 1_000_000
+
+    def judged_at(ms: int) -> int:
+        engine.run({0}, now + ms)
+        return state.evaluated.get(0, NO_TIME)
+
+    assert judged_at(0) == NO_TIME  # not seen for 5 s yet
+    assert judged_at(5_000) == T0 + 9 * MINUTE_MS  # 10 min less the 30 s settle of ts
+    state.apply(0, state.expected(0) or 0, encode_rollup(RollupMessage(
+        1, 1, T0 + 10 * MINUTE_MS, ALL_READ, [], T0 + 60 * MINUTE_MS)), 0)
+    assert state.complete_time(0, now + 6_000) > T0 + 59 * MINUTE_MS  # nothing left?
+    assert judged_at(6_000) == T0 + 9 * MINUTE_MS
+    send(state, 1, 2, T0 + 12 * MINUTE_MS, [])  # ... it had records again
+    # at or past 12 min since 6 s (60 min, then 12): judged once that is 5 s ago
+    assert [judged_at(ms) for ms in (7_000, 9_000, 11_000, 13_000)] == [
+        T0 + 9 * MINUTE_MS] * 2 + [T0 + 11 * MINUTE_MS] * 2

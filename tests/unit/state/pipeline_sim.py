@@ -48,8 +48,11 @@ class Sim:
     id_maps: IdMaps | None = None  # default: in memory
 
     def __post_init__(self) -> None:
-        # The stages count their sources (watermark, customer sources) by this setting.
-        self.settings = self.settings.model_copy(update={"partitions": self.partitions})
+        # The stages count their sources (watermark, customer sources) by this setting. The
+        # clock stands still here, and every message is where the test puts it: the
+        # watermark's wall-clock settling (RollupState.settled_time) has nothing to wait for.
+        self.settings = self.settings.model_copy(update={"partitions": self.partitions,
+                                                         "watermark_settle": "0s"})
         self.raw: list[Event] = []
         self.edge_committed = 0
         self.newest: int | None = None

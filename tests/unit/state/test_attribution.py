@@ -10,8 +10,10 @@ from kpistream.settings import Settings
 from kpistream.state.rollup import RollupState
 from kpistream.state.store import DictPackLog
 
+# The clock stands still here: days are final at the watermark itself, without the wall
+# time it settles for (RollupState.settled_time).
 SETTINGS = Settings(windows=("1h/15m",), clock="event", grace="5m", partitions=1,
-                    attribution_period="1h")
+                    attribution_period="1h", watermark_settle="0s")
 MIN = 60_000
 HOUR = 60 * MIN
 RETENTION = HOUR + 5 * MIN
@@ -83,7 +85,7 @@ def test_buckets_folded_before_a_restart_are_not_folded_twice() -> None:
 
 def test_only_campaign_rows_of_the_largest_window_are_folded() -> None:
     settings = Settings(windows=("5m/1m", "1h/15m"), clock="event", grace="5m", partitions=1,
-                        attribution_period="1h")
+                        attribution_period="1h", watermark_settle="0s")
     state = RollupState(settings, DictPackLog())
     state.load(0, 0)
     state.apply(0, 0, message(0, 0, BucketValue("5m", "campaign", "c1", 0, sums(9, 9.0)),
