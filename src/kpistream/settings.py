@@ -423,6 +423,23 @@ class Settings(BaseSettings):
         return parse_duration_ms(self.attribution_period)
 
     @property
+    def alert_minute_window(self) -> WindowSpec | None:
+        """The window the CPO spike detector reads its minutes and last hour from: the
+        smallest of a one-minute STEP and at least an hour."""
+        candidates = [s for s in self.window_specs
+                      if s.step_ms == 60_000 and s.size_ms >= 3_600_000]
+        return min(candidates, key=lambda s: s.size_ms) if candidates else None
+
+    @property
+    def alert_windows(self) -> tuple[WindowSpec, ...]:
+        """The windows the detector reads (SPEC §6), none when it is off: the minute window
+        and the baseline window."""
+        minute, baseline = self.alert_minute_window, self.alert_baseline
+        if minute is None or baseline is None:
+            return ()
+        return (minute,) if minute == baseline else (minute, baseline)
+
+    @property
     def alert_baseline(self) -> WindowSpec | None:
         """The configured window alert_baseline_window names: by name, or else by its SIZE
         however written (``1440m`` or ``1d`` for a window ``24h/15m``)."""

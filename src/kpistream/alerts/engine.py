@@ -22,15 +22,14 @@ from kpistream.alerts.detector import (
     minute_input,
 )
 from kpistream.kpi.formulas import SUM_FIELDS
-from kpistream.settings import Settings, WindowSpec
+from kpistream.settings import Settings
 from kpistream.state.aggregate import NO_TIME
-from kpistream.state.buckets import RowId
+from kpistream.state.buckets import ALERT_DIMENSIONS, RowId
 from kpistream.state.rollup import RollupState
 from kpistream.state.store import SEP, Store
 
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
-ALERT_DIMENSIONS = frozenset({"all", "channel", "campaign"})
 _ORDERS = SUM_FIELDS.index("orders")
 _SPEND = SUM_FIELDS.index("spend")
 _SHIFT = SUM_FIELDS.index("cancel_shift")
@@ -43,16 +42,10 @@ class AlertTransition:
     transition: Transition
 
 
-def _minute_window(settings: Settings) -> WindowSpec | None:
-    candidates = [s for s in settings.window_specs
-                  if s.step_ms == MINUTE_MS and s.size_ms >= HOUR_MS]
-    return min(candidates, key=lambda s: s.size_ms) if candidates else None
-
-
 def alerts_enabled(settings: Settings) -> bool:
     """The detector needs a 1-minute-STEP window of at least an hour and the baseline
     window."""
-    return _minute_window(settings) is not None and settings.alert_baseline is not None
+    return bool(settings.alert_windows)
 
 
 class AlertEngine:
@@ -61,7 +54,7 @@ class AlertEngine:
         self.params = DetectorParams.from_settings(settings)
         self.state = state
         self.store = store
-        self.minute = _minute_window(settings)
+        self.minute = settings.alert_minute_window
         self.baseline = settings.alert_baseline
         self.settle_ms = settings.idle_lag_ms
 

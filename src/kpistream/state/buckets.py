@@ -23,6 +23,8 @@ Sums = tuple[float, ...]
 RowId = tuple[str, str]  # (dimension, group)
 # The published dimensions (SPEC §4), in display order.
 DIMENSIONS: tuple[str, ...] = ("all", "channel", "campaign", "segment")
+# the rows the CPO spike detector watches (SPEC §6)
+ALERT_DIMENSIONS = frozenset({"all", "channel", "campaign"})
 # Ad spend has no segment: segment rows carry spend allocated by each campaign's orders
 # (SPEC §4). Two internal row kinds feed the allocation and are never published: a
 # campaign's orders per segment (group "campaign\x1fsegment") and a campaign's spend. They

@@ -204,6 +204,12 @@ def test_a_cancellation_counts_for_the_detector_in_its_own_minute_whatever_the_a
             there = buckets[("1h", "campaign", "c1", cancelled_at - cancelled_at % 60_000)]
             assert (here[minute[0]], here[minute[1]]) == (0, 1), events
             assert (there[minute[0]], there[minute[1]]) == (0, -1), events
+            # only in the windows and rows the detector reads: no 10-second bucket or
+            # segment row made for the cancellation alone
+            assert ("5m", "campaign", "c1", cancelled_at - cancelled_at % 10_000) not in (
+                buckets)
+            assert ("1h", "segment", "new", cancelled_at - cancelled_at % 60_000) not in (
+                buckets)
             # both in one 15-minute bucket of the 24h window: nothing moves there
             quarter = buckets[("24h", "campaign", "c1", T - T % (15 * 60_000))]
             assert (quarter[minute[0]], quarter[minute[1]]) == (0, 0), events

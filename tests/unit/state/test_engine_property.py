@@ -22,9 +22,10 @@ from kpistream.state.rocks import RocksCustomerMap, RocksIdMap, RocksMemory
 
 BASE = 1_800_000_000_000
 MIN = 60_000
-# Attribution "days" of 30 minutes, so streams of a few hours have final days (SPEC §8).
+# Attribution "days" of 30 minutes, so streams of a few hours have final days (SPEC §8);
+# the detector's baseline in the 2h window (its minutes in 1h/1m).
 SETTINGS = Settings(windows=("5m/10s", "1h/1m", "2h/15m"), clock="event", grace="5m",
-                    attribution_period="30m")
+                    attribution_period="30m", alert_baseline_window="2h")
 
 channels = st.sampled_from(["search", "social", "email"])
 campaigns = st.sampled_from(["c1", "c2", "c3", "unattributed"])
