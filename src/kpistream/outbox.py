@@ -66,8 +66,11 @@ class Outbox:
             for topic, key, value, partition in items:
                 if topic not in self.tracked:
                     self._track(producer, topic)
-                self.inflight.append(await producer.send(topic, key, value, partition, None,
-                                                         None))
+                future = await producer.send(topic, key, value, partition, None, None)
+                # Appended after the await: another flush may replace the list meanwhile, and
+                # a future appended to the old one would never be awaited (a refused dead
+                # letter left the worker running).
+                self.inflight.append(future)
                 sent += 1
             waiting = list(self.inflight)
             if waiting:

@@ -190,12 +190,11 @@ class Settings(BaseSettings):
     idle_lag: str = Field("30s", description="Live mode: stream time >= wall clock - idle_lag.")
     grace: str = Field("5m", description="Lateness allowed beyond the largest window.")
     watermark_settle: str = Field(
-        "15s", description="Wall time the low watermark must have stood at a period's end "
+        "5s", description="Wall time the low watermark must have stood at a period's end "
         "before the alert detector judges the period or an attribution day becomes final "
-        "(SPEC §3). A raw partition read to its end counts as having nothing left to read "
-        "until its edge has read what was produced to it since: meanwhile another edge's "
-        "backlog can move the watermark minutes of event time ahead of records on their way "
-        "(several workers started on empty topics, then a backlog produced at once).")
+        "(SPEC §3). A margin: an edge's \"read to its end\" is checked against the end "
+        "offsets the other edges list after each batch, but a producer's writes to partitions "
+        "that never held a record can land a batch apart.")
     customer_retention: str = Field(
         "400d", description="A customer inactive for longer than this is deleted (SPEC §8).")
     attribution_period: str = Field(

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from harness import CREATED, LOG_DIR, TEST_SETTLE, Deployment
+from harness import CREATED, LOG_DIR, Deployment
 
 # A failed test's report carries each of its workers' warnings and rebalances (CI prints the
 # report, not the log files), capped per worker; timer overlaps are noise there.
@@ -26,8 +26,7 @@ def deployment(stack: Any, request: pytest.FixtureRequest,
 
     def make(**extra: str) -> Deployment:
         name = f"{request.node.name[:18]}-{uuid.uuid4().hex[:6]}".replace("_", "-")
-        dep = Deployment(name, stack.bootstrap, stack.redis_url,
-                         extra={**TEST_SETTLE, **extra})
+        dep = Deployment(name, stack.bootstrap, stack.redis_url, extra=extra)
         dep.create_topics()
         made.append(dep)
         return dep

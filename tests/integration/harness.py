@@ -36,10 +36,6 @@ from kpistream.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 CREATED: list[Deployment] = []  # deployments whose topics exist, removed after each test
 LOG_DIR = ROOT / ".local" / "test-logs"
-# Tests that wait for alerts or final attribution days run with a shorter watermark settle:
-# it only delays them (CI time, ~10 s a test); test_alert_watermark[running-3], which is
-# about what the settle guards against, and the benchmarks run with the default.
-TEST_SETTLE = {"KPISTREAM_WATERMARK_SETTLE": "5s"}
 POLL_S = 0.25
 
 

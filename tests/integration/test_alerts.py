@@ -23,7 +23,7 @@ import orjson
 import pytest
 import redis
 from aiokafka import AIOKafkaConsumer
-from harness import TEST_SETTLE, Deployment, normalise
+from harness import Deployment, normalise
 
 from kpistream import reference
 from kpistream.alerts.detector import DetectorParams
@@ -51,7 +51,7 @@ async def read_topic(bootstrap: str, topic: str) -> list[dict]:
 
 def test_injected_stop_fires_one_alert_on_its_campaign_only(stack) -> None:
     dep = Deployment(f"alerts-{uuid.uuid4().hex[:6]}", stack.bootstrap, stack.redis_url,
-                     extra={"KPISTREAM_CLOCK": "event", **TEST_SETTLE})
+                     extra={"KPISTREAM_CLOCK": "event"})
     dep.create_topics()
     start = int(time.time() * 1000) - 3 * 24 * HOUR_MS
     start -= start % HOUR_MS

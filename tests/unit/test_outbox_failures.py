@@ -117,3 +117,24 @@ def test_a_cancelled_flush_gives_back_what_it_had_not_sent() -> None:
         assert app.crashed == []
 
     asyncio.run(run())
+
+
+def test_a_record_refused_while_another_flush_finished_still_crashes_the_worker() -> None:
+    """A flush waiting in the producer's send while another coroutine's flush finishes (and
+    drops the futures it saw done) keeps the refused record's future: the aggregate's
+    dead letter was once appended to a list the edge's flush had just replaced, never
+    awaited, and the worker went on ("Future exception was never retrieved")."""
+    async def run() -> None:
+        producer = FakeProducer(refused="dlq", held="dlq")
+        app = FakeApp(producer)
+        outbox = outbox_of(app)
+        outbox.send("dlq", None, b"dead letter", 0)
+        aggregate = asyncio.create_task(outbox.flush())
+        await asyncio.sleep(0)  # in the producer's send, held
+        outbox.send("events", None, b"pack", 0)
+        await outbox.flush()  # the edge's: acknowledged at once
+        producer.release.set()
+        with pytest.raises(DeliveryError, match="MessageSizeTooLarge on dlq"):
+            await aggregate
+        assert len(app.crashed) == 1
+    asyncio.run(run())

@@ -67,12 +67,14 @@ def event_from_fields(fields: list[Any]) -> Event:
 @dataclass(frozen=True, slots=True)
 class RawMark:
     """What the edge knows of one raw input partition: the newest event time read from it
-    (None before any) and whether it has been read to its end offset."""
+    (None before any), whether it has been read to its end offset, and the offset it reads
+    next (None from an edge that did not say: its ``at_end`` is taken as it is)."""
 
     topic: str
     partition: int
     newest_ts: int | None
     at_end: bool
+    position: int | None = None
 
 
 @dataclass(slots=True)
@@ -83,6 +85,10 @@ class EventPack:
     raw_partitions: int
     marks: list[RawMark] = field(default_factory=list)
     items: list[tuple[Source, Event | str]] = field(default_factory=list)
+    # The broker's end offsets of every raw input partition, listed after the edge read the
+    # batch: another edge's "read to its end" is stale for a partition that has grown past
+    # the position it claimed it for (SPEC §3: nothing left to read).
+    ends: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 def encode_event_pack(pack: EventPack) -> bytes:
@@ -93,19 +99,27 @@ def encode_event_pack(pack: EventPack) -> bytes:
         items.append([*coords, body] if isinstance(body, str) else [*coords,
                                                                      event_fields(body)])
     return json_bytes([pack.raw_partitions,
-                         [[m.topic, m.partition, m.newest_ts, m.at_end] for m in pack.marks],
-                         items])
+                       [[m.topic, m.partition, m.newest_ts, m.at_end, m.position]
+                        for m in pack.marks],
+                       items, [[t, p, end] for (t, p), end in pack.ends.items()]])
 
 
 def decode_event_pack(data: bytes) -> EventPack:
-    raw_partitions, marks, items = orjson.loads(data)
-    out = EventPack(raw_partitions, [RawMark(*m) for m in marks])
+    # An earlier edge's pack has three fields and marks of four.
+    raw_partitions, marks, items, *ends = orjson.loads(data)
+    out = EventPack(raw_partitions, [RawMark(*m) for m in marks],
+                    ends={(t, p): end for t, p, end in (ends[0] if ends else [])})
     for item in items:
         body = item[6]
         out.items.append((Source(*item[:6]),
                           body if isinstance(body, str) else event_from_fields(body)))
     return out
 
+
+# What the aggregate stage holds of one raw input partition: the newest event time read from
+# it, whether it has nothing left to read, and the position the edge claimed that at (None: not
+# at its end, or an earlier edge that did not say).
+PartitionMark = tuple[int | None, bool, int | None]
 
 Sums = tuple[float, ...]
 SumsVector = Sequence[float]  # a tuple, or an array of doubles as the roll-up holds them
@@ -353,7 +367,8 @@ class AggregatePack:
     stream_time: int
     high_water: dict[tuple[str, int], int]
     counts: dict[tuple[str, str], int]
-    marks: dict[tuple[str, int], tuple[int | None, bool]]
+    # raw partition -> (newest event time, read to its end, position of that claim)
+    marks: dict[tuple[str, int], PartitionMark]
     raw_partitions: int
     ids: list[tuple[str, list[Any]]] = field(default_factory=list)
     # (sign, event, events offset, item index): what the batch added to or retracted from the
@@ -366,6 +381,8 @@ class AggregatePack:
     # raw partitions woken from nothing left to read: what the others were read up to then
     # (state/aggregate.py, PartitionState.judge_low); a fifth field of their marks' entries
     woken: dict[tuple[str, int], int] = field(default_factory=dict)
+    # the largest end offset heard of per raw partition (EventPack.ends)
+    ends: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 def encode_aggregate_pack(pack: AggregatePack) -> bytes:
@@ -373,29 +390,32 @@ def encode_aggregate_pack(pack: AggregatePack) -> bytes:
         pack.offset, pack.stream_time,
         [[t, p, o] for (t, p), o in pack.high_water.items()],
         [[t, outcome, n] for (t, outcome), n in pack.counts.items()],
-        [[t, p, newest, end] if (t, p) not in pack.woken
-         else [t, p, newest, end, pack.woken[t, p]]
-         for (t, p), (newest, end) in pack.marks.items()],
+        [[t, p, newest, end] if (t, p) not in pack.woken and position is None
+         else [t, p, newest, end, pack.woken.get((t, p)), position]
+         for (t, p), (newest, end, position) in pack.marks.items()],
         pack.raw_partitions,
         [[key, record] for key, record in pack.ids],
         [[sign, event_fields(event), o, i] for sign, event, o, i in pack.effects],
         pack.keep_until, pack.dropped_below,
+        [[t, p, end] for (t, p), end in pack.ends.items()],
     ])
 
 
 def decode_aggregate_pack(data: bytes) -> AggregatePack:
+    # An earlier worker's pack has ten fields, marks of four or five (woken) and no ends.
     (offset, stream_time, high_water, counts, marks, raw_partitions, ids, effects,
-     keep_until, dropped_below) = orjson.loads(data)
+     keep_until, dropped_below, *ends) = orjson.loads(data)
     return AggregatePack(
         offset, stream_time,
         {(t, p): o for t, p, o in high_water},
         {(t, outcome): n for t, outcome, n in counts},
-        {(m[0], m[1]): (m[2], m[3]) for m in marks},
+        {(m[0], m[1]): (m[2], m[3], m[5] if len(m) > 5 else None) for m in marks},
         raw_partitions,
         [(key, record) for key, record in ids],
         [(sign, event_from_fields(fields), o, i) for sign, fields, o, i in effects],
         keep_until, dropped_below,
-        {(m[0], m[1]): m[4] for m in marks if len(m) > 4},
+        {(m[0], m[1]): m[4] for m in marks if len(m) > 4 and m[4] is not None},
+        {(t, p): end for t, p, end in (ends[0] if ends else [])},
     )
 
 

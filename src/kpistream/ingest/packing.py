@@ -115,13 +115,17 @@ class Packer:
 
 
 def with_marks(batch: PackedBatch, marks: list[RawMark], partitions: int,
-               raw_partitions: int, everywhere: bool) -> dict[int, list[EventPack]]:
-    """Attach the raw partitions' marks to the last pack of every partition; with
-    ``everywhere`` (marks changed) a mark-only pack goes to partitions without events."""
+               raw_partitions: int, everywhere: bool,
+               ends: dict[tuple[str, int], int]) -> dict[int, list[EventPack]]:
+    """Attach the raw partitions' marks to the last pack of every partition and their end
+    offsets to every pack (they hold before any of its events); with ``everywhere`` (marks
+    changed) a mark-only pack goes to partitions without events."""
     packs = dict(batch.packs)
     if everywhere:
         for p in range(partitions):
             packs.setdefault(p, [EventPack(raw_partitions)])
     for p_packs in packs.values():
         p_packs[-1].marks = list(marks)
+        for pack in p_packs:
+            pack.ends = ends
     return packs

@@ -49,6 +49,9 @@ from kpistream.settings import parse_duration_ms
 logger = logging.getLogger(__name__)
 START_TIMEOUT_S = 20.0  # the broker must answer within this at start, or the worker exits
 MISSING_TOPIC_GRACE_S = 20.0  # how long an input topic may be missing before that is fatal
+# aiokafka's end_offsets may wait forever for a partition that does not exist
+END_OFFSETS_TIMEOUT_S = 10.0
+ENDS_UNKNOWN_GRACE_S = 30.0  # how long the end offsets may stay unknown before that is fatal
 AUTHORIZATION_ERRORS = (TopicAuthorizationFailedError, GroupAuthorizationFailedError,
                         ClusterAuthorizationFailedError)
 RETRIABLE = (CommitFailedError, RebalanceInProgressError, IllegalStateError)
@@ -128,6 +131,10 @@ async def gather_batch(getmany: Callable[..., Awaitable[dict[TopicPartition, lis
     return fetched
 
 
+def claims(marks: list[RawMark]) -> list[tuple[str, int, int | None, bool]]:
+    return [(m.topic, m.partition, m.newest_ts, m.at_end) for m in marks]
+
+
 class EdgeReader(Service):
     def __init__(self, runtime: Runtime, crash: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -141,7 +148,8 @@ class EdgeReader(Service):
         self.dead_letters = DeadLetters(settings.topic_dlq, runtime.outbox, self.rate_log)
         self.consumer: AIOKafkaConsumer | None = None
         self.newest: dict[tuple[str, int], int] = {}
-        self.last_marks: list[RawMark] | None = None
+        self.last_marks: list[tuple[str, int, int | None, bool]] | None = None
+        self.ends: dict[tuple[str, int], int] = {}  # listed after the last batch read
         self.committed = CommittedOffsets()
         self.last_records: dict[TopicPartition, float] = {}  # monotonic ms: last read/assigned
         self.idle_lag_ms = settings.idle_lag_ms
@@ -270,6 +278,9 @@ class EdgeReader(Service):
         marks = []
         for tp in sorted(self.consumer.assignment()):
             end = self.consumer.highwater(tp)
+            listed = self.ends.get((tp.topic, tp.partition))
+            if end is not None and listed is not None:
+                end = max(end, listed)
             position = self._position(tp)
             # "Nothing left to read" (SPEC §3) once at the end offset AND nothing new came
             # for idle_lag: a partition of a stream replayed fast reaches its end offset
@@ -283,8 +294,34 @@ class EdgeReader(Service):
             quiet = now - self.last_records.setdefault(tp, now) >= self.idle_lag_ms
             at_end = caught_up and (quiet or end == 0)
             marks.append(RawMark(tp.topic, tp.partition, self.newest.get(
-                (tp.topic, tp.partition)), at_end))
+                (tp.topic, tp.partition)), at_end, position))
         return marks
+
+    async def _list_ends(self) -> dict[tuple[str, int], int]:
+        """The broker's end offsets of every raw partition, this edge's and the others'
+        (one ListOffsets request per leader), retried through a broker hiccup."""
+        assert self.consumer is not None
+        consumer = self.consumer
+        loop = asyncio.get_running_loop()
+        failing_since: float | None = None
+        while True:
+            partitions = [TopicPartition(topic, p) for topic in self.topics
+                          for p in sorted(consumer.partitions_for_topic(topic) or ())]
+            try:
+                listed = await asyncio.wait_for(consumer.end_offsets(partitions),
+                                                END_OFFSETS_TIMEOUT_S)
+            except AUTHORIZATION_ERRORS as exc:
+                raise self._not_authorised(exc) from exc
+            except (TimeoutError, KafkaError) as exc:
+                now = loop.time()
+                failing_since = failing_since or now
+                if now - failing_since > ENDS_UNKNOWN_GRACE_S or self.should_stop:
+                    raise EdgeError(f"edge reader cannot list the input topics' end "
+                                    f"offsets: {exc!r}") from exc
+                self.rate_log.warning("edge_end_offsets_retry", error=repr(exc))
+                await asyncio.sleep(1)
+                continue
+            return {(tp.topic, tp.partition): end for tp, end in listed.items()}
 
     def _position(self, tp: TopicPartition) -> int | None:
         """Next offset getmany will return, without a round trip (``consumer.position`` may
@@ -311,16 +348,22 @@ class EdgeReader(Service):
         for tp, messages in fetched.items():
             if messages:
                 self.last_records[tp] = wall
-        marks = self._marks(wall)
-        changed = marks != self.last_marks
-        if not records and not changed:
+        if not records and claims(self._marks(wall)) == self.last_marks:
             return
-        packs = with_marks(batch, marks, runtime.settings.partitions, raw_partitions, changed)
+        # Listed after the batch was read: the aggregate stage learns, with this batch's
+        # events, of every partition that had grown by then (PartitionState.learn_ends).
+        self.ends = await self._list_ends()
+        marks = self._marks(wall)
+        # A new position alone goes only with events: what the watermark depends on is
+        # each partition's newest event time and whether it is read to its end.
+        changed = claims(marks) != self.last_marks
+        packs = with_marks(batch, marks, runtime.settings.partitions, raw_partitions, changed,
+                           self.ends)
         for rejection, source in batch.rejections:
             self.dead_letters.send(rejection.error, rejection.detail, source, now)
         self._send(packs)
         await runtime.outbox.flush()
-        self.last_marks = marks
+        self.last_marks = claims(marks)
         if records:
             await self._commit({tp: messages[-1].offset + 1
                                 for tp, messages in fetched.items() if messages})

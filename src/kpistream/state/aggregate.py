@@ -43,6 +43,8 @@ from kpistream.contracts.wire import (
     AggregateSnapshot,
     CustomerFact,
     EventPack,
+    PartitionMark,
+    RawMark,
     SumsVector,
     decode_aggregate_pack,
     decode_aggregate_snapshot,
@@ -271,7 +273,7 @@ class PartitionState:
     stream_time: int = NO_TIME
     high_water: dict[tuple[str, int], int] = field(default_factory=dict)
     counts: dict[tuple[str, str], int] = field(default_factory=dict)
-    marks: dict[tuple[str, int], tuple[int | None, bool]] = field(default_factory=dict)
+    marks: dict[tuple[str, int], PartitionMark] = field(default_factory=dict)
     raw_partitions: int = 0
     ids: IdMap = field(default_factory=DictIdMap)
     buckets: Buckets = field(default_factory=Buckets)
@@ -283,11 +285,37 @@ class PartitionState:
     # raw partitions that had nothing left to read and have records again: what the others
     # had been read up to then (lateness only: judge_low)
     woken: dict[tuple[str, int], int] = field(default_factory=dict)
+    # the largest end offset any edge has listed per raw partition (EventPack.ends)
+    ends: dict[tuple[str, int], int] = field(default_factory=dict)
 
     def header(self, seq: int) -> AggregatePack:
         return AggregatePack(seq, self.stream_time, dict(self.high_water), dict(self.counts),
                              dict(self.marks), self.raw_partitions,
-                             dropped_below=self.dropped_below, woken=dict(self.woken))
+                             dropped_below=self.dropped_below, woken=dict(self.woken),
+                             ends=dict(self.ends))
+
+    def learn_ends(self, ends: Mapping[tuple[str, int], int], wake_time: int) -> None:
+        """End offsets an edge listed after reading its batch. A partition claimed read to
+        its end at a position below its end has something left to read after all: its
+        edge had not looked since it grew. Without this, the first of several edges to
+        read a backlog produced at once moved the watermark past the minutes the others
+        had still to read (their partitions' claims were stale), and the detector judged
+        those minutes without their orders."""
+        for coords, end in ends.items():
+            if end <= self.ends.get(coords, -1):
+                continue
+            self.ends[coords] = end
+            held = self.marks.get(coords)
+            if held is not None and held[1] and held[2] is not None and held[2] < end:
+                self.marks[coords] = (held[0], False, None)
+                if wake_time != NO_TIME:
+                    self.woken[coords] = wake_time
+
+    def read_to_end(self, mark: RawMark) -> bool:
+        """An edge's claim that a partition has nothing left to read, unless a larger end
+        offset of it is known."""
+        return mark.at_end and (mark.position is None or mark.position >= self.ends.get(
+            (mark.topic, mark.partition), -1))
 
     def judge_low(self) -> int:
         """The low mark lateness is held back to: :meth:`low_mark`, but a raw partition that
@@ -302,7 +330,7 @@ class PartitionState:
             return NO_TIME
         low = ALL_READ
         woken = self.woken
-        for coords, (newest, at_end) in self.marks.items():
+        for coords, (newest, at_end, _) in self.marks.items():
             if not at_end:
                 passed = NO_TIME if newest is None else newest
                 low = min(low, max(passed, woken.get(coords, NO_TIME)))
@@ -314,7 +342,7 @@ class PartitionState:
         if not self.raw_partitions or len(self.marks) < self.raw_partitions:
             return NO_TIME  # some raw partition has never been heard of
         low = ALL_READ
-        for newest, at_end in self.marks.values():
+        for newest, at_end, _ in self.marks.values():
             if not at_end:
                 low = min(low, NO_TIME if newest is None else newest)
         return low
@@ -392,8 +420,8 @@ class PartitionAggregator:
             state.applied, state.stream_time = pack.offset, pack.stream_time
             state.high_water, state.counts = pack.high_water, pack.counts
             state.marks, state.raw_partitions = pack.marks, pack.raw_partitions
-            state.woken = pack.woken
-            state.seen_time = max((newest for newest, _ in pack.marks.values()
+            state.woken, state.ends = pack.woken, pack.ends
+            state.seen_time = max((newest for newest, _, _ in pack.marks.values()
                                    if newest is not None), default=NO_TIME)
             state.dropped_below = max(state.dropped_below, pack.dropped_below)
             state.packs[seq] = pack.keep_until
@@ -458,6 +486,7 @@ class PartitionAggregator:
             applied=header.offset, stream_time=header.stream_time,
             high_water=header.high_water, counts=header.counts, marks=header.marks,
             raw_partitions=header.raw_partitions, ids=ids, woken=header.woken,
+            ends=header.ends,
             packs={seq: keep for seq, keep in snapshot.packs.items() if seq in held},
             dropped_below=header.dropped_below, seen_time=snapshot.seen_time)
         buckets = state.buckets
@@ -477,7 +506,7 @@ class PartitionAggregator:
         """What a pack's header says of its partition's times (no ids, no buckets)."""
         return PartitionState(applied=pack.offset, stream_time=pack.stream_time,
                               marks=pack.marks, raw_partitions=pack.raw_partitions,
-                              woken=pack.woken)
+                              woken=pack.woken, ends=pack.ends)
 
     def counts(self, p: int) -> dict[tuple[str, str], int]:
         """Partition p's outcome counts (``kpistream_events_total``): its state's or, while
@@ -553,6 +582,10 @@ class PartitionAggregator:
             t_seen = max(state.stream_time, state.seen_time)
             wake_time = (NO_TIME if judge_low == NO_TIME or t_seen == NO_TIME
                          else held_back(t_seen, judge_low))
+            if pack.ends:
+                # Listed after the edge read the batch, so true before any of its events.
+                state.learn_ends(pack.ends, wake_time)
+                low, judge_low = state.low_mark(), state.judge_low()
             for index, (source, body) in enumerate(pack.items):
                 coords = (source.topic, source.partition)
                 if source.offset <= state.high_water.get(coords, -1):
@@ -576,7 +609,7 @@ class PartitionAggregator:
                     state.woken[coords] = wake_time
                 if held is None or held[0] is None or held[1] or body.ts > held[0]:
                     state.marks[coords] = (body.ts if held is None or held[0] is None
-                                           else max(body.ts, held[0]), False)
+                                           else max(body.ts, held[0]), False, None)
                     if held is None or held[0] is None or held[1] or held[0] <= low:
                         low = state.low_mark()  # this partition may have held it back
                         judge_low = state.judge_low()
@@ -595,14 +628,15 @@ class PartitionAggregator:
             for mark in pack.marks:
                 key = (mark.topic, mark.partition)
                 held = state.marks.get(key)
-                if held is not None and held[1] and not mark.at_end and wake_time != NO_TIME:
+                at_end = state.read_to_end(mark)
+                if held is not None and held[1] and not at_end and wake_time != NO_TIME:
                     state.woken[key] = wake_time
-                elif mark.at_end:
+                elif at_end:
                     state.woken.pop(key, None)
                 newest = mark.newest_ts
                 if held is not None and held[0] is not None:
                     newest = held[0] if newest is None else max(newest, held[0])
-                state.marks[key] = (newest, mark.at_end)
+                state.marks[key] = (newest, at_end, mark.position if at_end else None)
                 if newest is not None and newest > state.seen_time:
                     state.seen_time = newest
         state.ids.flush()

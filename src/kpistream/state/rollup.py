@@ -242,8 +242,7 @@ class RollupState:
         """:meth:`complete_time` as it has stood for ``watermark_settle`` of wall time: the
         lowest value seen since the last one seen at least that long ago (NO_TIME until the
         first is that old). What the alert detector judges and attribution days become final
-        against: a raw partition's "nothing left to read" is only as recent as its edge's
-        last look, and records produced since are on their way (settings.watermark_settle)."""
+        against (settings.watermark_settle: a margin beside the end offsets)."""
         t = self.complete_time(q, now_ms)
         if not self.settle_ms:
             return t

@@ -54,17 +54,25 @@ surveys = st.builds(Survey, text, times, st.sampled_from(["nps", "ces", "csat"])
 events = orders | spends | surveys
 sources = st.builds(Source, text, st.integers(0, 1000), st.integers(0, 2**40),
                     st.none() | text, st.none() | text, st.none() | text)
-marks = st.builds(RawMark, text, st.integers(0, 100), st.none() | times, st.booleans())
+marks = st.builds(RawMark, text, st.integers(0, 100), st.none() | times, st.booleans(),
+                  st.none() | st.integers(0, 2**40))
+ends = st.dictionaries(st.tuples(text, st.integers(0, 99)), st.integers(0, 2**40), max_size=4)
 sums = st.tuples(*[st.floats(allow_nan=False, allow_infinity=False)] * len(SUM_FIELDS))
 
 
 @given(st.integers(0, 1000), st.lists(marks, max_size=4),
        st.lists(st.tuples(sources, events | st.sampled_from(["invalid", "future"])),
-                max_size=8))
+                max_size=8), ends)
 def test_event_pack_round_trip(raw_partitions: int, pack_marks: list[RawMark],
-                               items: list) -> None:
-    pack = EventPack(raw_partitions, pack_marks, items)
+                               items: list, pack_ends: dict) -> None:
+    pack = EventPack(raw_partitions, pack_marks, items, pack_ends)
     assert decode_event_pack(encode_event_pack(pack)) == pack
+
+
+def test_an_earlier_edges_pack_reads_without_positions_or_ends() -> None:
+    earlier = b'[18,[["orders",2,1700000000000,true]],[]]'
+    assert decode_event_pack(earlier) == EventPack(
+        18, [RawMark("orders", 2, 1_700_000_000_000, True, None)], [], {})
 
 
 marked_times = times | st.sampled_from([NO_TIME, ALL_READ, -1])
@@ -142,15 +150,26 @@ def test_a_damaged_rollup_message_is_an_error_naming_it() -> None:
        st.dictionaries(st.tuples(text, st.integers(0, 99)), st.integers(0, 2**40), max_size=4),
        st.dictionaries(st.tuples(text, text), st.integers(0, 2**40), max_size=4),
        st.dictionaries(st.tuples(text, st.integers(0, 99)),
-                       st.tuples(st.none() | times, st.booleans()), max_size=4),
+                       st.tuples(st.none() | times, st.booleans(),
+                                 st.none() | st.integers(0, 2**40)), max_size=4),
        st.lists(st.tuples(text, st.lists(st.none() | times | text, max_size=7)), max_size=4),
        st.lists(st.tuples(st.sampled_from([1, -1]), events, st.integers(0, 2**40),
-                          st.integers(0, 10_000)), max_size=5), times)
+                          st.integers(0, 10_000)), max_size=5), times, st.data())
 def test_aggregate_pack_round_trip(offset, stream_time, high_water, counts, pack_marks, ids,
-                                   effects, keep_until) -> None:
+                                   effects, keep_until, data) -> None:
+    woken = {coords: data.draw(times) for coords in pack_marks
+             if data.draw(st.booleans())}
     pack = AggregatePack(offset, stream_time, high_water, counts, pack_marks, 18, ids,
-                         effects, keep_until, keep_until - 1)
+                         effects, keep_until, keep_until - 1, woken, data.draw(ends))
     assert decode_aggregate_pack(encode_aggregate_pack(pack)) == pack
+
+
+def test_an_earlier_workers_aggregate_pack_reads_without_positions_or_ends() -> None:
+    earlier = b'[4,1000,[],[],[["orders",0,900,true],["orders",1,800,false,950]],6,[],[],0,0]'
+    pack = decode_aggregate_pack(earlier)
+    assert (pack.marks, pack.woken, pack.ends) == (
+        {("orders", 0): (900, True, None), ("orders", 1): (800, False, None)},
+        {("orders", 1): 950}, {})
 
 
 @given(times, st.dictionaries(st.integers(0, 2**40), times, max_size=4), times,
@@ -159,7 +178,9 @@ def test_aggregate_pack_round_trip(offset, stream_time, high_water, counts, pack
                                  st.integers(-(2**50), 2**50)), sums, max_size=6))
 def test_aggregate_snapshot_round_trip(offset, packs, seen_time, ids, buckets) -> None:
     header = AggregatePack(offset, seen_time, {("orders", 1): 7}, {("orders", "accepted"): 3},
-                           {("orders", 1): (seen_time, False)}, 6, dropped_below=offset - 1)
+                           {("orders", 1): (seen_time, False, None),
+                            ("orders", 2): (seen_time, True, 40)}, 6,
+                           dropped_below=offset - 1, ends={("orders", 2): 40})
     snapshot = AggregateSnapshot(header, "digest", packs, seen_time, ids,
                                  [(*key, values) for key, values in buckets.items()])
     again = decode_aggregate_snapshot(encode_aggregate_snapshot(snapshot))

@@ -107,10 +107,21 @@ def test_packs_are_split_at_the_size_limit() -> None:
 def test_changed_marks_reach_every_partition_unchanged_ones_ride_along() -> None:
     batch = packer().pack([RawRecord("orders", 0, 0, None, order("a"))], NOW, 18)
     marks = [RawMark("orders", 0, NOW - 1000, True)]
-    everywhere = with_marks(batch, marks, 6, 18, everywhere=True)
+    everywhere = with_marks(batch, marks, 6, 18, everywhere=True, ends={})
     assert sorted(everywhere) == list(range(6))
     assert all(packs[-1].marks == marks for packs in everywhere.values())
-    only = with_marks(batch, marks, 6, 18, everywhere=False)
+    only = with_marks(batch, marks, 6, 18, everywhere=False, ends={})
     assert list(only) == list(batch.packs)
     decoded = decode_event_pack(encode_event_pack(everywhere[0][-1]))
     assert isinstance(decoded, EventPack) and decoded.marks == marks
+
+
+def test_end_offsets_go_with_every_pack_before_its_events() -> None:
+    """The aggregate stage applies a pack's ends before its events, so every pack of a
+    batch split at the size limit carries them, not only the last (which has the marks)."""
+    records = [RawRecord("orders", 0, i, None, order("same-id")) for i in range(50)]
+    batch = packer(max_bytes=2048).pack(records, NOW, 18)
+    ends = {("orders", 0): 50, ("orders", 1): 7}
+    (packs,) = with_marks(batch, [], 6, 18, everywhere=False, ends=ends).values()
+    assert len(packs) > 3
+    assert all(decode_event_pack(encode_event_pack(p)).ends == ends for p in packs)

@@ -377,12 +377,46 @@ def test_a_record_of_a_partition_that_had_nothing_left_to_read_is_judged_against
     # partition 1 is busy again: the watermark waits for what it read, but it has passed
     # what the others were read up to as far as lateness goes: its next records are judged
     # against that too, not held back to its own time
-    assert agg.state(0, T).marks[("orders", 1)] == (T + 7 * HOUR, False)
+    assert agg.state(0, T).marks[("orders", 1)] == (T + 7 * HOUR, False, None)
     assert agg.state(0, T).low_mark() == T + 7 * HOUR
     assert agg.state(0, T).judge_low() == T + 30 * HOUR
     result = agg.process(0, [(2, EventPack(2, [], [
         (Source("orders", 1, 2, None, "{}"), order("older", T + 5 * HOUR))]))], T)
     assert [v.outcome for v in result.verdicts] == ["late"]
+
+
+def test_a_claim_read_to_the_end_below_an_end_offset_another_edge_listed_is_stale() -> None:
+    """Two edges, the backlog produced while both had read their empty partitions: edge A's
+    partition 0 claims nothing left to read at offset 0, edge B reads partition 1 up to
+    T + 2 h and lists the end offsets after its batch: partition 0 holds 50 records. The
+    watermark stays where partition 0 holds it (nothing read of it yet), whichever internal
+    partition learns it first, also after a rebuild; A's claim counts again only at a
+    position at or past that end (SPEC §3: nothing left to read)."""
+    log = DictPackLog()
+    agg = aggregator(log)
+    both_empty = [RawMark("orders", 0, None, True, 0), RawMark("orders", 1, None, True, 0)]
+    agg.process(0, [(0, EventPack(2, both_empty, []))], T)
+    assert agg.state(0, T).low_mark() == ALL_READ
+    ends = {("orders", 0): 50, ("orders", 1): 100}
+    b_read = [RawMark("orders", 1, T + 2 * HOUR, False, 100)]
+    agg.process(0, [(1, EventPack(2, b_read, [
+        (Source("orders", 1, 98, None, "{}"), order("b1", T + HOUR)),
+        (Source("orders", 1, 99, None, "{}"), order("b2", T + 2 * HOUR))], ends))], T)
+    assert agg.state(0, T).low_mark() == NO_TIME
+    # what the changelog keeps: a rebuilt partition knows the ends and rejects a stale claim
+    rebuilt = aggregator(log)
+    assert rebuilt.state(0, T).low_mark() == NO_TIME
+    for state_of in (agg, rebuilt):
+        state_of.process(0, [(2, EventPack(2, [RawMark("orders", 0, None, True, 40)], []))], T)
+        assert state_of.state(0, T).low_mark() == NO_TIME
+        state_of.process(0, [(3, EventPack(2, [RawMark("orders", 0, T + HOUR, True, 50)],
+                                           []))], T)
+        assert state_of.state(0, T).low_mark() == T + 2 * HOUR
+    # an earlier edge's mark without a position is taken as it says
+    compat = aggregator()
+    compat.process(0, [(0, EventPack(2, [RawMark("orders", 0, None, True),
+                                         *b_read], [], ends))], T)
+    assert compat.state(0, T).low_mark() == T + 2 * HOUR
 
 
 def test_records_after_a_quiet_spell_are_late_whatever_partitions_they_come_from() -> None:
