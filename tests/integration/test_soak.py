@@ -39,7 +39,7 @@ EVENTS_PER_ORDER = 1 + 0.3 + 0.03  # an order, its survey share and cancellation
 
 
 def test_five_sigkills_during_200k_events(deployment) -> None:
-    recs = traffic(seed=51, hours=1.0, orders_per_hour=150_000)
+    recs = traffic(seed=51, hours=1.0, orders_per_hour=152_000)
     assert len(recs) >= 200_000
     sigkill_storm(deployment(), recs, kills=5, seed=51)
 
