@@ -51,7 +51,6 @@ START_TIMEOUT_S = 20.0  # the broker must answer within this at start, or the wo
 MISSING_TOPIC_GRACE_S = 20.0  # how long an input topic may be missing before that is fatal
 # aiokafka's end_offsets may wait forever for a partition that does not exist
 END_OFFSETS_TIMEOUT_S = 10.0
-ENDS_UNKNOWN_GRACE_S = 30.0  # how long the end offsets may stay unknown before that is fatal
 AUTHORIZATION_ERRORS = (TopicAuthorizationFailedError, GroupAuthorizationFailedError,
                         ClusterAuthorizationFailedError)
 RETRIABLE = (CommitFailedError, RebalanceInProgressError, IllegalStateError)
@@ -299,10 +298,12 @@ class EdgeReader(Service):
 
     async def _list_ends(self) -> dict[tuple[str, int], int]:
         """The broker's end offsets of every raw partition, this edge's and the others'
-        (one ListOffsets request per leader), retried through a broker hiccup."""
+        (one ListOffsets request per leader), retried while the broker is out of reach for
+        up to ``producer_request_timeout``, as long as the packs may wait to be delivered."""
         assert self.consumer is not None
         consumer = self.consumer
         loop = asyncio.get_running_loop()
+        grace_s = parse_duration_ms(self.runtime.settings.producer_request_timeout) / 1000
         failing_since: float | None = None
         while True:
             partitions = [TopicPartition(topic, p) for topic in self.topics
@@ -315,7 +316,7 @@ class EdgeReader(Service):
             except (TimeoutError, KafkaError) as exc:
                 now = loop.time()
                 failing_since = failing_since or now
-                if now - failing_since > ENDS_UNKNOWN_GRACE_S or self.should_stop:
+                if now - failing_since > grace_s or self.should_stop:
                     raise EdgeError(f"edge reader cannot list the input topics' end "
                                     f"offsets: {exc!r}") from exc
                 self.rate_log.warning("edge_end_offsets_retry", error=repr(exc))
