@@ -147,6 +147,12 @@ class Settings(BaseSettings):
         "restores the tables from; compressed bytes). 8 MiB restored 500k events' tables "
         "in 2.6 instead of 3.7 s, but raised a worker's peak RSS by up to 400 MB "
         "(docs/benchmarks.md).")
+    edge_fetch_partition_bytes: int = Field(
+        4 * 1024 * 1024, ge=64 * 1024, description="Most bytes one fetch of the edge's "
+        "consumer returns per raw input partition (compressed bytes; aiokafka's "
+        "max_partition_fetch_bytes). The edge reads a backlog in batches of batch_size "
+        "records; what one fetch brings beyond that waits in the consumer. 1 MiB did not "
+        "lower a worker's peak RSS (501 against 491 MB, 200,000 events, docs/benchmarks.md).")
     changelog_segment: str = Field(
         "1h", description="segment.ms of the changelog topics the worker creates: Kafka "
         "compacts only closed segments, so with its defaults (a week, or 1 GiB) a "

@@ -2,11 +2,17 @@
 
 - five SIGKILLs of random workers (of three) during a 200,000-event stream;
 - a 20-minute soak of live traffic at about half of one worker's maximum rate, with short
-  windows so that retention is reached early: RSS and state sizes flat after the first
-  retention period (growth under 10%), consumer lag bounded, rows equal to the reference at
-  the end. The curve goes to docs/soak.png and docs/soak.json (shown in docs/operations.md).
+  windows and a short customer retention so that retention is reached early: RSS and state
+  sizes flat after the first retention period (growth under 10%), consumer lag bounded, rows
+  equal to the reference at the end. The curve goes to docs/soak.png and docs/soak.json
+  (shown in docs/operations.md).
 
-``KPISTREAM_SOAK_MINUTES`` (20) and ``KPISTREAM_SOAK_RATE`` (events/s, 4000) change the soak.
+``KPISTREAM_SOAK_MINUTES`` (20) and ``KPISTREAM_SOAK_RATE`` (events/s, 2000) change the soak.
+2,000 is about half of what one worker sustains live on the 2-core machine the suite runs on,
+with this test's producer beside it: at 4,000 the worker ran at capacity (the event loop
+blocked for seconds: faust's "Thread keepalive is not responding", Redis timeouts, lag
+spikes of 44k records) and its RSS grew from 422 to 753 MB over 12 minutes with its state
+flat; at 2,000 it stays within 10 %.
 """
 
 from __future__ import annotations
@@ -30,11 +36,15 @@ from kpistream.generator.traffic import Record, TrafficConfig, TrafficGenerator,
 
 pytestmark = [pytest.mark.integration, pytest.mark.soak]
 MINUTES = float(os.environ.get("KPISTREAM_SOAK_MINUTES", "20"))
-RATE = float(os.environ.get("KPISTREAM_SOAK_RATE", "4000"))
+RATE = float(os.environ.get("KPISTREAM_SOAK_RATE", "2000"))
 WINDOWS = "1m/10s,5m/1m"
 GRACE = "1m"
 RETENTION_S = 6 * 60  # the largest window + grace
+# Customers are deleted this long after their last order, so the customer stage's state is
+# flat within RETENTION_S too (each minute's customers are its own: LiveTraffic).
+CUSTOMER_RETENTION = "5m"
 SAMPLE_EVERY_S = 10.0
+LAST_S = 300  # the end of the soak, compared with what came before
 EVENTS_PER_ORDER = 1 + 0.3 + 0.03  # an order, its survey share and cancellations
 
 
@@ -81,6 +91,7 @@ class LiveTraffic(threading.Thread):
                     seed=1000 + minute, start_ms=start, duration_ms=60_000,
                     orders_per_hour=self.rate / EVENTS_PER_ORDER * 3600, campaigns=50,
                     rfc3339_ratio=0.0)).records())
+                own_customers(recs, f"m{minute}-")
                 self.recent.append((start, recs))
                 while self.recent and self.recent[0][0] < start - (RETENTION_S + 60) * 1000:
                     self.recent.popleft()
@@ -103,8 +114,19 @@ class LiveTraffic(threading.Thread):
         return [r for _, recs in self.recent for r in recs]
 
 
+def own_customers(recs: list[Record], prefix: str) -> None:
+    """Give one minute's customers ids of their own. Each minute has its own generator,
+    which numbers customers from 1 again: the same id in two minutes would be one customer
+    whose earlier orders the reference (given the last minutes only) never sees, so it
+    counted some as new customers whom the worker knew (new_customers 312 against 311)."""
+    for value in {id(r.value): r.value for r in recs}.values():  # (a duplicate shares it)
+        if value.get("customer_id") is not None:
+            value["customer_id"] = f"{prefix}{value['customer_id']}"
+
+
 def test_twenty_minute_soak_is_flat(deployment) -> None:
-    dep = deployment(KPISTREAM_WINDOWS=WINDOWS, KPISTREAM_GRACE=GRACE)
+    dep = deployment(KPISTREAM_WINDOWS=WINDOWS, KPISTREAM_GRACE=GRACE,
+                     KPISTREAM_CUSTOMER_RETENTION=CUSTOMER_RETENTION)
     worker, port = dep.start_worker()
     time.sleep(10)  # joined
     source = LiveTraffic(dep, MINUTES, RATE)
@@ -129,12 +151,18 @@ def test_twenty_minute_soak_is_flat(deployment) -> None:
     write_report(curve)
 
     # Settled once the oldest packs (kept a retention period plus a step) start to expire.
+    # Flat: the largest value of the last LAST_S within 10 % of the largest before (not the
+    # first settled sample against the last: the customer stage's records settle later, as a
+    # deletion's record waits for the records before it, and a sample at a trough made a
+    # flat curve fail; a leak of 6 records/s still fails: 1.27).
     settled = [p for p in curve if p["t_s"] >= RETENTION_S + 120]
-    assert len(settled) >= 3, "the soak ended before retention was reached"
-    base, end = settled[0], settled[-1]
-    assert end["rss_mb"] <= base["rss_mb"] * 1.10, f"RSS grew: {base['rss_mb']} -> {end['rss_mb']}"
-    for name in ("aggregate_ids", "aggregate_buckets", "rollup_rows", "rollup_values"):
-        assert end[name] <= base[name] * 1.10, f"{name} grew: {base[name]} -> {end[name]}"
+    last = [p for p in settled if p["t_s"] >= curve[-1]["t_s"] - LAST_S]
+    before = settled[:len(settled) - len(last)]
+    assert len(before) >= 3, "the soak ended before retention was reached"
+    for name in ("rss_mb", "aggregate_ids", "aggregate_buckets", "rollup_rows",
+                 "rollup_values", "customers_customers", "customers_packs"):
+        early, late = max(p[name] for p in before), max(p[name] for p in last)
+        assert late <= early * 1.10, f"{name} grew: {early} -> {late}"
     bound = RATE * 30  # at most 30 s of input behind
     assert max(p["lag"] for p in settled) <= bound, "consumer lag is not bounded"
 

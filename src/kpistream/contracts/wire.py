@@ -594,7 +594,7 @@ def decode_customer_pack(data: bytes) -> CustomerPack:
 # its next start on the same disk: everything of the partition but the customers themselves
 # (they stay in the database), and a digest of the partition's newest changelog record (the
 # snapshot is used only if the changelog's newest record is still that one). JSON.
-CUSTOMER_SNAPSHOT_VERSION = 1
+CUSTOMER_SNAPSHOT_VERSION = 2  # 2: guarded records
 
 
 @dataclass(slots=True)
@@ -613,6 +613,7 @@ class CustomerSnapshot:
     costs: dict[tuple[str, int], float]  # (campaign, day) -> cpo
     cost_packs: dict[int, int]
     customers: int  # records in the customer database
+    guarded: set[int] = field(default_factory=set)  # records kept for their deletions
 
 
 def encode_customer_snapshot(snapshot: CustomerSnapshot) -> bytes:
@@ -624,7 +625,8 @@ def encode_customer_snapshot(snapshot: CustomerSnapshot) -> bytes:
         [[seq, n] for seq, n in snapshot.refs.items()], sorted(snapshot.dead),
         sorted(snapshot.changed), snapshot.republish_after, sorted(snapshot.expired),
         [[campaign, day, cpo] for (campaign, day), cpo in snapshot.costs.items()],
-        [[seq, day] for seq, day in snapshot.cost_packs.items()], snapshot.customers])
+        [[seq, day] for seq, day in snapshot.cost_packs.items()], snapshot.customers,
+        sorted(snapshot.guarded)])
 
 
 def decode_customer_snapshot(data: bytes) -> CustomerSnapshot:
@@ -638,13 +640,13 @@ def decode_customer_snapshot(data: bytes) -> CustomerSnapshot:
                          f"expected {CUSTOMER_SNAPSHOT_VERSION}")
     try:
         (applied, digest, stream_time, high_water, low_marks, first_counts, refs, dead,
-         changed, republish_after, expired, costs, cost_packs, customers) = fields
+         changed, republish_after, expired, costs, cost_packs, customers, guarded) = fields
         return CustomerSnapshot(
             applied, digest, stream_time, {p: (o, i) for p, o, i in high_water},
             {p: low for p, low in low_marks},
             {(w, d, g, b): n for w, d, g, b, n in first_counts}, {s: n for s, n in refs},
             set(dead), set(changed), republish_after, set(expired),
             {(c, day): cpo for c, day, cpo in costs}, {s: day for s, day in cost_packs},
-            customers)
+            customers, set(guarded))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"customer snapshot: damaged ({exc})") from None

@@ -57,5 +57,9 @@ class KafkaOutputSink:
         del self.pending[:len(batch)]
         self.backoff.reset()
 
+    def idle(self) -> bool:
+        """Everything written to this sink is acknowledged."""
+        return not self.pending
+
     async def close(self) -> None:
         """The producer is faust's."""

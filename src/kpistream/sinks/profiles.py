@@ -134,6 +134,10 @@ class RedisProfileSink:
             raise redis_failure(self.name, exc, self.backoff) from exc
         self.backoff.reset()
 
+    def idle(self) -> bool:
+        """Every profile written to this sink is in Redis."""
+        return not self.pending
+
     async def _send(self, changes: list[ProfileChange]) -> None:
         await self.script(args=[self.prefix, profile_payload(changes)])
 

@@ -62,12 +62,14 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
     # Redis rows and alerts before Kafka: the Kafka sink's flush waits for the acks of all
     # the worker's queued records (the outbox is shared with the agents' changelog writes),
     # and rows waited for it on their way to Redis.
+    kafka_sink = KafkaOutputSink(settings, outbox)
+    profile_sink = RedisProfileSink(settings, redis)
     sinks = SinkSet([
         PrometheusSink(metrics),
         RedisRowSink(settings, redis, lambda: publisher.snapshot(set(owned))),
         RedisAlertSink(settings, redis),
-        KafkaOutputSink(settings, outbox),
-        RedisProfileSink(settings, redis),
+        kafka_sink,
+        profile_sink,
     ], metrics, settings.log_interval_s)
     alert_engine = AlertEngine(settings, state, tables.alerts)
     for kind in KINDS:  # a series per kind from the start, at 0
@@ -249,6 +251,8 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
         sinks.write(Publication(changes, [t.transition.message for t in transitions],
                                 firing_now(), profile_changes(now)))
         await sinks.flush()
+        if kafka_sink.idle() and profile_sink.idle():  # (the profiles' sinks)
+            customers.published(assigned(settings.topic_customers))
 
     @app.service
     class SinkLifecycle(faust.Service):

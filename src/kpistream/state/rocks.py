@@ -321,7 +321,7 @@ class RocksCustomerMap(_TimedRecords[CustomerRecord]):
 
     def __init__(self, path: Path, memory: RocksMemory, *, kept: int | None = None) -> None:
         super().__init__(path, memory, kept=kept)
-        self.holders: dict[str, int] = {}
+        self.holders: dict[str, int | None] = {}  # since the flush (None: dropped)
 
     def decode(self, raw: bytes) -> CustomerRecord:
         orders, responses, first = orjson.loads(raw)
@@ -337,18 +337,23 @@ class RocksCustomerMap(_TimedRecords[CustomerRecord]):
         return self.older_than(horizon)
 
     def holder(self, customer: str) -> int | None:
-        held = self.holders.get(customer)
-        if held is not None:
-            return held
+        if customer in self.holders:
+            return self.holders[customer]
         raw = self.db.get(_HOLDER + customer.encode())
         return None if raw is None else int(raw)
 
     def set_holder(self, customer: str, seq: int) -> None:
         self.holders[customer] = seq
 
+    def drop_holder(self, customer: str) -> None:
+        self.holders[customer] = None
+
     def _write(self, batch: WriteBatch) -> None:
         for customer, seq in self.holders.items():
-            batch.put(_HOLDER + customer.encode(), str(seq).encode())
+            if seq is None:
+                batch.delete(_HOLDER + customer.encode())
+            else:
+                batch.put(_HOLDER + customer.encode(), str(seq).encode())
         self.holders.clear()
 
 

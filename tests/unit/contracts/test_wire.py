@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from kpistream.contracts.records import Order, Source, Spend, Survey
 from kpistream.contracts.wire import (
     ALL_READ,
+    CUSTOMER_SNAPSHOT_VERSION,
     NO_TIME,
     AggregatePack,
     AggregateSnapshot,
@@ -201,7 +202,7 @@ seqs = st.integers(0, 2**40)
     st.dictionaries(seqs, st.integers(0, 10), max_size=4), st.sets(seqs, max_size=3),
     st.sets(text, max_size=4), st.none() | text, st.sets(text, max_size=3),
     st.dictionaries(st.tuples(text, times), amounts, max_size=3),
-    st.dictionaries(seqs, times, max_size=3), st.integers(0, 2**40)))
+    st.dictionaries(seqs, times, max_size=3), st.integers(0, 2**40), st.sets(seqs, max_size=3)))
 def test_customer_snapshot_round_trip(snapshot: CustomerSnapshot) -> None:
     assert decode_customer_snapshot(encode_customer_snapshot(snapshot)) == snapshot
 
@@ -209,8 +210,9 @@ def test_customer_snapshot_round_trip(snapshot: CustomerSnapshot) -> None:
 def test_a_customer_snapshot_of_another_version_or_damaged_is_refused() -> None:
     data = encode_customer_snapshot(CustomerSnapshot(
         5, "d", 0, {}, {}, {}, {5: 1}, set(), set(), None, set(), {}, {}, 1))
-    with pytest.raises(ValueError, match="version 2, expected 1"):
-        decode_customer_snapshot(data.replace(b"[1,", b"[2,", 1))
+    ours = CUSTOMER_SNAPSHOT_VERSION
+    with pytest.raises(ValueError, match=f"version {ours + 1}, expected {ours}"):
+        decode_customer_snapshot(data.replace(f"[{ours},".encode(), f"[{ours + 1},".encode(), 1))
     for damaged in (data[:-3], data.replace(b"[5,", b"[", 1), b"{}"):
         with pytest.raises(ValueError, match="customer snapshot"):
             decode_customer_snapshot(damaged)

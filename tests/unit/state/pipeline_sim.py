@@ -152,6 +152,10 @@ class Sim:
             self.customers.drop([r])
             return
         self._deliver(sent)
+        # the publish tick takes every change and its sinks deliver them: the records of
+        # deletions may go from then on (CustomerState.take_dead)
+        self.customers.take_changes([r], 1 << 30, republish=False)
+        self.customers.published([r])
         for seq in self.customers.take_dead(r):
             self.customer_log.delete(r, seq)
         self.customers_done[r] = done

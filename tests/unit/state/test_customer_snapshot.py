@@ -10,7 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from kpistream.contracts.records import Order, Survey
-from kpistream.contracts.wire import CampaignDayCost, CustomerFacts, CustomerPack
+from kpistream.contracts.wire import (
+    CUSTOMER_SNAPSHOT_VERSION,
+    CampaignDayCost,
+    CustomerFacts,
+    CustomerPack,
+)
 from kpistream.settings import Settings
 from kpistream.state.customers import CustomerPartition, CustomerState
 from kpistream.state.rocks import LocalSnapshots, RocksCustomerMap, RocksMemory
@@ -160,7 +165,9 @@ def test_a_snapshot_of_another_version_is_rebuilt(tmp_path: Path) -> None:
     path = tmp_path / "worker" / f"{TOPIC}-0.snapshot"
     raw = path.read_bytes()
     head = 8 + 16  # database size, mark
-    path.write_bytes(raw[:head] + raw[head:].replace(b"[1,", b"[99,", 1))
+    version = f"[{CUSTOMER_SNAPSHOT_VERSION},".encode()
+    assert version in raw[head:]
+    path.write_bytes(raw[:head] + raw[head:].replace(version, b"[99,", 1))
     again = disk.state(log)
     rebuilt_alike(again, log, tmp_path / "fresh")
 
