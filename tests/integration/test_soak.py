@@ -197,9 +197,11 @@ def write_report(curve: list[dict[str, float]]) -> None:
     fig, axes = plt.subplots(3, 1, figsize=(8, 8), sharex=True)
     axes[0].plot(minutes, [p["rss_mb"] for p in curve])
     axes[0].set_ylabel("worker RSS (MB)")
-    for name in ("aggregate_ids", "aggregate_buckets", "rollup_values"):
+    for name in ("aggregate_ids", "aggregate_buckets", "rollup_values",
+                 "customers_customers", "customers_packs"):
         axes[1].plot(minutes, [p.get(name, 0) for p in curve], label=name)
     axes[1].set_ylabel("state entries")
+    axes[1].set_yscale("log")  # (thousands of records beside hundreds of thousands of ids)
     axes[1].legend()
     axes[2].plot(minutes, [p["lag"] for p in curve])
     axes[2].set_ylabel("consumer lag (records)")
