@@ -24,10 +24,10 @@ def deployment(stack: Any, request: pytest.FixtureRequest,
     made: list[Deployment] = []
     request.node.deployments = made
 
-    def make(**extra: str) -> Deployment:
+    def make(partitions: dict[str, int] | None = None, **extra: str) -> Deployment:
         name = f"{request.node.name[:18]}-{uuid.uuid4().hex[:6]}".replace("_", "-")
         dep = Deployment(name, stack.bootstrap, stack.redis_url, extra=extra)
-        dep.create_topics()
+        dep.create_topics(partitions)
         made.append(dep)
         return dep
 

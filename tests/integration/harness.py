@@ -90,10 +90,17 @@ class Deployment:
             os.environ.clear()
             os.environ.update(saved)
 
-    def create_topics(self) -> None:
+    def create_topics(self, partitions: dict[str, int] | None = None) -> None:
+        """``partitions``: topics (by setting name, e.g. ``topic_orders``) made first with
+        a partition count of their own, as a producer's cluster may hold them; ``kpistream
+        topics create`` leaves existing topics as they are."""
+        CREATED.append(self)
+        if partitions:
+            settings = self.settings
+            asyncio.run(_create_topics(settings, {getattr(settings, name): count
+                                                  for name, count in partitions.items()}))
         subprocess.run([sys.executable, "-m", "kpistream", "topics", "create"],
                        env={**os.environ, **self.env}, check=True, capture_output=True)
-        CREATED.append(self)
 
     def remove(self) -> None:
         """Stop the workers and delete every topic of the deployment (its name is in each:
@@ -160,6 +167,20 @@ class Deployment:
     def produce(self, records: Iterable[Record], *, keyed: bool = True,
                 rate: float | None = None) -> int:
         return asyncio.run(produce(self.settings, records, keyed=keyed, rate=rate))
+
+
+async def _create_topics(settings: Settings, partitions: dict[str, int]) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from kpistream.connections import kafka_options
+
+    admin = AIOKafkaAdminClient(**kafka_options(settings))
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, count, 1)
+                                   for topic, count in partitions.items()])
+    finally:
+        await admin.close()
 
 
 async def _delete_topics(settings: Settings, name: str) -> None:

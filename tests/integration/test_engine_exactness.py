@@ -53,12 +53,12 @@ def live_start() -> int:
     return now - 2 * HOUR_MS - 60_000  # the stream ends about a minute ago
 
 
-def run(dep: Deployment, recs: list, workers: int, now_ms: int) -> dict:
+def run(dep: Deployment, recs: list, workers: int, now_ms: int, keyed: bool = True) -> dict:
     outcome = reference.classify(normalise(dep.settings, recs, now_ms),
                                  retention_ms=dep.settings.retention_ms)
     for _ in range(workers):
         dep.start_worker()
-    dep.produce(recs)
+    dep.produce(recs, keyed=keyed)
     rows = wait_for_rows(dep.settings.redis_url.get_secret_value(), dep.settings.redis_prefix,
                          outcome, SETTLE_S, alive=lambda: assert_alive(dep))
     problems = row_mismatches(rows, outcome)
@@ -94,6 +94,27 @@ def test_one_worker_rows_equal_reference(deployment) -> None:
 
 def test_three_workers_rows_equal_reference(deployment) -> None:
     run(deployment(), records(live_start()), workers=3, now_ms=int(time.time() * 1000))
+
+
+def test_input_topics_of_their_own_partition_counts_unkeyed_rows_equal_reference(
+        deployment) -> None:
+    """SPEC §1 and §4: rows do not depend on how many partitions the topics have or on
+    record keys. The input topics exist before kpistream's (a producer's cluster made them):
+    orders with twice the internal topics' partitions, ad spend with one, surveys with
+    three. Records carry no key, so the producer spreads them at random: an order, its
+    cancellation and its duplicates land in different partitions. Two workers."""
+    dep = deployment(partitions={"topic_orders": 12, "topic_ad_spend": 1,
+                                 "topic_surveys": 3})
+    ends = end_offsets(dep.bootstrap, list(dep.settings.input_topics))
+    assert sorted(ends) == sorted(
+        [(dep.settings.topic_orders, p) for p in range(12)]
+        + [(dep.settings.topic_ad_spend, 0)]
+        + [(dep.settings.topic_surveys, p) for p in range(3)])
+    recs = records(live_start())
+    recs += [recs[i] for i in range(0, len(recs), 40)]  # duplicates, later in the stream
+    run(dep, recs, workers=2, now_ms=int(time.time() * 1000), keyed=False)
+    ends = end_offsets(dep.bootstrap, [dep.settings.topic_orders])
+    assert all(ends.values()), f"an orders partition got nothing: {ends}"
 
 
 def test_every_event_twice_rows_equal_reference(deployment) -> None:
