@@ -3,8 +3,10 @@
 Pure: reads the roll-up cache (minute buckets of the window whose STEP is one minute, the
 last hour, and the baseline window), advances each row's detector state through every
 completed minute since the last one evaluated, and returns the new states and transitions.
-The caller persists the states (a changelog-backed table) and writes the transitions to the
-sinks, so a restart neither loses nor repeats an episode.
+The states a run leaves are held unsaved until the caller has delivered the transitions
+judged with them (:meth:`AlertEngine.save`), then persisted in a changelog-backed table: a
+crash in between judges those minutes again and repeats their transitions, with the same
+``alert_id``, rather than losing them (at-least-once, docs/alerting.md).
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ class AlertEngine:
         self.minute = settings.alert_minute_window
         self.baseline = settings.alert_baseline
         self.settle_ms = settings.idle_lag_ms
+        # key -> (partition, state) of rows run() judged since the last save(). Persisted at
+        # once, a state could reach the changelog before its transition reached the sinks,
+        # and a crash in between lost the transition for good.
+        self.unsaved: dict[str, tuple[int, list[Any]]] = {}
 
     @property
     def enabled(self) -> bool:
@@ -66,14 +72,20 @@ class AlertEngine:
     def key(q: int, row: RowId) -> str:
         return f"{q}{SEP}{row[0]}{SEP}{row[1]}"
 
+    def _held(self, key: str) -> list[Any] | None:
+        unsaved = self.unsaved.get(key)
+        return self.store.get(key) if unsaved is None else unsaved[1]
+
     def load(self, q: int, row: RowId) -> DetectorState:
-        held = self.store.get(self.key(q, row))
+        held = self._held(self.key(q, row))
         return DetectorState.from_list(held) if held else DetectorState()
 
     def firing(self, partitions: set[int]) -> Iterator[tuple[RowId, DetectorState]]:
         for q in partitions:
-            for key in self.store.keys_of(q):
-                held = self.store.get(key)
+            keys = dict.fromkeys([*self.store.keys_of(q),
+                                  *(key for key, (p, _) in self.unsaved.items() if p == q)])
+            for key in keys:
+                held = self._held(key)
                 if held:
                     state = DetectorState.from_list(held)
                     if state.firing_kind is not None:
@@ -116,8 +128,21 @@ class AlertEngine:
                     if transition is not None:
                         out.append(AlertTransition(q, row, transition))
                 if changed:
-                    self.store.put(q, self.key(q, row), detector.to_list())
+                    self.unsaved[self.key(q, row)] = (q, detector.to_list())
         return out
+
+    def save(self) -> None:
+        """Persist the states :meth:`run` left; call once every sink has delivered the
+        transitions it returned with them."""
+        for key, (q, held) in self.unsaved.items():
+            self.store.put(q, key, held)
+        self.unsaved.clear()
+
+    def forget(self, partitions: set[int]) -> None:
+        """Drop the unsaved states of partitions this worker no longer owns: their next
+        owner judges from the persisted states (and repeats what was not saved)."""
+        self.unsaved = {key: held for key, held in self.unsaved.items()
+                        if held[0] not in partitions}
 
     def _input(self, windows: dict[str, Any], minute_end: int) -> MinuteInput:
         assert self.minute is not None and self.baseline is not None

@@ -79,6 +79,10 @@ class RedisAlertSink:
         self.backoff.reset()
         self.needs_resync = False
 
+    def idle(self) -> bool:
+        """Every alert message written to this sink is in Redis."""
+        return not self.pending
+
     async def close(self) -> None:
         """The client is the worker's, closed by its owner."""
 

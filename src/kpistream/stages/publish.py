@@ -64,10 +64,11 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
     # and rows waited for it on their way to Redis.
     kafka_sink = KafkaOutputSink(settings, outbox)
     profile_sink = RedisProfileSink(settings, redis)
+    alert_sink = RedisAlertSink(settings, redis)
     sinks = SinkSet([
         PrometheusSink(metrics),
         RedisRowSink(settings, redis, lambda: publisher.snapshot(set(owned))),
-        RedisAlertSink(settings, redis),
+        alert_sink,
         kafka_sink,
         profile_sink,
     ], metrics, settings.log_interval_s)
@@ -213,6 +214,7 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
         for q in owned - current:
             state.drop([q])
             publisher.forget({q})
+            alert_engine.forget({q})
         for q in current:
             for _ in state.loading(q, now):  # in steps: a large rebuild takes seconds
                 await asyncio.sleep(0)
@@ -251,6 +253,8 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
         sinks.write(Publication(changes, [t.transition.message for t in transitions],
                                 firing_now(), profile_changes(now)))
         await sinks.flush()
+        if kafka_sink.idle() and alert_sink.idle():  # (the transitions' sinks)
+            alert_engine.save()
         if kafka_sink.idle() and profile_sink.idle():  # (the profiles' sinks)
             customers.published(assigned(settings.topic_customers))
 

@@ -3,7 +3,7 @@ state persisted per row, one transition per episode edge."""
 
 from __future__ import annotations
 
-from kpistream.alerts.engine import MINUTE_MS, AlertEngine, alerts_enabled
+from kpistream.alerts.engine import MINUTE_MS, AlertEngine, AlertTransition, alerts_enabled
 from kpistream.contracts.wire import ALL_READ, NO_TIME, BucketValue, RollupMessage, encode_rollup
 from kpistream.kpi.formulas import SUM_FIELDS
 from kpistream.settings import Settings
@@ -51,6 +51,25 @@ def feed(state: RollupState, minute: int, orders: int, spend: float, offset: int
           BucketValue("24h", *ROW, quarter, total)])
 
 
+def stable_hour(state: RollupState, engine: AlertEngine) -> None:
+    """An hour of 2 orders and 16 EUR a minute, each minute judged and saved."""
+    for minute in range(0, 60):
+        feed(state, minute, 2, 16.0, minute)
+        assert engine.run({0}, 0) == []
+        engine.save()
+
+
+def orders_stop(state: RollupState, engine: AlertEngine, save: bool) -> list[AlertTransition]:
+    """15 minutes without orders, spend going on; each judged (and saved if ``save``)."""
+    fired = []
+    for minute in range(60, 75):
+        feed(state, minute, 0, 16.0, minute)
+        fired += engine.run({0}, 0)
+        if save:
+            engine.save()
+    return fired
+
+
 def test_orders_stopping_fires_once_and_resolves_once() -> None:
     state, engine, store, _ = setup()
     transitions = []
@@ -72,22 +91,54 @@ def test_orders_stopping_fires_once_and_resolves_once() -> None:
     assert [t.transition.state for t in transitions] == ["firing", "resolved"]
     assert transitions[1].transition.message["alert_id"] == fired["alert_id"]
     assert list(engine.firing({0})) == []
+    assert store.get(engine.key(0, ROW)) is None  # not before the caller delivered ...
+    engine.save()  # ... the transitions
     assert store.get(engine.key(0, ROW)) is not None  # the state is persisted per row
 
 
 def test_a_restarted_engine_neither_repeats_nor_loses_the_episode() -> None:
     state, engine, store, settings = setup()
-    for minute in range(0, 60):
-        feed(state, minute, 2, 16.0, minute)
-        engine.run({0}, 0)
-    fired = []
-    for minute in range(60, 75):
-        feed(state, minute, 0, 16.0, minute)
-        fired += engine.run({0}, 0)
+    stable_hour(state, engine)
+    fired = orders_stop(state, engine, save=True)
     assert len(fired) == 1
     restarted = AlertEngine(settings, state, store)  # same tables, new process
     assert restarted.run({0}, 0) == []  # the minutes already evaluated are not evaluated again
     assert [row for row, _ in restarted.firing({0})] == [ROW]
+
+
+def test_a_transition_not_delivered_before_a_crash_is_repeated_never_lost() -> None:
+    """The sinks had not delivered the firing (save() not called) when the worker died: the
+    next process judges those minutes again and fires the same episode (same alert_id)."""
+    state, engine, store, settings = setup()
+    stable_hour(state, engine)
+    fired = orders_stop(state, engine, save=False)
+    assert len(fired) == 1
+    assert [row for row, _ in engine.firing({0})] == [ROW]  # unsaved, still this run's
+    assert engine.run({0}, 0) == []  # judged once while the process lives
+    restarted = AlertEngine(settings, state, store)  # the crash lost the unsaved states
+    assert list(restarted.firing({0})) == []
+    again = restarted.run({0}, 0)
+    assert [t.transition.message for t in again] == [fired[0].transition.message]
+    restarted.save()
+    assert AlertEngine(settings, state, store).run({0}, 0) == []
+
+
+def test_a_partition_given_up_leaves_its_unsaved_states_to_the_next_owner() -> None:
+    """A rebalance took partition 0 while its firing was not delivered yet: this worker
+    drops the unsaved state (saving it later would overwrite what the next owner saved),
+    and the next owner fires the episode from the last saved state."""
+    state, engine, store, settings = setup()
+    stable_hour(state, engine)
+    saved = store.get(engine.key(0, ROW))
+    fired = orders_stop(state, engine, save=False)
+    assert len(fired) == 1
+    engine.forget({0})
+    assert list(engine.firing({0})) == []
+    engine.save()
+    assert store.get(engine.key(0, ROW)) == saved
+    next_owner = AlertEngine(settings, state, store)
+    assert [t.transition.message for t in next_owner.run({0}, 0)] == [
+        fired[0].transition.message]
 
 
 def test_minutes_wait_for_the_slowest_source_partition() -> None:
