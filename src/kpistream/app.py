@@ -21,7 +21,7 @@ from kpistream.outbox import Outbox
 from kpistream.runtime import Runtime, Topics, wall_clock_ms
 from kpistream.settings import Settings, parse_duration_ms
 from kpistream.stages import aggregate, customers, edge, publish, rollup
-from kpistream.stages.offsets import CommittingConsumer
+from kpistream.stages.offsets import worker_consumer
 from kpistream.state.rocks import partition_stores
 from kpistream.state.rollup import RollupState
 from kpistream.state.tables import Tables
@@ -65,8 +65,9 @@ def create_app(settings: Settings | None = None,
         producer_compression_type=(None if settings.kafka_compression == "none"
                                    else settings.kafka_compression),
     )
-    # a commit that does not stall on an offset acknowledged twice (stages/offsets.py)
-    cast(Any, app.transport).Consumer = CommittingConsumer
+    # a commit that does not stall on an offset acknowledged twice, and fetches that do not
+    # hold records back for faust's 1.5 s (stages/offsets.py)
+    cast(Any, app.transport).Consumer = worker_consumer(settings.fetch_max_wait_ms)
     registry = CollectorRegistry()
     setup_prometheus_sensors(app, registry=registry, name_prefix="faust")
     # faust's "faust_events_runtime_ms" breaks the exposition rules (`promtool check metrics`:

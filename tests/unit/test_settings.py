@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from pydantic import ValidationError
@@ -155,6 +157,21 @@ def test_worker_producer_request_timeout_comes_from_the_settings(tmp_path: Path)
 def test_worker_fetch_size_comes_from_the_settings(tmp_path: Path) -> None:
     app = create_app(Settings(consumer_fetch_partition_bytes=3_000_000, data_dir=str(tmp_path)))
     assert app.conf.consumer_max_fetch_size == 3_000_000
+
+
+def test_worker_consumers_fetch_wait_comes_from_the_settings(tmp_path: Path) -> None:
+    """faust's worker consumer hard-codes a 1.5 s fetch wait; the installed one uses the
+    setting (the edge's consumer takes it as an argument, stages/edge.py)."""
+
+    async def fetch_wait(settings: Settings) -> int:
+        app = create_app(settings)
+        thread = cast(Any, app.consumer)._new_consumer_thread()
+        consumer = thread._create_worker_consumer(app.transport)  # (not started)
+        return int(consumer._fetch_max_wait_ms)
+
+    assert asyncio.run(fetch_wait(Settings(fetch_max_wait="35ms",
+                                           data_dir=str(tmp_path / "a")))) == 35
+    assert asyncio.run(fetch_wait(Settings(data_dir=str(tmp_path / "b")))) == 20
 
 
 @pytest.mark.parametrize(("codec", "expected"), [("zstd", "zstd"), ("lz4", "lz4"),

@@ -160,6 +160,7 @@ class EdgeReader(Service):
             group_id=settings.edge_group_id, enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=settings.edge_fetch_partition_bytes,
+            fetch_max_wait_ms=settings.fetch_max_wait_ms,
             session_timeout_ms=parse_duration_ms(settings.session_timeout),
             heartbeat_interval_ms=max(1000, parse_duration_ms(settings.session_timeout) // 5),
             client_id=f"{settings.app_id}-edge")

@@ -36,9 +36,10 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from faust.exceptions import ConsumerNotStarted
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP
 from faust.utils.functional import consecutive_numbers
@@ -246,7 +247,31 @@ def new_offset(consumer: Any, tp: TP) -> int | None:
 
 
 class CommittingConsumer(AIOKafkaConsumer):
-    """faust's aiokafka consumer with :func:`new_offset`; ``create_app`` installs it."""
+    """faust's aiokafka consumer with :func:`new_offset`, fetching with ``fetch_max_wait_ms``
+    (:func:`worker_consumer` makes one for the settings; ``create_app`` installs it)."""
+
+    fetch_max_wait_ms: int | None = None
 
     def _new_offset(self, tp: TP) -> int | None:
         return new_offset(self, tp)
+
+    def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _ConsumerThread(AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        """faust's worker consumer, but for the fetch wait it hard-codes (1,500 ms,
+        faust/transport/drivers/aiokafka.py, faust-streaming 0.11+): the broker holds a
+        fetch that long for partitions with nothing new, and a record that came meanwhile
+        for a partition outside it waited for it (a stage's share of a row's freshness)."""
+        consumer = super()._create_worker_consumer(transport)
+        wait = cast(CommittingConsumer, self.consumer).fetch_max_wait_ms
+        if wait is not None:
+            consumer._fetch_max_wait_ms = wait  # read by AIOKafkaConsumer.start()
+        return consumer
+
+
+def worker_consumer(fetch_max_wait_ms: int) -> type[CommittingConsumer]:
+    return type("WorkerConsumer", (CommittingConsumer,),
+                {"fetch_max_wait_ms": fetch_max_wait_ms})
