@@ -142,12 +142,12 @@ class Settings(BaseSettings):
         "all before the worker fails (Kafka's delivery.timeout.ms default). faust's 20 "
         "minutes hide a stuck producer behind a worker that looks alive.")
     fetch_max_wait: str = Field(
-        "20ms", description="Longest the broker holds a fetch of the worker's consumers (the "
-        "edge's and faust's) waiting for records. A record then waited for the wait "
-        "in flight before it was read: with Kafka's 500 ms (the edge) and faust's 1.5 s "
-        "(its stages), rows at 1,809 events/s were visible 0.8 s p50 / 3.7 s p90 after "
-        "their order; 20ms: 0.5 / 1.5 s (docs/benchmarks.md). Idle, each consumer asks "
-        "once per this wait.")
+        "100ms", description="Longest the broker holds a fetch of the worker's consumers (the "
+        "edge's and faust's) waiting for records. A record then waited for the fetch in "
+        "flight before it was read: with Kafka's 500 ms (the edge) and faust's 1.5 s (its "
+        "stages), rows at 1,809 events/s were visible 0.8 s p50 / 4.95 s p99 after their "
+        "order; 100ms: 0.56 / 1.11 s. Idle, each consumer asks once per this wait: an idle "
+        "worker used 5.0% of a core (20ms: 12.2%, 500ms: 4.0%; docs/benchmarks.md).")
     consumer_fetch_partition_bytes: int = Field(
         1024 * 1024, ge=64 * 1024, description="Most bytes one fetch of the worker's faust "
         "consumer returns per partition (its internal topics, and the changelogs a start "

@@ -171,7 +171,7 @@ def test_worker_consumers_fetch_wait_comes_from_the_settings(tmp_path: Path) -> 
 
     assert asyncio.run(fetch_wait(Settings(fetch_max_wait="35ms",
                                            data_dir=str(tmp_path / "a")))) == 35
-    assert asyncio.run(fetch_wait(Settings(data_dir=str(tmp_path / "b")))) == 20
+    assert asyncio.run(fetch_wait(Settings(data_dir=str(tmp_path / "b")))) == 100
 
 
 @pytest.mark.parametrize(("codec", "expected"), [("zstd", "zstd"), ("lz4", "lz4"),
