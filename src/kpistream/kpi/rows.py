@@ -25,9 +25,9 @@ from kpistream.state.buckets import (
     ALLOCATED_DIMENSION,
     ALLOCATION_DIMENSIONS,
     ALLOCATION_ORDERS,
-    GROUP_SEP,
     RowId,
     allocate_spend,
+    split_allocation_group,
 )
 from kpistream.state.rollup import RollupState, WindowBuckets
 
@@ -104,7 +104,7 @@ class _Allocation:
     recomputed only for rows that changed while the window stays put."""
 
     bounds: tuple[int, int] = (0, 0)
-    orders: dict[str, int] = field(default_factory=dict)  # "campaign\x1fsegment" -> orders
+    orders: dict[str, int] = field(default_factory=dict)  # allocation group -> orders
     spend: dict[str, float] = field(default_factory=dict)  # campaign -> spend
     result: dict[str, float] | None = None
 
@@ -126,7 +126,7 @@ class _Allocation:
         if self.result is None:
             by_campaign: dict[str, dict[str, int]] = {}
             for group, n in self.orders.items():
-                campaign, segment = group.split(GROUP_SEP, 1)
+                campaign, segment = split_allocation_group(group)
                 by_campaign.setdefault(campaign, {})[segment] = int(n)
             self.result = allocate_spend(by_campaign, self.spend)
         return self.result

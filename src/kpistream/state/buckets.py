@@ -27,7 +27,7 @@ DIMENSIONS: tuple[str, ...] = ("all", "channel", "campaign", "segment")
 ALERT_DIMENSIONS = frozenset({"all", "channel", "campaign"})
 # Ad spend has no segment: segment rows carry spend allocated by each campaign's orders
 # (SPEC §4). Two internal row kinds feed the allocation and are never published: a
-# campaign's orders per segment (group "campaign\x1fsegment") and a campaign's spend. They
+# campaign's orders per segment (group :func:`allocation_group`) and a campaign's spend. They
 # live on the roll-up partition of the segment rows, so a segment row's allocation is
 # computed where all its inputs are.
 ALLOCATED_DIMENSION = "segment"
@@ -112,8 +112,27 @@ def rows_of(event: Order | Spend | Survey) -> list[RowId]:
         return rows
     rows.append(("segment", event.segment))
     if isinstance(event, Order):
-        rows.append((ALLOCATION_ORDERS, f"{event.campaign_id}{GROUP_SEP}{event.segment}"))
+        rows.append((ALLOCATION_ORDERS, allocation_group(event.campaign_id, event.segment)))
     return rows
+
+
+def allocation_group(campaign: str, segment: str) -> str:
+    """The group of a campaign's orders in a segment: ``campaign<SEP>segment``. A name may
+    hold any character (SPEC §1), the separator too: a campaign that holds it, or is empty,
+    is written ``<SEP>length<SEP>campaign segment`` instead, which no plain group starts with
+    (the plain form, kept for every other name, is what earlier versions wrote)."""
+    if campaign and GROUP_SEP not in campaign:
+        return f"{campaign}{GROUP_SEP}{segment}"
+    return f"{GROUP_SEP}{len(campaign)}{GROUP_SEP}{campaign}{segment}"
+
+
+def split_allocation_group(group: str) -> tuple[str, str]:
+    """``(campaign, segment)`` of an :func:`allocation_group`."""
+    if not group.startswith(GROUP_SEP):
+        campaign, segment = group.split(GROUP_SEP, 1)
+        return campaign, segment
+    length, rest = group[1:].split(GROUP_SEP, 1)
+    return rest[:int(length)], rest[int(length):]
 
 
 def partition_key(row: RowId) -> str:

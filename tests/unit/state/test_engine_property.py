@@ -28,8 +28,9 @@ SETTINGS = Settings(windows=("5m/10s", "1h/1m", "2h/15m"), clock="event", grace=
                     attribution_period="30m", alert_baseline_window="2h")
 
 channels = st.sampled_from(["search", "social", "email"])
-campaigns = st.sampled_from(["c1", "c2", "c3", "unattributed"])
-segments = st.sampled_from(["new", "vip", "unknown"])
+# Names hold any character (SPEC §1): the separator of the allocation groups too.
+campaigns = st.sampled_from(["c1", "c2", "c\x1f3", "", "unattributed"])
+segments = st.sampled_from(["new", "v\x1fip", "unknown"])
 customers = st.sampled_from(["cu1", "cu2", "cu3", "cu4"])
 amounts = st.floats(min_value=0, max_value=500, allow_nan=False).map(lambda a: round(a, 2))
 
