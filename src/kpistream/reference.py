@@ -65,7 +65,7 @@ field is computed:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from kpistream.contracts.records import (
@@ -178,7 +178,7 @@ def classify(events: Iterable[Event], *, retention_ms: int,
                 # under another name, and a cancellation now concerns only the new one.
                 alias = expired_order_id(event.order_id, placed_at[event.order_id])
                 outcome.accepted[:] = [
-                    replace(e, order_id=alias) if isinstance(e, Order) and e.status == "placed"
+                    e._replace(order_id=alias) if isinstance(e, Order) and e.status == "placed"
                     and e.order_id == event.order_id else e for e in outcome.accepted]
                 if event.order_id in outcome.retractions:
                     outcome.retractions.discard(event.order_id)

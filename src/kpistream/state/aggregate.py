@@ -29,9 +29,8 @@ coordinates.
 from __future__ import annotations
 
 from array import array
-from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from sys import intern
 from typing import Any, Literal, Protocol
 
@@ -86,6 +85,7 @@ SHIFT_BACK, SHIFT_HERE = 2, -2
 NEVER = 2**63  # a reach no bucket is ever behind by
 _ORDERS, _REVENUE = SUM_FIELDS.index("orders"), SUM_FIELDS.index("revenue")
 _SHIFT = SUM_FIELDS.index("cancel_shift")
+_ZERO_SUMS = array("d", ZERO)  # copied for each new bucket
 
 
 # Not frozen: one is built per event or bucket value, and a frozen dataclass takes
@@ -705,12 +705,16 @@ class PartitionAggregator:
     def _updates(self, state: PartitionState,
                  touched: Touched) -> dict[RowId, list[BucketUpdate]]:
         stamp = state.applied if state.applied is not None else -1
-        updates: dict[RowId, list[BucketUpdate]] = defaultdict(list)
-        for row, window, bucket in sorted(touched):  # (a batch's values in a stable order)
+        updates: dict[RowId, list[BucketUpdate]] = {}
+        # In the order the batch first touched them: the roll-up keys each value by its
+        # row, window and bucket, so no order is needed (sorting took ~3 µs an event).
+        for (row, window, bucket), sums in touched.items():
+            held = updates.get(row)
+            if held is None:
+                held = updates[row] = []
             # a copy (C memcpy): the bucket goes on changing
-            updates[row].append(BucketUpdate(window, bucket, stamp, touched[row, window,
-                                                                            bucket][:]))
-        return dict(updates)
+            held.append(BucketUpdate(window, bucket, stamp, sums[:]))
+        return updates
 
     def _apply(self, state: PartitionState, event: Event, t_eff: int, t_judge: int,
                touched: Touched, ids: dict[str, list[Any]], effects: list[Effect],
@@ -816,7 +820,7 @@ class PartitionAggregator:
                 if sums is None:
                     # one C array of doubles per bucket, not a list of float objects
                     # (~190 instead of ~570 bytes; a worker holds hundreds of thousands)
-                    sums = by_start[bucket] = array("d", ZERO)
+                    sums = by_start[bucket] = _ZERO_SUMS[:]  # (array("d", ZERO): 10x slower)
                     buckets.created(by_start, bucket)
                 for i, amount in vector:
                     sums[i] += amount
@@ -898,7 +902,7 @@ def _is_campaign(row: RowId) -> bool:
 def cancellation_shifts(order: Order, cancelled_at: int) -> list[tuple[int, Order]]:
     """The ``cancel_shift`` effects of a cancellation at ``cancelled_at`` that retracts
     ``order`` (placed): the order back in its own bucket, the cancellation in its own."""
-    return [(SHIFT_BACK, order), (SHIFT_HERE, replace(order, ts=cancelled_at))]
+    return [(SHIFT_BACK, order), (SHIFT_HERE, order._replace(ts=cancelled_at))]
 
 
 def cancel_retracts(placed_ts: int, cancelled_ts: int, retention_ms: int) -> bool:

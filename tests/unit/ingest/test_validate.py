@@ -205,9 +205,7 @@ def test_accepts_and_normalises(validator: Validator, kind: str, record: dict[st
     if amount is not None:
         assert isinstance(amount, float)
         assert amount == pytest.approx(expected.amount, rel=1e-12)
-        result = type(result)(**{  # compare the rest exactly
-            **{name: getattr(result, name) for name in result.__slots__}, "amount": expected.amount
-        })
+        result = result._replace(amount=expected.amount)  # compare the rest exactly
     assert result == expected
     assert isinstance(result.ts, int)
 

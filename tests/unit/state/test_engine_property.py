@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import random
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -192,7 +191,7 @@ def test_the_low_watermark_never_passes_an_event_on_its_way(
     for event in sorted(first, key=lambda e: e.ts):
         sim.append(event)
     sim.run_all(rng)
-    later = [replace(event, ts=first_end + event.ts - BASE) for event in second]
+    later = [event._replace(ts=first_end + event.ts - BASE) for event in second]
     for event in sorted(later, key=lambda e: e.ts):  # produced in time order
         sim.append(event)
 
