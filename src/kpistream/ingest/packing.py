@@ -78,9 +78,8 @@ class Packer:
             # partition, where it would go accepted: read again (a commit lost in a
             # rebalance) it may be judged otherwise, and only there does the high-water mark
             # recognise the second delivery.
-            route = f"{record.topic}:{record.partition}"
             if isinstance(result, Rejection):
-                route = result.key or route
+                route = result.key or f"{record.topic}:{record.partition}"
             else:
                 coords = (record.topic, record.partition)
                 held = out.newest.get(coords)

@@ -62,6 +62,7 @@ from kpistream.state.store import PackLog, Snapshots, pack_digest, records
 
 BucketKey = tuple[str, str, str, int]  # window, dimension, group, bucket
 _NEW = SUM_FIELDS.index("new_customers")
+_NO_SUMS = [0] * len(SUM_FIELDS)  # copied for each update (a new customer count alone)
 LOAD_STEP = 2000  # customers counted between two steps of a rebuild
 # order entry fields
 _TS, _AMOUNT, _CH, _CA, _SE, _COST = range(6)
@@ -641,11 +642,12 @@ class CustomerState:
     def _count(self, state: CustomerPartition, entry: OrderEntry, sign: int, t: int,
                touched: set[BucketKey] | None) -> None:
         ts = int(entry[_TS])
+        rows = order_rows(entry)
         for spec in self.windows:
             bucket = ts - ts % spec.step_ms
             if t != NO_TIME and bucket_expired(bucket, spec, t, self.grace_ms):
                 continue
-            for dimension, group in order_rows(entry):
+            for dimension, group in rows:
                 key = (spec.name, dimension, group, bucket)
                 value = state.first_counts.get(key, 0) + sign
                 if value:
@@ -661,7 +663,7 @@ class CustomerState:
         updates: dict[RowId, list[CustomerUpdate]] = defaultdict(list)
         for key in sorted(touched):
             window, dimension, group, bucket = key
-            sums = [0] * len(SUM_FIELDS)
+            sums = _NO_SUMS.copy()
             sums[_NEW] = state.first_counts.get(key, 0)
             updates[(dimension, group)].append(CustomerUpdate(window, bucket, tuple(sums)))
         return dict(updates)
