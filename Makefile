@@ -63,6 +63,7 @@ demo: tools venv
 
 bench: up
 	@$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q -e '.[dev,bench]'
+	$(PY) benchmarks/pipeline_cost.py
 	$(PY) benchmarks/engine_bench.py
 	$(PY) benchmarks/profile_bench.py
 
