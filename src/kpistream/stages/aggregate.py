@@ -52,16 +52,19 @@ def rollup_messages(p: int, result: BatchResult, partitions: int,
     COUNTS_PARTITION carry the partition's outcome counts, and go when they changed."""
     stamp = result.applied if result.applied is not None else -1
     messages: dict[int, RollupMessage] = {}
-    for row, updates in result.updates.items():
-        q = row_partition(row, partitions)
-        message = messages.get(q)
-        if message is None:
-            message = messages[q] = RollupMessage(p, stamp, result.stream_time,
-                                                  result.low_mark, BucketValues.building(),
-                                                  result.seen_time)
-        values = cast(BucketValues, message.values)  # built here
-        for update in updates:
-            values.append(update.window, row[0], row[1], update.bucket, update.sums)
+    values_of: dict[RowId, BucketValues] = {}  # the values of the message a row goes in
+    for (row, window, bucket), sums in result.touched.items():
+        values = values_of.get(row)
+        if values is None:
+            q = row_partition(row, partitions)
+            message = messages.get(q)
+            if message is None:
+                message = messages[q] = RollupMessage(p, stamp, result.stream_time,
+                                                      result.low_mark,
+                                                      BucketValues.building(),
+                                                      result.seen_time)
+            values = values_of[row] = cast(BucketValues, message.values)  # built here
+        values.append(window, row[0], row[1], bucket, sums)
     # The seen time only qualifies an ALL_READ low mark (state/rollup.py): a change of it
     # alone is news only then (one more message per roll-up partition per batch otherwise).
     marks = (result.stream_time, result.low_mark,
