@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from functools import partial
 from typing import Any, cast
 
@@ -156,18 +157,22 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
 
     last_sweep = [0.0]
 
-    def profile_changes(now: int, limit: int) -> list[ProfileChange]:
-        """Up to ``limit`` profiles of the customers partitions this worker owns that
-        changed since they were last taken (a partition publishes once its state is loaded,
-        all of it at first)."""
+    def profile_changes(now: int) -> Iterator[list[ProfileChange]]:
+        """Profiles of the customers partitions this worker owns that changed since the last
+        tick (a partition publishes once its state is loaded, all of it at first), up to
+        profile_publish_batch, built a sink chunk at a time. They are taken at once: taking
+        a chunk at a time sorted a partition's changed customers every time (a million
+        profiles reached Redis 625 s after the last event instead of 184)."""
         # Republishing waits while a partition is being rebuilt: it costs about as much as
         # the rebuild, and new changes (published at once) come through it.
-        taken = customers.take_changes(sorted(assigned(settings.topic_customers)), limit,
+        taken = customers.take_changes(sorted(assigned(settings.topic_customers)),
+                                       settings.profile_publish_batch,
                                        republish=not customers.rebuilding)
         cost_of = {r: partial(customers.cost_of, customers.parts[r]) for r, _, _ in taken}
-        return [ProfileChange(customer, None if record is None else
-                              build_profile(customer, record, now, cost_of[r]))
-                for r, customer, record in taken]
+        for i in range(0, len(taken), PROFILE_CHUNK):
+            yield [ProfileChange(customer, None if record is None else
+                                 build_profile(customer, record, now, cost_of[r]))
+                   for r, customer, record in taken[i:i + PROFILE_CHUNK]]
 
     publishing = asyncio.Lock()  # held by a rows tick
     profiling = asyncio.Lock()  # held by a profiles tick: a stop's snapshot waits for it
@@ -187,18 +192,16 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
 
     @app.timer(settings.publish_interval_ms / 1000)  # type: ignore[untyped-decorator]
     async def publish_profiles() -> None:
-        """The changed profiles, up to profile_publish_batch a tick, built a sink chunk at
-        a time with a pause between chunks, in which the agents and the rows' timer run
-        (20,000 profiles built at once held the event loop for about a second), then
-        flushed once: a flush per chunk made a million profiles reach Redis 279 s after the
-        last event instead of 176 s (docs/benchmarks.md)."""
+        """The changed profiles, built a chunk at a time with a pause between chunks, in
+        which the agents and the rows' timer run (20,000 profiles built at once held the
+        event loop for about a second), then flushed once: a flush per chunk made a million
+        profiles reach Redis 279 s after the last event instead of 176 s
+        (docs/benchmarks.md). Every profile taken is written: a change taken is no longer
+        among the partition's changes."""
         async with profiling:
-            budget, now = settings.profile_publish_batch, runtime.now_ms()
-            while budget > 0 and publishable():  # (a rebalance may start in a pause)
-                changes = profile_changes(now, min(budget, PROFILE_CHUNK))
-                if not changes:
-                    break
-                budget -= len(changes)
+            if not publishable():
+                return
+            for changes in profile_changes(runtime.now_ms()):
                 profile_sinks.write(Publication(profiles=changes))
                 await asyncio.sleep(0)
             await profile_sinks.flush()
