@@ -267,8 +267,9 @@ class Settings(BaseSettings):
         64, ge=4, description="state_store=rocksdb: memory budget (MB) of all the worker's "
         "databases together (a shared block cache, memtables charged to it).")
     profile_publish_batch: int = Field(
-        20_000, ge=1, description="Most customer profiles built and published per publish "
-        "tick (after a restart every profile is published again, this many at a time).")
+        20_000, ge=1, description="Most customer profiles built and published per profiles "
+        "tick, once per publish_interval (after a restart every profile is published again, "
+        "this many at a time).")
     gc_thresholds: Annotated[tuple[int, int, int], NoDecode] = Field(
         (50_000, 20, 100), description="Worker: Python's garbage collector thresholds "
         "(gen0 allocations, gen1 and gen2 multipliers; `gc.set_threshold`). With Python's "
