@@ -20,7 +20,7 @@ from kpistream.observability.metrics import Metrics
 from kpistream.outbox import Outbox
 from kpistream.runtime import Runtime, Topics, wall_clock_ms
 from kpistream.settings import Settings, parse_duration_ms
-from kpistream.stages import aggregate, customers, edge, publish, rollup
+from kpistream.stages import aggregate, customers, edge, publish, recovery, rollup
 from kpistream.stages.offsets import worker_consumer
 from kpistream.state.rocks import partition_stores
 from kpistream.state.rollup import RollupState
@@ -92,5 +92,6 @@ def create_app(settings: Settings | None = None,
                                hold_for_alerts=alerts_enabled(settings))
     rollup.register(app, runtime, rollup_state)
     publish.register(app, runtime, rollup_state, aggregator, customer_state, readers)
+    recovery.register(app, runtime)
     app.kpistream = runtime  # type: ignore[attr-defined]
     return app

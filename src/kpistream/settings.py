@@ -296,6 +296,17 @@ class Settings(BaseSettings):
         "below its read offset, which a delivery still in flight may have raised past the "
         "seek). A retry made too early only delivers records again, which the stage applies "
         "idempotently; one made late stalls the partition's commits that long.")
+    recovery_retry: str = Field(
+        "10s", description="A changelog partition that faust's table recovery still needs "
+        "and has delivered nothing for this long is sought again to where recovery stands "
+        "(faust drops the re-fetched records below its read offset when a rebalance comes "
+        "in the middle of a recovery, and would then wait for them for good). A retry "
+        "only reads again records recovery skips.")
+    recovery_timeout: str = Field(
+        "3m", description="A changelog partition recovery still needs and that has "
+        "delivered nothing for this long, retries included, makes the worker exit "
+        "non-zero naming it, so that its group hands the partitions to a worker that can "
+        "read them (or its supervisor starts it again).")
 
     # --- alerts ------------------------------------------------------------------------
     alert_baseline_window: str = Field(
@@ -364,6 +375,7 @@ class Settings(BaseSettings):
                      "batch_within", "stage_batch_within",
                      "log_interval",
                      "session_timeout", "producer_request_timeout", "seek_retry",
+                     "recovery_retry", "recovery_timeout",
                      "changelog_segment")
     @classmethod
     def _check_duration(cls, value: str) -> str:
@@ -375,6 +387,14 @@ class Settings(BaseSettings):
         if self.publish_check_interval_ms > self.publish_interval_ms:
             raise ValueError(f"publish_check_interval={self.publish_check_interval} must not "
                              f"exceed publish_interval={self.publish_interval}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_recovery(self) -> Settings:
+        if self.recovery_timeout_s <= self.recovery_retry_s:
+            raise ValueError(f"recovery_timeout={self.recovery_timeout} must exceed "
+                             f"recovery_retry={self.recovery_retry}: a stalled partition is "
+                             "retried before the worker gives up on it")
         return self
 
     @model_validator(mode="after")
@@ -507,6 +527,14 @@ class Settings(BaseSettings):
     @property
     def seek_retry_s(self) -> float:
         return parse_duration_ms(self.seek_retry) / 1000
+
+    @property
+    def recovery_retry_s(self) -> float:
+        return parse_duration_ms(self.recovery_retry) / 1000
+
+    @property
+    def recovery_timeout_s(self) -> float:
+        return parse_duration_ms(self.recovery_timeout) / 1000
 
     @property
     def retention_ms(self) -> int:

@@ -133,15 +133,16 @@ class Deployment:
         except Exception as exc:  # cleanup only, as above
             print(f"[harness] could not delete the Redis keys of {self.name}: {exc!r}")
 
-    def start_worker(self, **extra: str) -> tuple[subprocess.Popen[bytes], int]:
+    def start_worker(self, argv: list[str] | None = None,
+                     **extra: str) -> tuple[subprocess.Popen[bytes], int]:
         """A worker with the deployment's environment (plus ``extra``); returns it and its
-        web port."""
+        web port. ``argv``: a program of the tests' own in place of ``kpistream worker``."""
         port = free_port()
         LOG_DIR.mkdir(parents=True, exist_ok=True)
         self.started += 1
         log = open(LOG_DIR / f"{self.name}-{self.started}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
-            [sys.executable, "-m", "kpistream", "worker"],
+            argv or [sys.executable, "-m", "kpistream", "worker"],
             env={**os.environ, **self.env, "KPISTREAM_WEB_PORT": str(port),
                  "KPISTREAM_WEB_HOST": "127.0.0.1",
                  # one data directory per worker, as on separate machines

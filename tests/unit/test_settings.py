@@ -206,3 +206,9 @@ def test_tables_restore_in_small_batches(tmp_path: Path) -> None:
     assert len(sizes) == 4
     assert set(sizes.values()) == {RECOVERY_BUFFER_RECORDS}
     assert RECOVERY_BUFFER_RECORDS <= 100
+
+
+def test_recovery_gives_up_only_after_retrying() -> None:
+    assert Settings(recovery_retry="10s", recovery_timeout="3m").recovery_timeout_s == 180
+    with pytest.raises(ValueError, match="recovery_timeout=10s must exceed recovery_retry=10s"):
+        Settings(recovery_retry="10s", recovery_timeout="10s")
