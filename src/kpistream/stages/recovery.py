@@ -151,9 +151,16 @@ class RecoveryWatchdog(Service):
             self.events.warning("recovery_seek_retry", limit_key=f"{tp.topic}:{tp.partition}",
                              topic=tp.topic, partition=tp.partition, offset=offset,
                              highwater=recovery.active_highwaters.get(tp))
-        if seeks:
+        if not seeks:
+            return
+        try:
             await consumer.seek_wait(seeks)
             consumer.resume_partitions(set(seeks))
+        except Exception as exc:
+            # a rebalance can take a partition between the look and the seek (aiokafka's
+            # IllegalStateError), or the broker not answer the position in time: the next
+            # look seeks again, and recovery_timeout still ends a wait that never ends
+            self.events.warning("recovery_seek_failed", error=repr(exc))
 
 
 def register(app: Any, runtime: Runtime) -> RecoveryWatchdog:

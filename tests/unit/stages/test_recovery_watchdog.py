@@ -93,6 +93,12 @@ class Consumer:
 
 
 @dataclass
+class FailingConsumer(Consumer):
+    async def seek_wait(self, offsets: dict[TP, int]) -> None:
+        raise RuntimeError("IllegalStateError: No current assignment for partition")
+
+
+@dataclass
 class App:
     tables: Tables
     consumer: Consumer
@@ -150,3 +156,17 @@ def test_the_watchdog_does_nothing_outside_recovery_or_while_stopping() -> None:
         for clock.now in (0.0, RETRY_S, TIMEOUT_S):
             asyncio.run(dog.check())
         assert app.consumer.seeks == [] and app.crashes == []
+
+
+def test_a_seek_that_fails_is_logged_and_made_again_at_the_next_retry(
+        caplog: pytest.LogCaptureFixture) -> None:
+    dog, app, clock = watchdog({A})
+    app.consumer = FailingConsumer({A})
+    with caplog.at_level(logging.WARNING):
+        for clock.now in (0.0, RETRY_S):
+            asyncio.run(dog.check())
+    assert "recovery_seek_failed" in caplog.text and "No current assignment" in caplog.text
+    app.consumer = Consumer({A})
+    clock.now = 2 * RETRY_S
+    asyncio.run(dog.check())
+    assert app.consumer.seeks == [{A: 0}] and app.crashes == []
