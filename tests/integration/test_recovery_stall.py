@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import LOG_DIR, changelog_topics, end_offsets
+from harness import LOG_DIR, changelog_topics, end_offsets, samples, scrape
 from test_faults import assert_rows_exact, expect, traffic
 
 pytestmark = pytest.mark.integration
@@ -42,7 +42,7 @@ def test_recovery_seeks_left_unanswered_are_retried_and_a_partition_never_answer
     restore = {tp: end for tp, end in end_offsets(dep.bootstrap, changelogs).items() if end}
     assert restore, "the first worker left no changelog records to recover"
 
-    retried, _ = dep.start_worker(UNANSWERED_WORKER, UNANSWERED_SEEKS="1", **RETRY)
+    retried, port = dep.start_worker(UNANSWERED_WORKER, UNANSWERED_SEEKS="1", **RETRY)
     dep.produce(recs[half:])
     assert_rows_exact(dep, expect(dep, recs))
     log = (LOG_DIR / f"{dep.name}-{dep.started}.log").read_text(errors="replace")
@@ -50,6 +50,10 @@ def test_recovery_seeks_left_unanswered_are_retried_and_a_partition_never_answer
               _fields(log, "recovery_seek_retry", ("topic", "partition"))}
     assert sought, "the watchdog never sought a changelog partition again"
     assert sought <= set(restore), f"sought partitions with nothing to recover: {sought}"
+    counted = {labels["topic"]: value
+               for labels, value in samples(scrape(port), "kpistream_recovery_seeks_total")}
+    assert set(counted) == {topic for topic, _ in sought}, counted
+    assert sum(counted.values()) >= len(sought)
     stop(retried)
 
     never, _ = dep.start_worker(UNANSWERED_WORKER, UNANSWERED_SEEKS="all", **RETRY)

@@ -27,6 +27,7 @@ class Metrics:
     rows_published: Counter
     alert_active: Gauge
     alerts: Counter
+    recovery_seeks: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> Metrics:
@@ -51,6 +52,10 @@ class Metrics:
             alerts=Counter(
                 "kpistream_alerts", "Alert episodes started, by kind.", ["alert", "kind"],
                 registry=registry),
+            recovery_seeks=Counter(
+                "kpistream_recovery_seeks", "Changelog partitions sought again because "
+                "faust's table recovery received nothing from them (stages/recovery.py).",
+                ["topic"], registry=registry),
         )
 
 

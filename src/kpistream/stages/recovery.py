@@ -35,6 +35,7 @@ from typing import Any, cast
 from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 from mode import Service
+from prometheus_client import Counter
 
 from kpistream.observability.logs import RateLimitedLog
 from kpistream.runtime import Runtime
@@ -110,12 +111,13 @@ class RecoveryWatchdog(Service):
     recovery is one this must watch."""
 
     def __init__(self, app: Any, watch: RecoveryWatch, log: RateLimitedLog,
-                 interval_s: float, clock: Callable[[], float] = time.monotonic,
-                 **kwargs: Any) -> None:
+                 interval_s: float, seeks: Counter | None = None,
+                 clock: Callable[[], float] = time.monotonic, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.app = app
         self.watch = watch
         self.events = log
+        self.seeks = seeks  # kpistream_recovery_seeks_total{topic}
         self.interval_s = interval_s
         self.clock = clock
 
@@ -149,8 +151,10 @@ class RecoveryWatchdog(Service):
         seeks = {tp: offset for tp, offset in verdict.seek.items() if tp in assigned}
         for tp, offset in seeks.items():
             self.events.warning("recovery_seek_retry", limit_key=f"{tp.topic}:{tp.partition}",
-                             topic=tp.topic, partition=tp.partition, offset=offset,
-                             highwater=recovery.active_highwaters.get(tp))
+                                topic=tp.topic, partition=tp.partition, offset=offset,
+                                highwater=recovery.active_highwaters.get(tp))
+            if self.seeks is not None:
+                self.seeks.labels(topic=tp.topic).inc()
         if not seeks:
             return
         try:
@@ -168,6 +172,6 @@ def register(app: Any, runtime: Runtime) -> RecoveryWatchdog:
     watchdog = RecoveryWatchdog(
         app, RecoveryWatch(settings.recovery_retry_s, settings.recovery_timeout_s),
         RateLimitedLog(logger, settings.log_interval_s),
-        settings.recovery_retry_s / CHECKS_PER_RETRY)
+        settings.recovery_retry_s / CHECKS_PER_RETRY, runtime.metrics.recovery_seeks)
     app.add_dependency(watchdog)
     return watchdog

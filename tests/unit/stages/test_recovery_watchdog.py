@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 
 import pytest
 from faust.types import TP
+from prometheus_client import CollectorRegistry
 
 from kpistream.observability.logs import RateLimitedLog
+from kpistream.observability.metrics import Metrics
 from kpistream.stages.recovery import RecoveryStalled, RecoveryWatch, RecoveryWatchdog
 
 RETRY_S, TIMEOUT_S = 5.0, 60.0
@@ -121,8 +123,10 @@ def watchdog(assigned: set[TP]) -> tuple[RecoveryWatchdog, App, Clock]:
     recovery = Recovery(active_highwaters={A: 5, B: 2}, active_offsets={A: -1, B: 0})
     app = App(Tables(recovery), Consumer(assigned))
     clock = Clock()
+    registry = CollectorRegistry()
     dog = RecoveryWatchdog(app, RecoveryWatch(RETRY_S, TIMEOUT_S),
-                           RateLimitedLog(logging.getLogger("test"), 0.0), RETRY_S / 4, clock)
+                           RateLimitedLog(logging.getLogger("test"), 0.0), RETRY_S / 4,
+                           Metrics.create(registry).recovery_seeks, clock=clock)
     return dog, app, clock
 
 
@@ -135,6 +139,8 @@ def test_the_watchdog_seeks_assigned_partitions_in_the_consumer_thread_and_resum
         asyncio.run(dog.check())
     assert app.consumer.seeks == [{A: 0}] and app.consumer.resumed == [{A}]
     assert "recovery_seek_retry" in caplog.text and "partition=2" in caplog.text
+    assert dog.seeks is not None
+    assert dog.seeks.labels(topic=A.topic)._value.get() == 1
     assert app.crashes == []
 
 
