@@ -725,7 +725,7 @@ class PartitionAggregator:
                 # The id's earlier order has expired: this one is new. Its cancellation is
                 # still an id seen (a second one within the retention is a duplicate).
                 record = None if record[_C_TS] is None else [
-                    None, None, None, None, None, record[_C_TS], 0, None]
+                    None, None, None, None, None, record[_C_TS], record[_MATCHED], None]
             # A cancellation that came first was an unknown order (SPEC §1). If it is of
             # this order's time or later (within the retention), it was produced after the
             # order and overtook it (another partition, or read sooner): it retracts the
@@ -733,8 +733,8 @@ class PartitionAggregator:
             # One of an earlier time came first in event time too: it changed nothing and
             # this order counts. The record keeps its time either way, so a second
             # cancellation is a duplicate of it (SPEC §1, same id and status).
-            sign = 0 if record is not None and cancel_retracts(
-                event.ts, record[_C_TS], self.retention_ms) else 1
+            sign = 0 if (record is not None and not record[_MATCHED]
+                         and cancel_retracts(event.ts, record[_C_TS], self.retention_ms)) else 1
             if not sign:
                 shifts = cancellation_shifts(event, record[_C_TS])  # type: ignore[index]
             # Kept for the whole retention period, once per order: the few distinct group
@@ -747,7 +747,12 @@ class PartitionAggregator:
                 return "duplicate"
             if (record is None or record[_P_TS] is None
                     or record[_P_TS] < max(event.ts, t_judge) - self.retention_ms):
-                record = [None, None, None, None, None, event.ts, 0, None]
+                # Unknown: no order yet (it may come after its cancellation: it then waits
+                # for it, _MATCHED 0), or one expired (it concerned that order and changed
+                # nothing: a new order of the id later is not the one it cancelled, _MATCHED
+                # 1, as in kpistream.reference).
+                expired = record is not None and record[_P_TS] is not None
+                record = [None, None, None, None, None, event.ts, int(expired), None]
                 state.ids.put(key, record)
                 ids[key] = record
                 return "unknown_order"

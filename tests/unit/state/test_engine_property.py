@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pipeline_sim import Sim
 
@@ -208,6 +208,14 @@ def test_the_low_watermark_never_passes_an_event_on_its_way(
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(events(400), max_size=80), st.randoms(use_true_random=False))
+# Found by a CI run: the cancellation of an order just expired is an unknown order; a new
+# order of the same id and time is not the one it cancelled (it counts), although a
+# cancellation read before any order of its id retracts one of its time when it comes.
+@example([Order("o0", BASE, "placed", "cu1", 0.0, "search", "c1", "new"),
+          Order("o0", BASE + 7_500_001, "cancelled", None, None, "unknown", "unattributed",
+                "unknown"),
+          Order("o0", BASE + 7_500_001, "placed", "cu1", 0.0, "search", "c1", "new")],
+         random.Random(0))
 def test_late_events_match_reference_on_one_partition(evs: list[Event],
                                                       rng: random.Random) -> None:
     """Over 400 minutes with a 2h+5m retention, many events are late; with one partition the
