@@ -20,8 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# `make test` (and so CI) runs the same examples every time: a property test that found a
+# new counterexample in a CI run made a green change red for a bug it did not touch (the
+# engine bug is fixed, and its case kept as an @example). Exploring new examples is a
+# deliberate act: `HYPOTHESIS_PROFILE=explore make unit` draws fresh ones (and more, where a
+# test does not set its own max_examples).
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("explore", max_examples=1_000, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 STACK_SH = ROOT / "deploy" / "local" / "stack.sh"
 sys.path.insert(0, str(Path(__file__).resolve().parent / "integration"))
 
