@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -25,7 +26,10 @@ def deployment(stack: Any, request: pytest.FixtureRequest,
     request.node.deployments = made
 
     def make(partitions: dict[str, int] | None = None, **extra: str) -> Deployment:
-        name = f"{request.node.name[:18]}-{uuid.uuid4().hex[:6]}".replace("_", "-")
+        # Kafka topic names allow only [A-Za-z0-9._-]: a short parametrised test's id
+        # brackets fell within the first 18 characters and made the topics invalid.
+        prefix = re.sub(r"[^A-Za-z0-9.-]", "-", request.node.name[:18])
+        name = f"{prefix}-{uuid.uuid4().hex[:6]}"
         dep = Deployment(name, stack.bootstrap, stack.redis_url, extra=extra)
         dep.create_topics(partitions)
         made.append(dep)
