@@ -23,13 +23,16 @@ Rules, in the order :func:`classify` applies them to each event ``e``:
    - of a placed order already accepted and older than that: the order has *expired*
      ("never seen, or already expired"; it would be late now, its bucket is no longer
      retained and its attribution day may be final). The cancellation is an *unknown
-     order* and retracts nothing: the order stays counted in rows and profiles;
+     order* and does not retract it: the order stays counted in rows and profiles;
    - of an order never accepted (not seen yet, or seen only late): an *unknown order*.
-     If the placed order arrives later with a ``ts`` at or before the cancellation's (and not
-     more than the retention before it), the cancellation was produced after the order and
-     overtook it (another partition, or read sooner): the order is accepted and at once
-     retracted, so the rows do not depend on keying or arrival order (SPEC §4). Otherwise
-     the cancellation changed nothing and the order counts.
+
+   An unknown-order cancellation, of either kind, waits: if a placed order of its id arrives
+   later with a ``ts`` at or before the cancellation's (and not more than the retention
+   before it), the cancellation was produced after that order and overtook it (another
+   partition, or read sooner): the order is accepted and at once retracted, so the rows do
+   not depend on keying or arrival order (SPEC §4). Otherwise the cancellation changed
+   nothing and the order counts. (Both kinds alike, so that the verdict never depends on
+   whether a streaming engine still holds the expired order's id or has swept it.)
 
    A second cancellation of an order is a duplicate (rule 2), whatever happened to the first.
 
@@ -167,6 +170,9 @@ def classify(events: Iterable[Event], *, retention_ms: int,
                 outcome.unknown_orders.append(event)
             elif placed < max(event.ts, judged_at if judged_at is not None
                               else event.ts) - retention_ms:  # expired: stays counted
+                # and, like a cancellation of an order not seen yet, retracts a new order
+                # of the id placed at or before it that comes later (rule 3)
+                cancelled_first[event.order_id] = event.ts
                 outcome.unknown_orders.append(event)
             else:
                 outcome.retractions.add(event.order_id)

@@ -53,6 +53,19 @@ def test_a_cancellation_after_the_order_expired_is_unknown_and_the_order_stays_c
     assert row.orders == 1
 
 
+def test_a_cancellation_of_an_expired_order_retracts_a_new_order_of_its_id_up_to_its_time(
+) -> None:
+    """Like a cancellation read before any order: the id's new order placed at or before
+    it (within the retention) is retracted when it comes; the expired one stays counted.
+    A new order placed after it counts."""
+    events = [order("o1", 0), cancel("o1", RETENTION + 1), order("o1", RETENTION + 1, 7.0)]
+    outcome = classify(events, retention_ms=RETENTION)
+    assert outcome.unknown_orders == [events[1]]
+    assert [e.amount for e in counted_events(outcome)] == [10.0]  # the expired one
+    after = classify([*events[:2], order("o1", RETENTION + 2, 7.0)], retention_ms=RETENTION)
+    assert sorted(e.amount for e in counted_events(after)) == [7.0, 10.0]
+
+
 def test_a_cancellation_of_an_order_older_than_stream_time_allows_is_unknown() -> None:
     """Not late itself (20 min after its order), but stream time is 10 min past the order's
     retention: the order has expired, stays counted, and its final day's cost stands."""

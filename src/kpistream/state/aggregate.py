@@ -747,12 +747,11 @@ class PartitionAggregator:
                 return "duplicate"
             if (record is None or record[_P_TS] is None
                     or record[_P_TS] < max(event.ts, t_judge) - self.retention_ms):
-                # Unknown: no order yet (it may come after its cancellation: it then waits
-                # for it, _MATCHED 0), or one expired (it concerned that order and changed
-                # nothing: a new order of the id later is not the one it cancelled, _MATCHED
-                # 1, as in kpistream.reference).
-                expired = record is not None and record[_P_TS] is not None
-                record = [None, None, None, None, None, event.ts, int(expired), None]
+                # Unknown: no order yet, or one expired. Either way it waits for an order of
+                # the id placed at or before its time (_MATCHED 0), as in
+                # kpistream.reference: whether an expired order was still held or the id
+                # sweep had forgotten it then changes nothing (it did, in rows, before).
+                record = [None, None, None, None, None, event.ts, 0, None]
                 state.ids.put(key, record)
                 ids[key] = record
                 return "unknown_order"

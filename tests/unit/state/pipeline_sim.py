@@ -258,8 +258,12 @@ class Sim:
                     self.aggregate_crash(p, n, rng)
                 else:
                     self.aggregate_step(p, n)
+                if rng.random() < 0.3:  # the publish timer's sweep of ids, buckets and packs
+                    self.aggregator.sweep(p, self.now_ms)
             elif stage == "customers":
                 self.customers_step(p, n, crash=crash, rng=rng)
+                if rng.random() < 0.3:
+                    self.customers.sweep(p, self.now_ms)
             else:
                 self.rollup_step(p, n, crash=crash, rng=rng)
                 if rng.random() < 0.3:

@@ -527,3 +527,28 @@ def test_a_rebuild_skips_only_buckets_that_expire_when_it_ends() -> None:
     assert any(k[0] == "5m" for k in again.buckets)  # the newest buckets of every window
     assert any(k[:2] == ("24h", "campaign") and k[3] < events[-1].ts - 25 * HOUR
                for k in again.buckets)  # an expired campaign bucket, kept for attribution
+
+
+def test_an_unknown_cancellation_gives_the_same_verdicts_whether_or_not_the_sweep_forgot_its_order(
+) -> None:
+    """An order expired (placed more than the retention before its cancellation): the
+    cancellation is an unknown order, and a new order of the id at or before the
+    cancellation's time is retracted when it comes, as after a cancellation read before any
+    order. The same whether or not the id sweep had forgotten the expired order."""
+    r = aggregator().retention_ms
+    orders = SUM_FIELDS.index("orders")
+    outcomes = []
+    for swept in (False, True):
+        agg = aggregator()
+        agg.process(0, [(0, pack(order("a", T), order("z", T + r + 5 * HOUR)))], T)
+        if swept:
+            agg.sweep(0, T)
+            assert agg.state(0, T).ids.get("order|a") is None
+        later = [order("a", T + r + HOUR, "cancelled"), order("a", T + r + HOUR)]
+        result = agg.process(0, [(1, pack(*later, first=2))], T)
+        bucket = T + r + HOUR - (T + r + HOUR) % (15 * 60_000)
+        outcomes.append(([v.outcome for v in result.verdicts],
+                         agg.state(0, T).buckets.find("24h", ("all", "all"), bucket)))
+    assert outcomes[0][0] == outcomes[1][0] == ["unknown_order", "accepted"]
+    for _, sums in outcomes:
+        assert sums is None or sums[orders] == 0  # retracted at once: no order in its bucket
