@@ -13,9 +13,9 @@ Rules, in the order :func:`classify` applies them to each event ``e``:
    non-late event (duplicates included) advances ``T = max(T, e.ts)``.
 2. De-duplication. A second spend with the same ``spend_id``, survey with the same
    ``response_id``, or order with the same ``order_id`` *and* ``status`` is a *duplicate*,
-   whatever its content, when the id's last accepted use is within the retention of its own
-   ``ts`` (SPEC §1: "already seen within retention"); an older use is forgotten and the event
-   is judged as new.
+   whatever its content, when the id's last accepted use is within the retention before
+   ``max(e.ts, T_e)`` (SPEC §1: "already seen within retention"; like a cancellation's
+   expiry, rule 3); an older use is forgotten and the event is judged as new.
 3. Cancellations (SPEC §1), decided here event by event (``Outcome.retractions``):
 
    - of a placed order already accepted, with ``order.ts >= max(cancellation.ts, T_e) -
@@ -157,7 +157,8 @@ def classify(events: Iterable[Event], *, retention_ms: int,
 
         # 2. duplicate?
         identity = _identity(event)
-        if seen.get(identity, event.ts - retention_ms - 1) >= event.ts - retention_ms:
+        horizon = (event.ts if judged_at is None else max(event.ts, judged_at)) - retention_ms
+        if seen.get(identity, horizon - 1) >= horizon:
             outcome.duplicates.append(event)
             continue
         seen[identity] = event.ts

@@ -66,6 +66,17 @@ def test_a_cancellation_of_an_expired_order_retracts_a_new_order_of_its_id_up_to
     assert sorted(e.amount for e in counted_events(after)) == [7.0, 10.0]
 
 
+def test_an_id_is_a_duplicate_only_within_the_retention_before_its_ts_and_stream_time(
+) -> None:
+    first = spend("s1", 0, 5.0)
+    within = classify([first, spend("s1", HOUR, 6.0)], retention_ms=RETENTION)
+    assert len(within.duplicates) == 1
+    # stream time passed the first use by more than the retention: the id is new again
+    past = classify([first, order("o1", RETENTION + MIN), spend("s1", HOUR, 6.0)],
+                    retention_ms=RETENTION)
+    assert past.duplicates == [] and len(past.accepted) == 3
+
+
 def test_a_cancellation_of_an_order_older_than_stream_time_allows_is_unknown() -> None:
     """Not late itself (20 min after its order), but stream time is 10 min past the order's
     retention: the order has expired, stays counted, and its final day's cost stands."""

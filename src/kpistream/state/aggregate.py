@@ -709,10 +709,13 @@ class PartitionAggregator:
         key = f"{event.kind}|{event.id}"
         record = state.ids.get(key)
         shifts: list[tuple[int, Order]] = []
-        # A duplicate is an id seen within the retention (SPEC §1), judged by the event's own
-        # ts like a cancellation's expiry: an earlier use the sweep has not forgotten yet
-        # (it waits for the low mark) is not one, whatever partition moved stream time on.
-        horizon = event.ts - self.retention_ms
+        # A duplicate is an id seen within the retention (SPEC §1) before the event's own ts
+        # and before stream time, like a cancellation's expiry. The sweep forgets an id only
+        # once it is older than that for every event still to come (ids leave behind the
+        # low mark, which t_judge never falls below), so whether it ran yet changes nothing.
+        # By the event's own ts alone, a later use read after stream time had passed the
+        # first by the retention was a duplicate only while the sweep had not run.
+        horizon = max(event.ts, t_judge) - self.retention_ms
         if not isinstance(event, Order):
             if record is not None and record[0] >= horizon:
                 return "duplicate"

@@ -552,3 +552,23 @@ def test_an_unknown_cancellation_gives_the_same_verdicts_whether_or_not_the_swee
     assert outcomes[0][0] == outcomes[1][0] == ["unknown_order", "accepted"]
     for _, sums in outcomes:
         assert sums is None or sums[orders] == 0  # retracted at once: no order in its bucket
+
+
+def test_a_later_use_of_an_id_gives_the_same_verdict_whether_or_not_the_sweep_forgot_it(
+) -> None:
+    """Stream time passed the spend's retention; a later use of its id (ts an hour after the
+    first, so within the retention of its own ts, but not of stream time) is new, whether or
+    not the id sweep had run."""
+    r = aggregator().retention_ms
+    verdicts = []
+    for swept in (False, True):
+        agg = aggregator()
+        agg.process(0, [(0, pack(Spend("s", T, "c1", "search", 5.0),
+                                 order("z", T + r + 10 * 60_000)))], T)
+        if swept:
+            agg.sweep(0, T)
+            assert agg.state(0, T).ids.get("spend|s") is None
+        result = agg.process(0, [(1, pack(Spend("s", T + HOUR, "c1", "search", 5.0),
+                                          first=2))], T)
+        verdicts.append([v.outcome for v in result.verdicts])
+    assert verdicts == [["accepted"], ["accepted"]]
