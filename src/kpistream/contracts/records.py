@@ -24,7 +24,10 @@ UNATTRIBUTED = "unattributed"
 
 
 class Source(NamedTuple):
-    """Coordinates and original bytes (as text or base64) of the input record."""
+    """Coordinates and original bytes (as text or base64) of the input record, and for an
+    event read out of order, the newest event time its raw partition had given by then
+    (``seen``, set by the edge): stream time as the record's own partition tells it, which
+    events of the same edge batch routed to other internal partitions moved on."""
 
     topic: str
     partition: int
@@ -32,6 +35,7 @@ class Source(NamedTuple):
     key: str | None
     value: str | None
     value_base64: str | None = None
+    seen: int | None = None
 
 
 class Order(NamedTuple):

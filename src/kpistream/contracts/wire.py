@@ -96,8 +96,10 @@ def encode_event_pack(pack: EventPack) -> bytes:
     for source, body in pack.items:
         coords = [source.topic, source.partition, source.offset, source.key, source.value,
                   source.value_base64]
-        items.append([*coords, body] if isinstance(body, str) else [*coords,
-                                                                     event_fields(body)])
+        item = [*coords, body] if isinstance(body, str) else [*coords, event_fields(body)]
+        if source.seen is not None:  # (an event read out of order only: most have none)
+            item.append(source.seen)
+        items.append(item)
     return json_bytes([pack.raw_partitions,
                        [[m.topic, m.partition, m.newest_ts, m.at_end, m.position]
                         for m in pack.marks],
@@ -111,7 +113,9 @@ def decode_event_pack(data: bytes) -> EventPack:
                     ends={(t, p): end for t, p, end in (ends[0] if ends else [])})
     for item in items:
         body = item[6]
-        out.items.append((Source(*item[:6]),
+        topic, partition, offset, key, value, value_base64 = item[:6]
+        out.items.append((Source(topic, partition, offset, key, value, value_base64,
+                                 item[7] if len(item) > 7 else None),
                           body if isinstance(body, str) else event_from_fields(body)))
     return out
 

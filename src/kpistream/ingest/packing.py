@@ -20,7 +20,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from kpistream.contracts.records import EventKind, Source, event_key
+from kpistream.contracts.records import Event, EventKind, Source, event_key
 from kpistream.contracts.wire import EventPack, RawMark
 from kpistream.ingest.dead_letter import source_from_message
 from kpistream.ingest.validate import LATE, Rejection, Validator
@@ -66,14 +66,20 @@ class Packer:
              newest: Mapping[tuple[str, int], int] | None = None) -> PackedBatch:
         """``newest``: per raw partition, the newest event time read from it in earlier
         batches."""
+        validate, kinds = self.validator.validate, self.kinds
+        return self.pack_validated(
+            [(record, validate(kinds[record.topic], record.value, now_ms))
+             for record in records if record.topic in kinds], raw_partitions, newest)
+
+    def pack_validated(self, validated: list[tuple[RawRecord, Event | Rejection]],
+                       raw_partitions: int,
+                       newest: Mapping[tuple[str, int], int] | None = None) -> PackedBatch:
+        """:meth:`pack` of records already validated (the pipeline simulation of the
+        property tests packs its events here)."""
         out = PackedBatch()
         sizes: dict[int, int] = {}
         before = newest or {}
-        for record in records:
-            kind = self.kinds.get(record.topic)
-            if kind is None:
-                continue
-            result = self.validator.validate(kind, record.value, now_ms)
+        for record, result in validated:
             # An event rejected for its time alone (late, future) travels to its id's
             # partition, where it would go accepted: read again (a commit lost in a
             # rebalance) it may be judged otherwise, and only there does the high-water mark
@@ -91,6 +97,8 @@ class Packer:
                     out.newest[coords] = result.ts
             source = source_from_message(record.topic, record.partition, record.offset,
                                          record.key, record.value)
+            if not isinstance(result, Rejection) and held is not None and result.ts < held:
+                source = source._replace(seen=held)
             if isinstance(result, Rejection):
                 out.rejections.append((result, source))
                 p = partition_for(route, self.partitions)

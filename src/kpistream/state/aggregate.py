@@ -587,9 +587,13 @@ class PartitionAggregator:
                     self._count(state, source.topic, body)
                     continue
                 held = state.marks.get(coords)
-                # Before judging: the event's own time cannot make it late.
-                if body.ts > state.seen_time:
-                    state.seen_time = body.ts
+                # Before judging: the event's own time cannot make it late, and an event read
+                # out of order is judged against the newest its raw partition had given by
+                # then, though the events that moved it went to other internal partitions
+                # (Source.seen): as in the order read, whatever the routing (SPEC §4).
+                read_to = body.ts if source.seen is None or source.seen < body.ts else source.seen
+                if read_to > state.seen_time:
+                    state.seen_time = read_to
                 # Lateness (SPEC §3) is judged against the newest event time the pipeline
                 # has read, held back to the low mark, so an event of a raw partition read
                 # behind the others (a backlog) is judged as it would have been live; in
@@ -599,9 +603,9 @@ class PartitionAggregator:
                 # partition's time (PartitionState.judge_low).
                 if held is not None and held[1] and wake_time != NO_TIME:
                     state.woken[coords] = wake_time
-                if held is None or held[0] is None or held[1] or body.ts > held[0]:
-                    state.marks[coords] = (body.ts if held is None or held[0] is None
-                                           else max(body.ts, held[0]), False, None)
+                if held is None or held[0] is None or held[1] or read_to > held[0]:
+                    state.marks[coords] = (read_to if held is None or held[0] is None
+                                           else max(read_to, held[0]), False, None)
                     if held is None or held[0] is None or held[1] or held[0] <= low:
                         low = state.low_mark()  # this partition may have held it back
                         judge_low = state.judge_low()

@@ -54,7 +54,7 @@ surveys = st.builds(Survey, text, times, st.sampled_from(["nps", "ces", "csat"])
                     st.integers(0, 10), st.none() | text, text, text, text, st.none() | text)
 events = orders | spends | surveys
 sources = st.builds(Source, text, st.integers(0, 1000), st.integers(0, 2**40),
-                    st.none() | text, st.none() | text, st.none() | text)
+                    st.none() | text, st.none() | text, st.none() | text, st.none() | times)
 marks = st.builds(RawMark, text, st.integers(0, 100), st.none() | times, st.booleans(),
                   st.none() | st.integers(0, 2**40))
 ends = st.dictionaries(st.tuples(text, st.integers(0, 99)), st.integers(0, 2**40), max_size=4)

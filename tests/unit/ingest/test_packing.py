@@ -125,3 +125,20 @@ def test_end_offsets_go_with_every_pack_before_its_events() -> None:
     (packs,) = with_marks(batch, [], 6, 18, everywhere=False, ends=ends).values()
     assert len(packs) > 3
     assert all(decode_event_pack(encode_event_pack(p)).ends == ends for p in packs)
+
+
+def test_an_event_read_out_of_order_carries_the_newest_time_its_partition_had_given() -> None:
+    """The aggregate partition of an out-of-order event may not hold the events that moved
+    its raw partition on (other ids, other partitions): the event carries that time
+    (``Source.seen``), from this batch or an earlier one, through the wire format."""
+    hour = 3_600_000
+    records = [RawRecord("orders", 0, 0, None, order_at("a", NOW)),
+               RawRecord("orders", 0, 1, None, order_at("b", NOW + hour)),
+               RawRecord("orders", 0, 2, None, order_at("c", NOW + 30 * 60_000)),
+               RawRecord("orders", 0, 3, None, order_at("d", NOW + 2 * hour)),
+               RawRecord("orders", 1, 0, None, order_at("e", NOW - hour))]
+    batch = packer().pack(records, NOW + 3 * hour, 18, {("orders", 1): NOW})
+    seen = {event.order_id: source.seen  # type: ignore[union-attr]
+            for packs in batch.packs.values() for pack in packs
+            for source, event in decode_event_pack(encode_event_pack(pack)).items}
+    assert seen == {"a": None, "b": None, "c": NOW + hour, "d": None, "e": NOW}

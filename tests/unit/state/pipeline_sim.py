@@ -8,13 +8,12 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 
-from kpistream.contracts.records import Event, Source, event_key
+from kpistream.contracts.records import Event
 from kpistream.contracts.wire import (
     COUNTS_PARTITION,
     CustomerFacts,
-    EventPack,
     RawMark,
     decode_customer_facts,
     decode_event_pack,
@@ -22,7 +21,8 @@ from kpistream.contracts.wire import (
     encode_event_pack,
     encode_rollup,
 )
-from kpistream.ingest.packing import partition_for
+from kpistream.ingest.packing import Packer, RawRecord, with_marks
+from kpistream.ingest.validate import Validator
 from kpistream.kpi.profiles import build_profile
 from kpistream.kpi.rows import RowPublisher
 from kpistream.settings import Settings
@@ -34,6 +34,12 @@ from kpistream.state.rollup import ATTRIBUTION_SEQ, RollupState
 from kpistream.state.store import DictPackLog
 
 TOPIC = "in"
+
+
+@cache
+def _validator() -> Validator:
+    """(The simulation packs events already validated: one validator serves every run.)"""
+    return Validator(Settings())
 
 
 @dataclass
@@ -69,6 +75,17 @@ class Sim:
         self.last_sent: dict[int, dict[int, tuple[int, int, int]]] = {}
         self.marks_sent: dict[int, dict[int, tuple[int, int]]] = {}
         self.verdicts: list[tuple[str, Event]] = []
+        # The edge's own verdicts (late within its raw partition) by raw offset. A record
+        # packed again after an uncommitted batch goes to the same internal partition after
+        # its first packing, which the aggregate applies: only its first verdict counts.
+        self.edge_verdicts: dict[int, tuple[str, Event]] = {}
+        self.edge_packed = 0
+        self.packer = Packer(_validator(), {TOPIC: "order"}, self.partitions,
+                             self.settings.pack_max_bytes, self.settings.retention_ms)
+
+    def judged(self) -> list[tuple[str, Event]]:
+        """Every verdict, the edge's and the aggregate's."""
+        return [*self.verdicts, *self.edge_verdicts.values()]
 
     def append(self, event: Event) -> None:
         self.raw.append(event)
@@ -82,15 +99,22 @@ class Sim:
         if not chunk:
             return
         end = start + len(chunk)
+        # The edge's own packing (routing, its lateness rule, Source.seen), after validation
+        before = {} if self.newest is None else {(TOPIC, 0): self.newest}
+        batch = self.packer.pack_validated(
+            [(RawRecord(TOPIC, 0, offset, None, b"{}"), event)
+             for offset, event in enumerate(chunk, start=start)], 1, before)
+        for rejection, source in batch.rejections:
+            if source.offset >= self.edge_packed:  # (else applied as first judged)
+                self.edge_verdicts[source.offset] = (rejection.error, self.raw[source.offset])
+        self.edge_packed = max(self.edge_packed, end)
         for event in chunk:
             self.newest = event.ts if self.newest is None else max(self.newest, event.ts)
         mark = RawMark(TOPIC, 0, self.newest, end == len(self.raw))
-        packs: dict[int, EventPack] = {p: EventPack(1, [mark]) for p in range(self.partitions)}
-        for offset, event in enumerate(chunk, start=start):
-            p = partition_for(event_key(event), self.partitions)
-            packs[p].items.append((Source(TOPIC, 0, offset, None, "{}"), event))
-        for p, pack in packs.items():
-            self.events_topic[p].append(encode_event_pack(pack))
+        packs = with_marks(batch, [mark], self.partitions, 1, True, {})
+        for p in sorted(packs):
+            for pack in packs[p]:
+                self.events_topic[p].append(encode_event_pack(pack))
         if commit:
             self.edge_committed = end
 
