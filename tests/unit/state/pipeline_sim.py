@@ -93,7 +93,8 @@ class Sim:
     # -- edge ----------------------------------------------------------------------------
     def edge_step(self, n: int, *, commit: bool = True) -> None:
         """Pack the next n raw records; without ``commit`` the edge 'crashes' after producing,
-        so the same records are read and packed again later."""
+        so the same records are read and packed again later, by an edge that knows nothing
+        of the partition's earlier batches (a restarted worker, or another one)."""
         start = self.edge_committed
         chunk = self.raw[start:start + n]
         if not chunk:
@@ -111,6 +112,8 @@ class Sim:
         for event in chunk:
             self.newest = event.ts if self.newest is None else max(self.newest, event.ts)
         mark = RawMark(TOPIC, 0, self.newest, end == len(self.raw))
+        if not commit:
+            self.newest = None  # (its successor's marks: only what it reads itself)
         packs = with_marks(batch, [mark], self.partitions, 1, True, {})
         for p in sorted(packs):
             for pack in packs[p]:
