@@ -257,6 +257,7 @@ def test_late_and_expired_events_match_reference_whatever_the_routing(
                            ("unknown_order", outcome.unknown_orders)):
         got = [e for outcome_name, e in judged if outcome_name == name]
         assert sorted(map(repr, got)) == sorted(map(repr, expected)), name
+    assert sim.counts() == sim.exported_counts() == expected_counts(outcome)
     assert_rows_match(sim, outcome)
     assert_profiles_match(sim, outcome)
 
