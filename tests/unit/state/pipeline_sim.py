@@ -22,7 +22,7 @@ from kpistream.contracts.wire import (
     encode_rollup,
 )
 from kpistream.ingest.packing import Packer, RawRecord, with_marks
-from kpistream.ingest.validate import Validator
+from kpistream.ingest.validate import Rejection, Validator
 from kpistream.kpi.profiles import build_profile
 from kpistream.kpi.rows import RowPublisher
 from kpistream.settings import Settings
@@ -52,6 +52,8 @@ class Sim:
     customer_log: DictPackLog = field(default_factory=DictPackLog)
     customer_maps: CustomerMaps | None = None  # default: in memory
     id_maps: IdMaps | None = None  # default: in memory
+    raw_partitions: int = 1  # of the one input topic, each read in order
+    edges: int = 1  # edge consumers (workers); raw partition k is read by edge k % edges
 
     def __post_init__(self) -> None:
         # The stages count their sources (watermark, customer sources) by this setting. The
@@ -59,9 +61,11 @@ class Sim:
         # watermark's wall-clock settling (RollupState.settled_time) has nothing to wait for.
         self.settings = self.settings.model_copy(update={"partitions": self.partitions,
                                                          "watermark_settle": "0s"})
-        self.raw: list[Event] = []
-        self.edge_committed = 0
-        self.newest: int | None = None
+        self.raw: list[list[Event]] = [[] for _ in range(self.raw_partitions)]
+        self.edge_committed = [0] * self.raw_partitions
+        # what each edge knows of its raw partitions: the newest event time it read
+        self.newest: dict[int, dict[tuple[str, int], int]] = {}
+        self.read: list[Event] = []  # every raw record in the order the edge first read it
         self.events_topic: list[list[bytes]] = [[] for _ in range(self.partitions)]
         self.events_done = [0] * self.partitions
         self.rollup_topic: list[list[bytes]] = [[] for _ in range(self.partitions)]
@@ -75,11 +79,11 @@ class Sim:
         self.last_sent: dict[int, dict[int, tuple[int, int, int]]] = {}
         self.marks_sent: dict[int, dict[int, tuple[int, int]]] = {}
         self.verdicts: list[tuple[str, Event]] = []
-        # The edge's own verdicts (late within its raw partition) by raw offset. A record
-        # packed again after an uncommitted batch goes to the same internal partition after
-        # its first packing, which the aggregate applies: only its first verdict counts.
-        self.edge_verdicts: dict[int, tuple[str, Event]] = {}
-        self.edge_packed = 0
+        # The edge's own verdicts (late within its raw partition) by raw coordinates. A
+        # record packed again after an uncommitted batch goes to the same internal partition
+        # after its first packing, which the aggregate applies: only its first verdict counts.
+        self.edge_verdicts: dict[tuple[int, int], tuple[str, Event]] = {}
+        self.edge_packed = [0] * self.raw_partitions
         self.packer = Packer(_validator(), {TOPIC: "order"}, self.partitions,
                              self.settings.pack_max_bytes, self.settings.retention_ms)
 
@@ -87,39 +91,63 @@ class Sim:
         """Every verdict, the edge's and the aggregate's."""
         return [*self.verdicts, *self.edge_verdicts.values()]
 
-    def append(self, event: Event) -> None:
-        self.raw.append(event)
+    def append(self, event: Event, raw_partition: int = 0) -> None:
+        self.raw[raw_partition].append(event)
 
     # -- edge ----------------------------------------------------------------------------
-    def edge_step(self, n: int, *, commit: bool = True) -> None:
-        """Pack the next n raw records; without ``commit`` the edge 'crashes' after producing,
-        so the same records are read and packed again later, by an edge that knows nothing
-        of the partition's earlier batches (a restarted worker, or another one)."""
-        start = self.edge_committed
-        chunk = self.raw[start:start + n]
-        if not chunk:
+    def edge_step(self, n: int, *, commit: bool = True,
+                  rng: random.Random | None = None) -> None:
+        """One edge batch: up to n records of each raw partition with records left (of a
+        random choice of them, given ``rng``), packed, with every raw partition's mark and
+        end offset. Without ``commit`` the edge 'crashes' after producing, so the same
+        records are read and packed again later, by an edge that knows nothing of the
+        partitions' earlier batches (a restarted worker, or another one)."""
+        pending = [k for k in range(self.raw_partitions)
+                   if self.edge_committed[k] < len(self.raw[k])]
+        if not pending:
             return
-        end = start + len(chunk)
+        edge = pending[0] % self.edges if rng is None else rng.choice(pending) % self.edges
+        own = [k for k in range(self.raw_partitions) if k % self.edges == edge]
+        pending = [k for k in pending if k in own]
+        if rng is not None and len(pending) > 1:
+            pending = rng.sample(pending, rng.randint(1, len(pending)))
+        records: list[tuple[RawRecord, Event | Rejection]] = []
+        for k in pending:
+            start = self.edge_committed[k]
+            for offset, event in enumerate(self.raw[k][start:start + n], start=start):
+                records.append((RawRecord(TOPIC, k, offset, None, b"{}"), event))
+                if offset >= self.edge_packed[k]:
+                    self.read.append(event)
+        if not records:
+            return
         # The edge's own packing (routing, its lateness rule, Source.seen), after validation
-        before = {} if self.newest is None else {(TOPIC, 0): self.newest}
-        batch = self.packer.pack_validated(
-            [(RawRecord(TOPIC, 0, offset, None, b"{}"), event)
-             for offset, event in enumerate(chunk, start=start)], 1, before)
+        newest = self.newest.setdefault(edge, {})
+        batch = self.packer.pack_validated(records, self.raw_partitions, newest)
+        for coords, ts in batch.newest.items():
+            newest[coords] = max(ts, newest.get(coords, ts))
         for rejection, source in batch.rejections:
-            if source.offset >= self.edge_packed:  # (else applied as first judged)
-                self.edge_verdicts[source.offset] = (rejection.error, self.raw[source.offset])
-        self.edge_packed = max(self.edge_packed, end)
-        for event in chunk:
-            self.newest = event.ts if self.newest is None else max(self.newest, event.ts)
-        mark = RawMark(TOPIC, 0, self.newest, end == len(self.raw))
-        if not commit:
-            self.newest = None  # (its successor's marks: only what it reads itself)
-        packs = with_marks(batch, [mark], self.partitions, 1, True, {})
+            if source.offset >= self.edge_packed[source.partition]:  # (else: as first judged)
+                self.edge_verdicts[source.partition, source.offset] = (
+                    rejection.error, self.raw[source.partition][source.offset])
+        read_to = {k: self.edge_committed[k] for k in range(self.raw_partitions)}
+        for record, _ in records:
+            read_to[record.partition] = record.offset + 1
+            self.edge_packed[record.partition] = max(self.edge_packed[record.partition],
+                                                     record.offset + 1)
+        marks = []
+        for k in own:  # (an edge tells of its own partitions only)
+            at_end = read_to[k] == len(self.raw[k])
+            marks.append(RawMark(TOPIC, k, newest.get((TOPIC, k)), at_end,
+                                 read_to[k] if at_end else None))
+        ends = {(TOPIC, k): len(self.raw[k]) for k in range(self.raw_partitions)}
+        packs = with_marks(batch, marks, self.partitions, self.raw_partitions, True, ends)
         for p in sorted(packs):
             for pack in packs[p]:
                 self.events_topic[p].append(encode_event_pack(pack))
         if commit:
-            self.edge_committed = end
+            self.edge_committed = [read_to[k] for k in range(self.raw_partitions)]
+        else:
+            newest.clear()  # (its successor's marks: only what it reads itself)
 
     # -- aggregate -----------------------------------------------------------------------
     def _aggregate(self, p: int, n: int) -> tuple[list[tuple[str, int, bytes]], int,
@@ -260,7 +288,8 @@ class Sim:
     # -- driver --------------------------------------------------------------------------
     def pending(self) -> list[tuple[str, int]]:
         work: list[tuple[str, int]] = []
-        if self.edge_committed < len(self.raw):
+        if any(done < len(raw) for done, raw in zip(self.edge_committed, self.raw,
+                                                     strict=True)):
             work.append(("edge", 0))
         work += [("aggregate", p) for p in range(self.partitions)
                  if self.events_done[p] < len(self.events_topic[p])]
@@ -279,7 +308,7 @@ class Sim:
             n = rng.randint(1, 7)
             crash = rng.random() < crash_rate
             if stage == "edge":
-                self.edge_step(n, commit=not crash)
+                self.edge_step(n, commit=not crash, rng=rng)
             elif stage == "aggregate":
                 if crash:
                     self.aggregate_crash(p, n, rng)
