@@ -38,10 +38,15 @@ Rules, in the order :func:`classify` applies them to each event ``e``:
 
 A retracted order counts nowhere: it disappears from the bucket of its own (placed) ``ts``.
 
-A customer's first counted order (SPEC §4, §8) is the earliest of its counted orders by
-``(ts, order_id)`` over the whole run; ``new_customers`` of a row counts the customers whose
-first counted order is in the window and in the row, ``returning_orders`` the row's other
-counted orders.
+Customers (SPEC §8) with ``customer_retention_ms`` ``R`` (:func:`classify`'s argument; None:
+profiles never expire): a customer's counted facts (its counted orders and its responses),
+by ``ts``, fall into *spells* wherever two consecutive facts are more than ``R`` apart — the
+profile expired in between, and the later fact started a new one. The profile is the last
+spell's; it is absent when that spell's newest fact is older than ``W - R`` (the low
+watermark the deployment ended at). A spell's first counted order is the earliest of its
+counted orders by ``(ts, order_id)``; ``new_customers`` of a row counts the first orders of
+every spell that are in the window and in the row, ``returning_orders`` the row's other
+counted orders. Without ``R`` a customer has one spell over the whole run.
 
 Segment rows carry allocated spend (SPEC §4): for each campaign with orders in the window,
 its spend in the window times the share of its orders that are in the segment.
@@ -69,6 +74,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 from kpistream.contracts.records import (
@@ -94,6 +100,8 @@ class Outcome:
     unknown_orders: list[Event] = field(default_factory=list)
     #: ids of the orders :func:`classify` decided to retract (rule 3)
     retractions: set[str] = field(default_factory=set)
+    #: the customer retention the profiles expire by (None: never)
+    customer_retention_ms: int | None = None
     #: what the functions below derive from the judgements, kept while they do not change:
     #: the tests ask for hundreds of rows of one outcome, each once per window position
     _memo: dict[Any, Any] = field(default_factory=dict, init=False, repr=False,
@@ -132,13 +140,14 @@ def _identity(event: Event) -> tuple[str, str]:
 
 
 def classify(events: Iterable[Event], *, retention_ms: int,
-             clock_floor_ms: Callable[[int], int] | None = None) -> Outcome:
+             clock_floor_ms: Callable[[int], int] | None = None,
+             customer_retention_ms: int | None = None) -> Outcome:
     """Judge events in order: late, duplicate, unknown cancellation, or accepted.
 
     ``clock_floor_ms(i)``, when given, is the lower bound of stream time when the i-th event
     (0-based, counting every event) is judged, e.g. wall clock minus ``idle_lag`` in live mode.
     """
-    outcome = Outcome()
+    outcome = Outcome(customer_retention_ms=customer_retention_ms)
     stream_time: int | None = None  # None = -inf
     seen: dict[tuple[str, str], int] = {}  # identity -> ts of its last accepted use
     placed_at: dict[str, int] = {}  # accepted placed order -> its ts
@@ -231,19 +240,42 @@ def _counted(outcome: Outcome) -> tuple[Order | Spend | Survey, ...]:
     return _memoised(outcome, "counted", build)  # type: ignore[no-any-return]
 
 
-def first_orders(outcome: Outcome) -> dict[str, Order]:
-    """Each customer's first counted order: earliest ``ts``, ties the smallest order_id."""
-    return dict(_first_orders(outcome))
-
-
-def _first_orders(outcome: Outcome) -> dict[str, Order]:
-    def build() -> dict[str, Order]:
-        first: dict[str, Order] = {}
+def spells(outcome: Outcome) -> dict[str, list[list[Order | Survey]]]:
+    """Each customer's counted facts by ``(ts, kind, id)``, split into spells where two
+    consecutive facts are more than the customer retention apart."""
+    def build() -> dict[str, list[list[Order | Survey]]]:
+        facts: dict[str, list[Order | Survey]] = {}
         for event in _counted(outcome):
-            if isinstance(event, Order) and event.customer_id is not None:
-                held = first.get(event.customer_id)
-                if held is None or (event.ts, event.order_id) < (held.ts, held.order_id):
-                    first[event.customer_id] = event
+            if isinstance(event, Order | Survey) and event.customer_id is not None:
+                facts.setdefault(event.customer_id, []).append(event)
+        limit = outcome.customer_retention_ms
+        out: dict[str, list[list[Order | Survey]]] = {}
+        for customer, mine in facts.items():
+            mine.sort(key=lambda e: (e.ts, e.kind, e.id))
+            split: list[list[Order | Survey]] = [[mine[0]]]
+            for before, event in pairwise(mine):
+                if limit is not None and event.ts - before.ts > limit:
+                    split.append([])
+                split[-1].append(event)
+            out[customer] = split
+        return out
+    return _memoised(outcome, "spells", build)  # type: ignore[no-any-return]
+
+
+def first_orders(outcome: Outcome) -> list[Order]:
+    """The first counted order of every spell of every customer: earliest ``ts``, ties the
+    smallest order_id."""
+    return list(_first_orders(outcome))
+
+
+def _first_orders(outcome: Outcome) -> list[Order]:
+    def build() -> list[Order]:
+        first: list[Order] = []
+        for split in spells(outcome).values():
+            for spell in split:
+                orders = [e for e in spell if isinstance(e, Order)]
+                if orders:
+                    first.append(min(orders, key=lambda o: (o.ts, o.order_id)))
         return first
     return _memoised(outcome, "first", build)  # type: ignore[no-any-return]
 
@@ -267,7 +299,7 @@ def _window(outcome: Outcome, window_start: int, window_end: int) -> _Window:
                 if group is not None:
                     by_row.setdefault((dimension, group), []).append(event)
         new_customers: dict[tuple[str, str], int] = {}
-        for order in _first_orders(outcome).values():
+        for order in _first_orders(outcome):
             if window_start <= order.ts < window_end:
                 for dimension in DIMENSIONS:
                     group = group_of(order, dimension)
@@ -505,7 +537,8 @@ def expected_profiles(outcome: Outcome, *, watermark_ms: int | None = None,
     """Every customer with a counted order or a response, and its profile's fields (without
     ``updated_at``). Undefined fields are absent. With ``watermark_ms`` (the low watermark
     the deployment ended at) also the attribution fields, costing the orders of the days
-    final at it; without, none of them."""
+    final at it, and without the profiles expired at it (with a customer retention);
+    without, none of them. A profile is its customer's last spell."""
     costs = campaign_day_cpo(outcome, period_ms=period_ms)
 
     def cost(order: Order) -> float | None:
@@ -515,17 +548,15 @@ def expected_profiles(outcome: Outcome, *, watermark_ms: int | None = None,
             return None
         return costs[(order.campaign_id, day)]
 
-    orders: dict[str, list[Order]] = {}
-    responses: dict[str, list[Survey]] = {}
-    for event in counted_events(outcome):
-        if isinstance(event, Order) and event.customer_id is not None:
-            orders.setdefault(event.customer_id, []).append(event)
-        elif isinstance(event, Survey) and event.customer_id is not None:
-            responses.setdefault(event.customer_id, []).append(event)
+    limit = outcome.customer_retention_ms
     profiles: dict[str, dict[str, Any]] = {}
-    for customer in sorted(set(orders) | set(responses)):
-        mine = orders.get(customer, [])
-        answers = responses.get(customer, [])
+    for customer, split in sorted(spells(outcome).items()):
+        spell = split[-1]
+        if (limit is not None and watermark_ms is not None
+                and max(e.ts for e in spell) < watermark_ms - limit):
+            continue  # expired
+        mine = [e for e in spell if isinstance(e, Order)]
+        answers = [e for e in spell if isinstance(e, Survey)]
         profile: dict[str, Any] = {"customer_id": customer, "orders": len(mine),
                                    "revenue": sum((o.amount or 0.0 for o in mine), 0.0)}
         if mine:

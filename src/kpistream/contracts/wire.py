@@ -546,10 +546,18 @@ ResponseEntry = list[Any]
 @dataclass(slots=True)
 class CustomerRecord:
     orders: dict[str, OrderEntry] = field(default_factory=dict)
-    responses: dict[str, ResponseEntry] = field(default_factory=dict)
+    responses: dict[str, ResponseEntry] = field(default_factory=dict)  # latest of each kind
     # the first counted order's id, kept by the customer stage beside the record (derived from
     # ``orders``, so not part of the changelog record)
     first: str | None = field(default=None, compare=False)
+    # the ts of every counted response (the latest of each kind alone cannot tell where the
+    # customer's spells split, SPEC §8 retention)
+    answered: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.answered and self.responses:
+            # (a record written before ``answered`` existed knows its latest responses only)
+            self.answered = [entry[0] for entry in self.responses.values()]
 
 
 @dataclass(slots=True)
@@ -575,7 +583,8 @@ def encode_customer_pack(pack: CustomerPack) -> bytes:
     return json_bytes([
         pack.seq, pack.stream_time,
         [[p, o, i] for p, (o, i) in pack.high_water.items()],
-        [[customer, None if record is None else [record.orders, record.responses]]
+        [[customer, None if record is None else [record.orders, record.responses,
+                                                   record.answered]]
          for customer, record in pack.customers],
         pack.moves,
         [list(cost) for cost in pack.costs],
@@ -583,10 +592,15 @@ def encode_customer_pack(pack: CustomerPack) -> bytes:
     ])
 
 
+def _customer_record(orders: dict[str, OrderEntry], responses: dict[str, ResponseEntry],
+                     answered: list[int] | None = None) -> CustomerRecord:
+    return CustomerRecord(orders, responses, answered=answered or [])
+
+
 def decode_customer_pack(data: bytes) -> CustomerPack:
     seq, stream_time, high_water, customers, moves, costs, *rest = orjson.loads(data)
     return CustomerPack(seq, stream_time, {p: (o, i) for p, o, i in high_water},
-                        [(customer, None if body is None else CustomerRecord(*body))
+                        [(customer, None if body is None else _customer_record(*body))
                          for customer, body in customers], moves,
                         [(c, d, cpo) for c, d, cpo in costs],
                         {p: low for p, low in rest[0]} if rest else {})

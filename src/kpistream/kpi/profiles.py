@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 from kpistream.contracts.records import UNATTRIBUTED
@@ -50,11 +51,52 @@ def nps_category(score: int) -> str:
 CostOf = Callable[[OrderEntry], float | None]
 
 
+def fact_times(record: CustomerRecord) -> list[int]:
+    """The ts of every fact the record holds: its counted orders and its responses."""
+    return [entry[_TS] for entry in record.orders.values()] + record.answered
+
+
+def spell_start(record: CustomerRecord, retention_ms: int) -> int:
+    """The ts of the first fact of the customer's last spell (SPEC §8 retention): the facts
+    up to it are more than the customer retention older than the next one, so the profile
+    holding them expired before the next one came. The profile is the last spell's."""
+    times = sorted(fact_times(record), reverse=True)
+    start = times[0]
+    for ts in times[1:]:
+        if start - ts > retention_ms:
+            break
+        start = ts
+    return start
+
+
+def spell_firsts(record: CustomerRecord, retention_ms: int) -> list[OrderEntry]:
+    """The first counted order (earliest ``ts``, ties the smallest order_id) of each of the
+    customer's spells that has an order: the orders that count in ``new_customers``."""
+    orders = sorted((entry[_TS], order_id, entry) for order_id, entry in record.orders.items())
+    if not orders:
+        return []
+    times = sorted(fact_times(record))
+    if times[-1] - times[0] <= retention_ms:
+        return [orders[0][2]]
+    ends = [a for a, b in pairwise(times) if b - a > retention_ms]
+    ends.append(times[-1])
+    firsts: list[OrderEntry] = []
+    i = 0
+    for end in ends:  # the first order at or before a spell's end is the spell's first
+        if i < len(orders) and orders[i][0] <= end:
+            firsts.append(orders[i][2])
+        while i < len(orders) and orders[i][0] <= end:
+            i += 1
+    return firsts
+
+
 def build_profile(customer_id: str, record: CustomerRecord, now_ms: int,
-                  cost_of: CostOf) -> ProfileMessage:
-    """The Kafka form: every field present, undefined ones None. ``cost_of(entry)`` is an
-    order's attribution cost once its day is final, else None."""
-    orders = record.orders
+                  cost_of: CostOf, retention_ms: int) -> ProfileMessage:
+    """The Kafka form of the customer's last spell: every field present, undefined ones
+    None. ``cost_of(entry)`` is an order's attribution cost once its day is final, else
+    None."""
+    start = spell_start(record, retention_ms)
+    orders = {o: entry for o, entry in record.orders.items() if entry[_TS] >= start}
     profile: ProfileMessage = dict.fromkeys(PROFILE_FIELDS)
     profile["customer_id"] = customer_id
     profile["orders"] = len(orders)
@@ -90,13 +132,11 @@ def build_profile(customer_id: str, record: CustomerRecord, now_ms: int,
         profile["value_ratio"] = costed_revenue / marketing_cost
     for kind in ("nps", "ces", "csat"):
         latest_response = record.responses.get(kind)
-        if latest_response is not None:
+        if latest_response is not None and latest_response[0] >= start:
             profile[f"{kind}_last"] = latest_response[2]
     if profile["nps_last"] is not None:
         profile["nps_category"] = nps_category(profile["nps_last"])
-    times = [entry[_TS] for entry in orders.values()]
-    times += [entry[0] for entry in record.responses.values()]
-    profile["last_activity_at"] = max(times) if times else None
+    profile["last_activity_at"] = max(fact_times(record))
     profile["updated_at"] = now_ms
     profile["schema_version"] = SCHEMA_VERSION
     return profile

@@ -166,12 +166,13 @@ def register(app: faust.App, runtime: Runtime, state: RollupState,
         # Republishing waits while a partition is being rebuilt: it costs about as much as
         # the rebuild, and new changes (published at once) come through it.
         taken = customers.take_changes(sorted(assigned(settings.topic_customers)),
-                                       settings.profile_publish_batch,
+                                       settings.profile_publish_batch, now,
                                        republish=not customers.rebuilding)
         cost_of = {r: partial(customers.cost_of, customers.parts[r]) for r, _, _ in taken}
         for i in range(0, len(taken), PROFILE_CHUNK):
             yield [ProfileChange(customer, None if record is None else
-                                 build_profile(customer, record, now, cost_of[r]))
+                                 build_profile(customer, record, now, cost_of[r],
+                                               settings.customer_retention_ms))
                    for r, customer, record in taken[i:i + PROFILE_CHUNK]]
 
     publishing = asyncio.Lock()  # held by a rows tick

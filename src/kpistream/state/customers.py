@@ -37,6 +37,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from sys import intern
 from typing import Protocol
 
@@ -55,6 +56,7 @@ from kpistream.contracts.wire import (
     encode_customer_snapshot,
 )
 from kpistream.kpi.formulas import SUM_FIELDS
+from kpistream.kpi.profiles import fact_times, spell_firsts
 from kpistream.settings import Settings
 from kpistream.state.buckets import DIMENSIONS, RowId, Sums, bucket_expired
 from kpistream.state.rollup import low_watermark
@@ -86,9 +88,7 @@ assert len(order_rows([0, 0.0, "c", "k", "s"])) == len(DIMENSIONS)
 
 
 def last_activity(record: CustomerRecord) -> int:
-    times = [entry[_TS] for entry in record.orders.values()]
-    times += [entry[0] for entry in record.responses.values()]
-    return max(times, default=NO_TIME)
+    return max(fact_times(record), default=NO_TIME)
 
 
 class CustomerMap(Protocol):
@@ -116,6 +116,9 @@ class CustomerMap(Protocol):
     def items(self) -> Iterator[tuple[str, CustomerRecord]]: ...
 
     def inactive_before(self, horizon: int) -> list[str]: ...
+
+    def inactive_between(self, since: int, horizon: int) -> list[str]:
+        """Customers last active at or after ``since`` and before ``horizon``."""
 
     def keys_after(self, after: str, limit: int) -> list[str]: ...
 
@@ -159,6 +162,10 @@ class DictCustomerMap:
     def inactive_before(self, horizon: int) -> list[str]:
         return [customer for customer, record in self.records.items()
                 if last_activity(record) < horizon]
+
+    def inactive_between(self, since: int, horizon: int) -> list[str]:
+        return [customer for customer, record in self.records.items()
+                if since <= last_activity(record) < horizon]
 
     def keys_after(self, after: str, limit: int) -> list[str]:
         return sorted(customer for customer in self.records if customer > after)[:limit]
@@ -206,6 +213,9 @@ class CustomerPartition:
     # a bounded number per tick (None: done), so a million customers are not all built at once.
     republish_after: str | None = None
     expired: set[str] = field(default_factory=set)  # deleted, not yet in the changelog
+    # profiles last active before this were deleted from the sinks (their facts may still be
+    # kept: sweep); NO_TIME after a load, so that the first sweep deletes them all again
+    absent_from: int = NO_TIME
     low_marks: dict[int, int] = field(default_factory=dict)  # per aggregate partition
     # what each low mark is as of (state/rollup.py low_watermark); not in the changelog: a
     # restored ALL_READ counts as no bound only once its source reports again
@@ -306,8 +316,8 @@ class CustomerState:
             yield
         t = self.time(state, now_ms)
         for n, (_, record) in enumerate(customers.items()):
-            if record.first is not None:
-                self._count(state, record.orders[record.first], 1, t, None)
+            for entry in spell_firsts(record, self.retention_ms):
+                self._count(state, entry, 1, t, None)
             if n % LOAD_STEP == LOAD_STEP - 1:
                 yield
         if self.drops.get(r, 0) != drops:
@@ -379,13 +389,14 @@ class CustomerState:
             if state is not None:
                 state.customers.close()
 
-    def take_changes(self, partitions: Iterable[int], limit: int, *, republish: bool = True
-                     ) -> list[tuple[int, str, CustomerRecord | None]]:
+    def take_changes(self, partitions: Iterable[int], limit: int, now_ms: int, *,
+                     republish: bool = True) -> list[tuple[int, str, CustomerRecord | None]]:
         """Up to ``limit`` ``(partition, customer, record)`` whose profile is to be published,
         of the given partitions: those changed since the last call in every partition first,
         then (if ``republish``) the next of the republications after a load. A new order's
         profile is never held back by another partition's republication of a million
-        customers. Records are for reading only."""
+        customers. Records are for reading only; None for a deleted profile (also one whose
+        facts are still kept, :meth:`sweep`)."""
         held = [(r, self.parts[r]) for r in partitions if r in self.parts]
         names: list[tuple[int, str]] = []
         for r, state in held:
@@ -403,7 +414,14 @@ class CustomerState:
             more = state.customers.keys_after(state.republish_after, room)
             state.republish_after = more[-1] if len(more) == room else None
             names += [(r, customer) for customer in more]
-        return [(r, customer, self.parts[r].customers.peek(customer)) for r, customer in names]
+        absent = {r: self.absent_before(state, now_ms) for r, state in held}
+        out: list[tuple[int, str, CustomerRecord | None]] = []
+        for r, customer in names:
+            record = self.parts[r].customers.peek(customer)
+            if record is not None and last_activity(record) < absent[r]:
+                record = None
+            out.append((r, customer, record))
+        return out
 
     def published(self, partitions: Iterable[int]) -> None:
         """The sinks have delivered every profile taken so far (nothing of theirs is queued):
@@ -468,15 +486,36 @@ class CustomerState:
                 if record is None:
                     record = CustomerRecord()
                     state.customers.put(customer, record)
+                # One spell before and after (always, unless the customer retention is
+                # shorter than the customer's span): the first order is moved as it changes.
+                # Otherwise the first orders of every spell are compared around the fact.
+                times = fact_times(record)
+                if sign > 0:
+                    times.append(event.ts)
+                one_spell = not times or max(times) - min(times) <= self.retention_ms
+                firsts = None if one_spell else spell_firsts(record, self.retention_ms)
                 if isinstance(event, Order):
-                    self._apply_order(state, customer, record, event, sign, touched, moves,
+                    self._apply_order(state, record, event, sign,
+                                      None if firsts is not None else (touched, moves),
                                       now_ms)
                 elif isinstance(event, Survey):
+                    record.answered.append(event.ts)
                     latest = record.responses.get(event.survey_kind)
                     if latest is None or (event.ts, event.response_id) > (latest[0],
                                                                            latest[1]):
                         record.responses[event.survey_kind] = [event.ts, event.response_id,
                                                                event.score]
+                if firsts is not None:
+                    after = spell_firsts(record, self.retention_ms)
+                    kept = {id(entry) for entry in after}
+                    was = {id(entry) for entry in firsts}
+                    for entry in firsts:
+                        if id(entry) not in kept:
+                            self._move(state, entry, None, touched, moves, now_ms)
+                    for entry in after:
+                        if id(entry) not in was:
+                            self._move(state, None, entry, touched, moves, now_ms)
+                    self._forget_spells(state, record, now_ms)
                 if not record.orders and not record.responses:
                     state.customers.delete(customer)
                 changed.add(customer)
@@ -559,11 +598,12 @@ class CustomerState:
             return float(entry[_COST])
         return state.costs.get((entry[_CA], self.day_of(int(entry[_TS]))))
 
-    def _apply_order(self, state: CustomerPartition, customer: str, record: CustomerRecord,
-                     order: Order, sign: int, touched: set[BucketKey],
-                     moves: list[OrderEntry], now_ms: int) -> None:
-        """Add or retract a counted order; when the first order moves, move its count. The
-        first order is cached per customer: only retracting it costs a scan."""
+    def _apply_order(self, state: CustomerPartition, record: CustomerRecord, order: Order,
+                     sign: int, moving: tuple[set[BucketKey], list[OrderEntry]] | None,
+                     now_ms: int) -> None:
+        """Add or retract a counted order; when the first order moves, move its count (with
+        ``moving``: the customer has one spell). The first order is cached per customer:
+        only retracting it costs a scan."""
         orders = record.orders
         if sign > 0 and order.order_id in orders:
             # The id's earlier order expired (the aggregate judged this one new, SPEC §1):
@@ -583,13 +623,42 @@ class CustomerState:
             orders[order.order_id] = entry
             if first is None or (order.ts, order.order_id) < (before[_TS], first):  # type: ignore[index]
                 record.first = order.order_id
-                self._move(state, before, entry, touched, moves, now_ms)
+                if moving is not None:
+                    self._move(state, before, entry, *moving, now_ms)
             return
         if orders.pop(order.order_id, None) is None or order.order_id != first:
             return
         after = first_order(record)
         record.first = None if after is None else after[0]
-        self._move(state, before, None if after is None else after[1], touched, moves, now_ms)
+        if moving is not None:
+            self._move(state, before, None if after is None else after[1], *moving, now_ms)
+
+    def _forget_spells(self, state: CustomerPartition, record: CustomerRecord,
+                       now_ms: int) -> None:
+        """Drop the facts of the customer's spells that no fact still to be accepted can
+        join (:meth:`sweep`'s rule for whole customers), so that a customer returning after
+        every retention does not keep its every order. Their first orders' counts stay: their
+        buckets have expired (every window is shorter than the lateness bound)."""
+        absent = self.absent_before(state, now_ms)
+        if absent == NO_TIME:
+            return
+        forget = absent - self.final_after_ms
+        times = sorted(fact_times(record))
+        cut = NO_TIME
+        for before, after in pairwise(times):
+            if before >= forget:
+                break
+            if after - before > self.retention_ms:
+                cut = before
+        if cut == NO_TIME:
+            return
+        for order_id in [o for o, entry in record.orders.items() if entry[_TS] <= cut]:
+            del record.orders[order_id]
+        record.answered = [ts for ts in record.answered if ts > cut]
+        for kind in [k for k, entry in record.responses.items() if entry[0] <= cut]:
+            del record.responses[kind]
+        first = first_order(record)
+        record.first = None if first is None else first[0]
 
     def _move(self, state: CustomerPartition, old: OrderEntry | None, new: OrderEntry | None,
               touched: set[BucketKey], moves: list[OrderEntry], now_ms: int) -> None:
@@ -711,6 +780,12 @@ class CustomerState:
             low = now_ms - self.idle_lag_ms if self.live else state.stream_time
         return min(low, now_ms - self.idle_lag_ms) if self.live else low
 
+    def absent_before(self, state: CustomerPartition, now_ms: int) -> int:
+        """Profiles last active before this are deleted (SPEC §8 retention, behind the low
+        watermark); NO_TIME while the watermark is not known."""
+        watermark = self.watermark(state, now_ms)
+        return NO_TIME if watermark == NO_TIME else watermark - self.retention_ms
+
     def sweep(self, r: int, now_ms: int) -> int:
         """Forget first-order counts of buckets no window can reach, and customers inactive
         for longer than the customer retention, judged behind the low watermark: a customer
@@ -729,14 +804,25 @@ class CustomerState:
                        if bucket_expired(k[3], specs[k[0]], t, self.grace_ms)]
         for key in old_buckets:
             del state.first_counts[key]
-        watermark = self.watermark(state, now_ms)
-        horizon = NO_TIME if watermark == NO_TIME else watermark - self.retention_ms
+        absent = self.absent_before(state, now_ms)
+        # A profile is deleted once it is older than the customer retention; the customer's
+        # facts are kept until no fact still to be accepted (none older than the low
+        # watermark minus the lateness bound) could join its spell: until then a fact
+        # joining it brings the profile back with all its orders, as it would have had the
+        # fact come sooner (SPEC §8: the outcome does not depend on arrival order).
+        horizon = NO_TIME if absent == NO_TIME else absent - self.final_after_ms
         gone = [] if horizon == NO_TIME else state.customers.inactive_before(horizon)
         for customer in gone:
             state.customers.delete(customer)
         state.customers.flush()
         state.expired.update(gone)
         state.changed.update(gone)
+        if absent != NO_TIME and absent > state.absent_from:
+            # the profiles deleted since the last sweep (all of the kept ones after a load:
+            # the previous owner may have died before its sinks had them)
+            state.changed.update(state.customers.inactive_between(
+                max(state.absent_from, horizon), absent))
+            state.absent_from = absent
         # A cost is copied into every order entry written after it came; an entry written
         # before belongs to a customer last active before the day became final, deleted by
         # now: the cost is no longer needed.

@@ -255,14 +255,15 @@ class _TimedRecords(Generic[V]):
                 return
             yield key[1:].decode(), self.decode(cast(bytes, raw)[_TIME.size:])
 
-    def older_than(self, horizon: int) -> list[str]:
-        """Keys of the records whose time is before ``horizon``."""
+    def older_than(self, horizon: int, since: int | None = None) -> list[str]:
+        """Keys of the records whose time is before ``horizon`` (and not before ``since``)."""
         self.flush()
         end = _TIME.pack(horizon + _TIME_OFFSET)
         check_until = _TIME.pack(self.unread_until + _TIME_OFFSET)
         out = []
         stale = WriteBatch(raw_mode=True)
-        for key in self._keys(_TIMED, _TIMED):
+        start = _TIMED if since is None else _time_key(max(since, -_TIME_OFFSET), b"")
+        for key in self._keys(_TIMED, start):
             time = key[1:1 + _TIME.size]
             if time >= end:
                 break
@@ -324,17 +325,20 @@ class RocksCustomerMap(_TimedRecords[CustomerRecord]):
         self.holders: dict[str, int | None] = {}  # since the flush (None: dropped)
 
     def decode(self, raw: bytes) -> CustomerRecord:
-        orders, responses, first = orjson.loads(raw)
+        orders, responses, first, *answered = orjson.loads(raw)
         for entry in orders.values():
             entry[_CH:_COST] = map(intern, entry[_CH:_COST])
-        return CustomerRecord(orders, responses, first)
+        return CustomerRecord(orders, responses, first, *answered)
 
     def encode(self, value: CustomerRecord) -> tuple[bytes, int]:
-        return (json_bytes([value.orders, value.responses, value.first]),
+        return (json_bytes([value.orders, value.responses, value.first, value.answered]),
                 last_activity(value))
 
     def inactive_before(self, horizon: int) -> list[str]:
         return self.older_than(horizon)
+
+    def inactive_between(self, since: int, horizon: int) -> list[str]:
+        return self.older_than(horizon, since)
 
     def holder(self, customer: str) -> int | None:
         if customer in self.holders:

@@ -301,7 +301,7 @@ def test_profile_schema_lists_every_field() -> None:
     CustomerRecord({}, {"ces": [4_000, "r3", 7]}),  # responses only
 ])
 def test_profile_messages_match_the_schema(record: CustomerRecord) -> None:
-    message = build_profile("cust-1", record, 5_000, lambda entry: 2.5)
+    message = build_profile("cust-1", record, 5_000, lambda entry: 2.5, 86_400_000)
     check_profile(message)
     assert tuple(message) == (*PROFILE_FIELDS, "schema_version")
 
@@ -311,7 +311,7 @@ def test_profile_fields() -> None:
                              "o1": [1_000, 30.0, "search", "c1", "vip"],
                              "o0": [2_000, 20.0, "social", "c3", "b2b"]},
                             {"nps": [3_000, "r1", 6]})
-    message = build_profile("cust-1", record, 9, lambda entry: None)
+    message = build_profile("cust-1", record, 9, lambda entry: None, 86_400_000)
     assert message["revenue"] == 60.0 and message["aov"] == 20.0
     assert (message["first_order_at"], message["acquisition_channel"],
             message["acquisition_campaign"]) == (1_000, "search", "c1")

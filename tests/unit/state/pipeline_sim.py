@@ -21,7 +21,7 @@ from kpistream.contracts.wire import (
     encode_event_pack,
     encode_rollup,
 )
-from kpistream.ingest.packing import Packer, RawRecord, with_marks
+from kpistream.ingest.packing import PackedBatch, Packer, RawRecord, with_marks
 from kpistream.ingest.validate import Rejection, Validator
 from kpistream.kpi.profiles import build_profile
 from kpistream.kpi.rows import RowPublisher
@@ -29,7 +29,7 @@ from kpistream.settings import Settings
 from kpistream.stages.aggregate import customer_facts, rollup_messages
 from kpistream.stages.customers import customer_rollup_messages
 from kpistream.state.aggregate import IdMaps, PartitionAggregator
-from kpistream.state.customers import CustomerMaps, CustomerState
+from kpistream.state.customers import CustomerMaps, CustomerState, last_activity
 from kpistream.state.rollup import ATTRIBUTION_SEQ, RollupState
 from kpistream.state.store import DictPackLog
 
@@ -65,6 +65,7 @@ class Sim:
         self.edge_committed = [0] * self.raw_partitions
         # what each edge knows of its raw partitions: the newest event time it read
         self.newest: dict[int, dict[tuple[str, int], int]] = {}
+        self.told: dict[int, list[RawMark]] = {}  # per edge: the marks it last sent
         self.read: list[Event] = []  # every raw record in the order the edge first read it
         self.events_topic: list[list[bytes]] = [[] for _ in range(self.partitions)]
         self.events_done = [0] * self.partitions
@@ -104,6 +105,14 @@ class Sim:
         partitions' earlier batches (a restarted worker, or another one)."""
         pending = [k for k in range(self.raw_partitions)
                    if self.edge_committed[k] < len(self.raw[k])]
+        idle = self.idle_edges()
+        if idle and (not pending or rng is None or rng.random() < 0.2):
+            # an edge with nothing to read tells its marks when they changed (stages/edge.py:
+            # a partition nobody writes to must not hold the watermark back for good)
+            edge = idle[0] if rng is None else rng.choice(idle)
+            self._send(edge, self.packer.pack_validated([], self.raw_partitions, {}),
+                       dict(enumerate(self.edge_committed)))
+            return
         if not pending:
             return
         edge = pending[0] % self.edges if rng is None else rng.choice(pending) % self.edges
@@ -134,20 +143,40 @@ class Sim:
             read_to[record.partition] = record.offset + 1
             self.edge_packed[record.partition] = max(self.edge_packed[record.partition],
                                                      record.offset + 1)
+        self._send(edge, batch, read_to)
+        if commit:
+            self.edge_committed = [read_to[k] for k in range(self.raw_partitions)]
+        else:
+            newest.clear()  # (its successor's marks: only what it reads itself)
+            self.told.pop(edge, None)
+
+    def _marks(self, edge: int, read_to: dict[int, int]) -> list[RawMark]:
+        """The marks of the edge's own partitions (an edge tells of its own only)."""
+        newest = self.newest.get(edge, {})
         marks = []
-        for k in own:  # (an edge tells of its own partitions only)
-            at_end = read_to[k] == len(self.raw[k])
-            marks.append(RawMark(TOPIC, k, newest.get((TOPIC, k)), at_end,
-                                 read_to[k] if at_end else None))
+        for k in range(self.raw_partitions):
+            if k % self.edges == edge:
+                at_end = read_to[k] == len(self.raw[k])
+                marks.append(RawMark(TOPIC, k, newest.get((TOPIC, k)), at_end,
+                                     read_to[k] if at_end else None))
+        return marks
+
+    def idle_edges(self) -> list[int]:
+        """Edges with nothing left to read whose marks changed since they last told them."""
+        busy = {k % self.edges for k in range(self.raw_partitions)
+                if self.edge_committed[k] < len(self.raw[k])}
+        read_to = dict(enumerate(self.edge_committed))
+        return [e for e in range(self.edges)
+                if e not in busy and self.told.get(e) != self._marks(e, read_to)]
+
+    def _send(self, edge: int, batch: PackedBatch, read_to: dict[int, int]) -> None:
+        marks = self._marks(edge, read_to)
         ends = {(TOPIC, k): len(self.raw[k]) for k in range(self.raw_partitions)}
         packs = with_marks(batch, marks, self.partitions, self.raw_partitions, True, ends)
         for p in sorted(packs):
             for pack in packs[p]:
                 self.events_topic[p].append(encode_event_pack(pack))
-        if commit:
-            self.edge_committed = [read_to[k] for k in range(self.raw_partitions)]
-        else:
-            newest.clear()  # (its successor's marks: only what it reads itself)
+        self.told[edge] = marks
 
     # -- aggregate -----------------------------------------------------------------------
     def _aggregate(self, p: int, n: int) -> tuple[list[tuple[str, int, bytes]], int,
@@ -209,7 +238,7 @@ class Sim:
         self._deliver(sent)
         # the publish tick takes every change and its sinks deliver them: the records of
         # deletions may go from then on (CustomerState.take_dead)
-        self.customers.take_changes([r], 1 << 30, republish=False)
+        self.customers.take_changes([r], 1 << 30, self.now_ms, republish=False)
         self.customers.published([r])
         for seq in self.customers.take_dead(r):
             self.customer_log.delete(r, seq)
@@ -289,7 +318,7 @@ class Sim:
     def pending(self) -> list[tuple[str, int]]:
         work: list[tuple[str, int]] = []
         if any(done < len(raw) for done, raw in zip(self.edge_committed, self.raw,
-                                                     strict=True)):
+                                                     strict=True)) or self.idle_edges():
             work.append(("edge", 0))
         work += [("aggregate", p) for p in range(self.partitions)
                  if self.events_done[p] < len(self.events_topic[p])]
@@ -341,13 +370,18 @@ class Sim:
         return out
 
     def profiles(self) -> dict[str, dict[str, object]]:
-        """customer_id -> published profile fields (undefined and updated_at left out)."""
+        """customer_id -> published profile fields (undefined and updated_at left out);
+        the profiles deleted by the customer retention left out."""
         out = {}
         for r in range(self.partitions):
             part = self.customers.state(r, self.now_ms)
+            absent = self.customers.absent_before(part, self.now_ms)
             for customer, record in part.customers.items():
+                if last_activity(record) < absent:
+                    continue
                 message = build_profile(customer, record, self.now_ms,
-                                        partial(self.customers.cost_of, part))
+                                        partial(self.customers.cost_of, part),
+                                        self.settings.customer_retention_ms)
                 out[customer] = {k: v for k, v in message.items() if v is not None
                                  and k not in ("updated_at", "schema_version")}
         return out

@@ -93,13 +93,13 @@ def test_a_restored_partition_is_the_one_that_stopped_and_goes_on_alike(tmp_path
     log, disk = DictPackLog(), Disk(tmp_path / "worker")
     first = disk.state(log)
     run(first, items[:5])
-    first.take_changes([0], 3)  # some profiles published, the rest not yet
+    first.take_changes([0], 3, 0)  # some profiles published, the rest not yet
     first.sweep(0, 0)
     # the never-stopped twin: the same batches on its own log and disk
     twin_log, twin_disk = DictPackLog(), Disk(tmp_path / "twin")
     twin = twin_disk.state(twin_log)
     run(twin, items[:5])
-    twin.take_changes([0], 3)
+    twin.take_changes([0], 3, 0)
     twin.sweep(0, 0)
     expected = copy.deepcopy(twin.parts[0].changed)
     assert first.save_snapshots() == [0] and first.parts == {}
@@ -111,14 +111,14 @@ def test_a_restored_partition_is_the_one_that_stopped_and_goes_on_alike(tmp_path
     assert not (tmp_path / "worker" / f"{TOPIC}-0.snapshot").exists()  # used once
     same_partition(restored, twin.parts[0])
     # what was not published yet is, and nothing else: no republication of every profile
-    assert {c for _, c, _ in again.take_changes([0], 100)} == expected
-    assert {c for _, c, _ in twin.take_changes([0], 100)} == expected
+    assert {c for _, c, _ in again.take_changes([0], 100, 0)} == expected
+    assert {c for _, c, _ in twin.take_changes([0], 100, 0)} == expected
     assert again.take_dead(0) == twin.take_dead(0)
     # later batches, a replay of applied ones included, give the same counts and state
     later = items[3:]
     assert run(again, later) == run(twin, later)
     same_partition(again.parts[0], twin.parts[0])
-    assert again.take_changes([0], 100) == twin.take_changes([0], 100)
+    assert again.take_changes([0], 100, 0) == twin.take_changes([0], 100, 0)
 
 
 def stopped(root: Path) -> tuple[DictPackLog, Disk, list[tuple[int, CustomerFacts]]]:

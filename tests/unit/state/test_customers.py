@@ -156,7 +156,7 @@ def test_a_deletions_record_goes_once_published_and_no_older_record_is_kept(
     apply(state, 3, (1, order("o3", MIN, customer="c3")))
     assert tombstone(state, log) == [0]
     assert 2 in state.parts[0].refs  # not published yet
-    assert {c for _, c, _ in state.take_changes([0], 10)} == {"c1", "c2", "c3"}
+    assert {c for _, c, _ in state.take_changes([0], 10, 0)} == {"c1", "c2", "c3"}
     state.published([0])
     assert tombstone(state, log) == []  # record 1 (c2) is older and kept
     apply(state, 4, (1, order("o4", 2 * MIN, customer="c2")))
@@ -175,7 +175,7 @@ def test_a_deletion_is_kept_while_an_older_record_holds_the_customer(make: MakeS
     apply(state, 1, (1, order("o2", 2 * MIN)))
     apply(state, 2, (-1, order("o1", MIN)))
     apply(state, 3, (-1, order("o2", 2 * MIN)))  # c1 deleted; record 0 (cx) still has c1
-    state.take_changes([0], 10)
+    state.take_changes([0], 10, 0)
     state.published([0])
     apply(state, 4, (1, order("x2", MIN, customer="cy")))
     assert tombstone(state, log) == [1, 2]
@@ -183,7 +183,7 @@ def test_a_deletion_is_kept_while_an_older_record_holds_the_customer(make: MakeS
     restored = make(SETTINGS, log)
     restored.state(0, 0)
     assert names(restored) == {"cx", "cy"}
-    assert {c for _, c, _ in restored.take_changes([0], 10)} >= {"c1"}  # published again
+    assert {c for _, c, _ in restored.take_changes([0], 10, 0)} >= {"c1"}  # published again
     restored.published([0])
     apply(restored, 5, (1, order("x3", 3 * MIN, customer="cx")))  # record 0 superseded
     assert tombstone(restored, log) == [0, 3]
@@ -278,8 +278,8 @@ def test_a_restart_publishes_deletions_again(make: MakeState) -> None:
     assert names(state) == {"c2"}
     restored = make(SETTINGS, log)
     restored.state(0, 0)
-    assert {c for _, c, _ in restored.take_changes([0], 10)} == {"c1", "c2"}
-    assert restored.take_changes([0], 10) == []  # all published
+    assert {c for _, c, _ in restored.take_changes([0], 10, 0)} == {"c1", "c2"}
+    assert restored.take_changes([0], 10, 0) == []  # all published
     assert restored.parts[0].customers.peek("c1") is None
 
 
@@ -289,10 +289,10 @@ def test_a_partition_new_to_the_changelog_publishes_its_changes_once(
     state = make()
     facts = [(1, i, 1, order(f"o{i}", MIN, customer=f"c{i}")) for i in range(3)]
     state.process(0, [(0, CustomerFacts(0, facts))], 0)
-    assert {c for _, c, _ in state.take_changes([0], 10)} == {"c0", "c1", "c2"}
+    assert {c for _, c, _ in state.take_changes([0], 10, 0)} == {"c0", "c1", "c2"}
     state.process(0, [(1, CustomerFacts(0, [(2, 0, 1, order("x", MIN, customer="c3"))]))], 0)
-    assert [c for _, c, _ in state.take_changes([0], 10)] == ["c3"]
-    assert state.take_changes([0], 10) == []
+    assert [c for _, c, _ in state.take_changes([0], 10, 0)] == ["c3"]
+    assert state.take_changes([0], 10, 0) == []
 
 
 def test_a_load_republishes_every_profile_a_bounded_number_at_a_time(make: MakeState) -> None:
@@ -302,18 +302,18 @@ def test_a_load_republishes_every_profile_a_bounded_number_at_a_time(make: MakeS
     state.process(0, [(0, CustomerFacts(0, facts))], 0)
     restored = make(SETTINGS, log)
     restored.state(0, 0)
-    assert restored.take_changes([0], 10, republish=False) == []  # held back
-    first = restored.take_changes([0], 10)
+    assert restored.take_changes([0], 10, 0, republish=False) == []  # held back
+    first = restored.take_changes([0], 10, 0)
     assert len(first) == 10
     # a customer changed meanwhile goes first, once
     restored.process(0, [(1, CustomerFacts(0, [(2, 0, 1, order("x", MIN, customer="c20"))]))],
                      0)
-    second = restored.take_changes([0], 10)
+    second = restored.take_changes([0], 10, 0)
     assert second[0][1] == "c20" and len(second) == 10
-    rest = restored.take_changes([0], 10)
+    rest = restored.take_changes([0], 10, 0)
     published = [c for _, c, _ in first + second + rest]
     assert sorted(set(published)) == [f"c{i:02}" for i in range(25)]
-    assert len(rest) < 10 and restored.take_changes([0], 10) == []
+    assert len(rest) < 10 and restored.take_changes([0], 10, 0) == []
     assert all(record is not None for _, _, record in first + second + rest)
 
 
@@ -332,11 +332,11 @@ def test_a_change_is_not_held_back_by_another_partitions_republication(
         restored.state(r, 0)
     restored.process(1, [(1, CustomerFacts(0, [(2, 0, 1, order("new", MIN,
                                                                   customer="newcomer"))]))], 0)
-    first = restored.take_changes([0, 1], 10)
+    first = restored.take_changes([0, 1], 10, 0)
     assert first[0][:2] == (1, "newcomer") and first[0][2] is not None
     assert [r for r, _, _ in first[1:]] == [0] * 9  # then partition 0's republication
     taken = first
-    while batch := restored.take_changes([0, 1], 10):
+    while batch := restored.take_changes([0, 1], 10, 0):
         taken += batch
     # (the newcomer again too: partition 1's republication passes it)
     assert {(r, c) for r, c, _ in taken} == {(1, "newcomer")} | {
@@ -384,3 +384,89 @@ def test_a_batch_of_low_marks_only_is_recorded_so_a_new_owner_expects_the_next_o
     assert successor.expected(0, 0) == 3
     assert successor.parts[0].low_marks == {0: 20 * MIN, 1: 30 * MIN}
     assert names(successor) == {"c1"}
+
+
+# -- SPEC §8 retention shorter than a customer's gaps: spells ----------------------------------
+SPELLS = Settings(windows=("1h/1m",), clock="event", customer_retention="40m")
+
+
+def facts(offset: int, *events: Order | Survey, low_mark: int | None = None) -> tuple[
+        int, CustomerFacts]:
+    """One batch of aggregate partition 0 (its only one), its low mark the newest event's."""
+    newest = max((e.ts for e in events), default=0)
+    return offset, CustomerFacts(0, [(offset, i, 1, e) for i, e in enumerate(events)],
+                                 low_mark=newest if low_mark is None else low_mark,
+                                 seen_time=newest if low_mark is None else low_mark)
+
+
+def test_the_first_order_of_every_spell_is_a_new_customer(make: MakeState) -> None:
+    """Orders 30 minutes apart with a 40-minute retention are one spell; a gap of 50 starts
+    another (the profile expired in between): its first order counts as a new customer."""
+    state = make(SPELLS.model_copy(update={"partitions": 1}))
+    state.process(0, [facts(0, order("o1", 0), order("o2", 30 * MIN), order("o3", 80 * MIN))],
+                  0)
+    assert counts(state)[("all", "all", 0)] == 1
+    assert ("all", "all", 30 * MIN) not in counts(state)
+    assert counts(state)[("all", "all", 80 * MIN)] == 1
+    # an order at minute 55 joins the spells: o3 is no longer a first order
+    result = state.process(0, [facts(1, order("o4", 55 * MIN))], 0)
+    assert sent(result)[("all", "all", 80 * MIN)] == 0
+    assert counts(state)[("all", "all", 0)] == 1 and len(counts(state)) == 4  # 4 rows, 1 first
+
+
+def test_a_fact_joining_a_deleted_profiles_spell_brings_it_back_whole(
+        make: MakeState) -> None:
+    """The profile of an order at minute 100 is deleted once the watermark passes minute
+    140 (40-minute retention); an order at minute 135 read after that (not late: the
+    lateness bound is 1h05m) joins its spell. Whether or not the sweep ran in between, the
+    customer's profile then holds both orders and one new customer: its facts are kept
+    until no fact can join them any more."""
+    settings = SPELLS.model_copy(update={"partitions": 1})
+    outcomes = []
+    for sweep in (False, True):
+        state = make(settings)
+        state.process(0, [facts(0, order("o1", 100 * MIN))], 0)
+        state.process(0, [facts(1, low_mark=145 * MIN)], 0)  # a spend moved time on
+        if sweep:
+            state.sweep(0, 0)
+            assert [(c, r) for _, c, r in state.take_changes([0], 10, 0)] == [("c1", None)]
+        state.process(0, [facts(2, order("o2", 135 * MIN), low_mark=145 * MIN)], 0)
+        taken = state.take_changes([0], 10, 0)
+        assert [(c, sorted(r.orders)) for _, c, r in taken if r is not None] == [
+            ("c1", ["o1", "o2"])]
+        outcomes.append(counts(state))
+    assert outcomes[0] == outcomes[1]
+    assert sum(n for (d, _, _), n in outcomes[0].items() if d == "all") == 1
+
+
+def test_a_profile_past_the_retention_is_deleted_but_its_facts_kept_for_the_lateness_bound(
+        make: MakeState) -> None:
+    """Past the retention the profile is published as deleted (once); its facts go only
+    when no fact still to be accepted can join them (retention + largest window + grace)."""
+    settings = SPELLS.model_copy(update={"partitions": 1})
+    state = make(settings)
+    state.process(0, [facts(0, order("o1", 0))], 0)
+    state.take_changes([0], 10, 0)
+    state.process(0, [facts(1, low_mark=50 * MIN)], 0)
+    state.sweep(0, 0)
+    assert state.take_changes([0], 10, 0) == [(0, "c1", None)]
+    state.sweep(0, 0)
+    assert state.take_changes([0], 10, 0) == []  # published once
+    assert names(state) == {"c1"}  # kept: an order at minute 1..40 may still come
+    state.process(0, [facts(2, low_mark=40 * MIN + 65 * MIN + 1)], 0)
+    state.sweep(0, 0)
+    assert names(state) == set()
+
+
+def test_the_facts_of_spells_nothing_can_join_any_more_are_dropped(make: MakeState) -> None:
+    """A customer returning after every retention keeps only the spells a fact still to be
+    accepted could join."""
+    state = make(SPELLS.model_copy(update={"partitions": 1}))
+    for k in range(6):  # an order every 90 minutes
+        state.process(0, [facts(k, order(f"o{k}", k * 90 * MIN))], 0)
+    record = state.parts[0].customers.peek("c1")
+    assert record is not None
+    # the watermark is at minute 450: spells that ended before 450 - 40 - 65 are gone
+    assert sorted(record.orders) == ["o4", "o5"]
+    # dropping a spell takes back no new customer (every count until the sweep forgets it)
+    assert sum(n for (d, _, _), n in counts(state).items() if d == "all") == 6
