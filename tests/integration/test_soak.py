@@ -40,8 +40,10 @@ RATE = float(os.environ.get("KPISTREAM_SOAK_RATE", "2000"))
 WINDOWS = "1m/10s,5m/1m"
 GRACE = "1m"
 RETENTION_S = 6 * 60  # the largest window + grace
-# Customers are deleted this long after their last order, so the customer stage's state is
-# flat within RETENTION_S too (each minute's customers are its own: LiveTraffic).
+# Customers' profiles are deleted this long after their last order and their facts
+# RETENTION_S later (a late fact may still join them, docs/crm.md), so the customer stage's
+# state is flat after 11 minutes, within the first half of the soak (each minute's
+# customers are its own: LiveTraffic).
 CUSTOMER_RETENTION = "5m"
 SAMPLE_EVERY_S = 10.0
 LAST_S = 300  # the end of the soak, compared with what came before
