@@ -471,8 +471,6 @@ class CustomerState:
                         state.costs[cost.campaign, cost.day] = cost.cpo
                         new_costs.append((cost.campaign, cost.day, cost.cpo))
                 continue
-            state.low_marks[message.source] = message.low_mark
-            state.seen_times[message.source] = message.seen_time
             held = state.high_water.get(message.source, (-1, -1))
             for o, i, sign, event in message.facts:
                 if (o, i) <= held:
@@ -520,6 +518,10 @@ class CustomerState:
                     state.customers.delete(customer)
                 changed.add(customer)
             state.high_water[message.source] = held
+            # A message's low mark holds after its facts, which may be far older (a batch of
+            # a backlog): the spells its facts may still join are judged without it.
+            state.low_marks[message.source] = message.low_mark
+            state.seen_times[message.source] = message.seen_time
         if new_costs:
             state.customers.flush()  # the scan sees what was flushed
             state.changed |= self._costed_customers(state, new_costs)

@@ -466,7 +466,22 @@ def test_the_facts_of_spells_nothing_can_join_any_more_are_dropped(make: MakeSta
         state.process(0, [facts(k, order(f"o{k}", k * 90 * MIN))], 0)
     record = state.parts[0].customers.peek("c1")
     assert record is not None
-    # the watermark is at minute 450: spells that ended before 450 - 40 - 65 are gone
-    assert sorted(record.orders) == ["o4", "o5"]
+    # when the last order came the watermark was at minute 360 (a batch's low mark holds
+    # after its facts): the spells that ended before 360 - 40 - 65 are gone
+    assert sorted(record.orders) == ["o3", "o4", "o5"]
     # dropping a spell takes back no new customer (every count until the sweep forgets it)
     assert sum(n for (d, _, _), n in counts(state).items() if d == "all") == 6
+
+
+def test_a_batchs_low_mark_holds_only_after_its_facts(make: MakeState) -> None:
+    """An aggregate batch of a backlog carries facts hours older than the low mark it ends
+    with. Judged by that mark while its facts were applied, the spell of an order at minute
+    60 was dropped when an order at 140 came, before an order at 100 of the same batch joined
+    them (40-minute retention): the profile lost its first order."""
+    state = make(SPELLS.model_copy(update={"partitions": 1}))
+    state.process(0, [facts(0, order("o1", 60 * MIN))], 0)
+    state.process(0, [facts(1, order("o2", 140 * MIN), order("o3", 100 * MIN),
+                            low_mark=300 * MIN)], 0)
+    record = state.parts[0].customers.peek("c1")
+    assert record is not None and sorted(record.orders) == ["o1", "o2", "o3"]
+    assert sum(n for (d, _, _), n in counts(state).items() if d == "all") == 1
