@@ -8,6 +8,13 @@ cancelled, the first order moves: the partition takes 1 from the first-order cou
 order's buckets (in every row the old order counted in) and adds 1 to the new one's. Those
 counts are ``new_customers``; ``returning_orders`` is a row's orders minus them.
 
+With a customer retention shorter than a customer's gaps, the customer's facts (orders, and
+the time of every response) fall into spells split by gaps longer than the retention
+(docs/crm.md): the profile is the last spell's and the first order of every spell counts.
+A profile is deleted behind the low watermark; its facts stay until no fact still to be
+accepted can join them, so that neither the sweep's timing nor arrival order changes a
+profile.
+
 Exactness without transactions, as in the aggregate stage:
 - a fact is identified by its input item's coordinates (events offset, item index) per
   aggregate partition; a fact at or below the high-water mark of its source was applied
