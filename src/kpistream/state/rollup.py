@@ -303,7 +303,8 @@ class RollupState:
         for window, dimension, group, bucket, sums in values.columns():
             reach = reaches.get(window)
             # bucket_expired, inline: this runs for every value of every message
-            if reach is None or (t != NO_TIME and bucket + reach[0] <= t - reach[1]):
+            if reach is None or (t != NO_TIME and bucket + reach[0] <= t - reach[1]
+                                 and not self._unfolded(q, window, dimension, bucket)):
                 continue
             row = (dimension, group)
             # get-then-create: a setdefault default would build a WindowBuckets per value
@@ -427,13 +428,26 @@ class RollupState:
         # detector has judged the minutes (it stays idle_lag behind): the buckets it holds
         # are whole.
         self._fold(q, self.settled_time(q, now_ms))
-        for windows in self.cache.get(q, {}).values():
+        for (dimension, _), windows in self.cache.get(q, {}).items():
             for name, buckets in windows.items():
                 spec = self.specs[name]
                 for bucket in [b for b in buckets.by_source
-                               if bucket_expired(b, spec, t, self.grace_ms)]:
+                               if bucket_expired(b, spec, t, self.grace_ms)
+                               and not self._unfolded(q, name, dimension, b)]:
                     for held_message, _ in buckets.drop(bucket).values():
                         plog.release(held_message)
+
+    def _unfolded(self, q: int, window: str, dimension: str, bucket: int) -> bool:
+        """A campaign bucket of the largest window not yet folded into its day: it stays,
+        although expired. Days are folded at the settled watermark, buckets expire at the
+        watermark itself (or, with alerts on, behind the detector, which is behind both):
+        without alerts, a bucket that expired within ``watermark_settle`` of the watermark
+        passing it, or right after a rebuild (nothing settled yet), was dropped unfolded and
+        its campaign's day lost its spend and orders."""
+        if dimension != "campaign" or window != self.attribution_spec.name:
+            return False
+        days = self.attribution.get(q)
+        return days is None or bucket > days.folded_through
 
     # -- attribution days (SPEC §8) ------------------------------------------------------
     def _fold(self, q: int, t: int) -> None:

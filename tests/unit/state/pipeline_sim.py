@@ -54,13 +54,19 @@ class Sim:
     id_maps: IdMaps | None = None  # default: in memory
     raw_partitions: int = 1  # of the one input topic, each read in order
     edges: int = 1  # edge consumers (workers); raw partition k is read by edge k % edges
+    # Wall time a step may take, at random up to it. 0: the clock stands still, and every
+    # message is where the test puts it: the watermark's wall-clock settling
+    # (RollupState.settled_time) has nothing to wait for, so it is off. Otherwise the
+    # settings' settle holds, and days become final a random number of sweeps after the
+    # watermark passed them.
+    wall_step_ms: int = 0
 
     def __post_init__(self) -> None:
-        # The stages count their sources (watermark, customer sources) by this setting. The
-        # clock stands still here, and every message is where the test puts it: the
-        # watermark's wall-clock settling (RollupState.settled_time) has nothing to wait for.
-        self.settings = self.settings.model_copy(update={"partitions": self.partitions,
-                                                         "watermark_settle": "0s"})
+        # The stages count their sources (watermark, customer sources) by this setting.
+        update: dict[str, object] = {"partitions": self.partitions}
+        if not self.wall_step_ms:
+            update["watermark_settle"] = "0s"
+        self.settings = self.settings.model_copy(update=update)
         self.raw: list[list[Event]] = [[] for _ in range(self.raw_partitions)]
         self.edge_committed = [0] * self.raw_partitions
         # what each edge knows of its raw partitions: the newest event time it read
@@ -310,6 +316,7 @@ class Sim:
         """Sweep every roll-up partition and process what that sends, until nothing moves."""
         rng = rng or random.Random(0)
         for _ in range(3):
+            self.now_ms += self.settings.watermark_settle_ms  # the watermark has stood
             for q in range(self.partitions):
                 self.sweep_step(q)
             self.run_all(rng)
@@ -333,6 +340,7 @@ class Sim:
         """Run random steps of random stages until nothing is left, calling ``check`` after
         each."""
         while work := self.pending():
+            self.now_ms += rng.randint(0, self.wall_step_ms)
             stage, p = rng.choice(work)
             n = rng.randint(1, 7)
             crash = rng.random() < crash_rate

@@ -108,3 +108,51 @@ def test_a_day_is_final_at_the_watermark_while_the_detector_still_holds_its_buck
     state.sweep(0, 0)
     assert [(c.campaign, c.cpo) for c in state.final_costs(0)] == [("c1", 5.0)]
     assert state.cache[0][("campaign", "c1")]["1h"].totals  # still held for the detector
+
+
+SETTLING = Settings(windows=("1h/15m",), clock="event", grace="5m", partitions=1,
+                    attribution_period="1h", watermark_settle="5s")
+
+
+def test_without_alerts_a_bucket_expires_only_once_folded_into_its_day() -> None:
+    """Without alerts, buckets expire at the watermark and days are folded at the settled
+    watermark, ``watermark_settle`` of wall time later: a bucket the watermark passed
+    within that time was dropped unfolded, and its day lost its spend and orders."""
+    state = RollupState(SETTLING, DictPackLog())
+    state.load(0, 0)
+    state.apply(0, 0, message(0, 50 * MIN, value("c1", 0, 2, 10.0), value("c1", 45 * MIN, 1,
+                                                                            5.0)), 0)
+    state.apply(0, 1, message(1, HOUR + RETENTION), 0)
+    state.sweep(0, 0)  # the watermark has not stood for 5 s yet: nothing is folded
+    assert state.final_costs(0) == []
+    assert set(state.cache[0][("campaign", "c1")]["1h"].totals) == {0, 45 * MIN}
+    state.sweep(0, 6_000)
+    assert [(c.campaign, c.spend, c.orders) for c in state.final_costs(0)] == [("c1", 15.0, 3)]
+    assert state.cache[0][("campaign", "c1")]["1h"].totals == {}  # folded, then expired
+
+
+def test_without_alerts_a_rebuild_keeps_the_buckets_its_days_still_need() -> None:
+    """After a restart nothing has settled yet; the first sweep must not drop what the
+    next one folds."""
+    log = DictPackLog()
+    state = RollupState(SETTLING, log)
+    state.load(0, 0)
+    state.apply(0, 0, message(0, 50 * MIN, value("c1", 0, 2, 10.0)), 0)
+    state.apply(0, 1, message(1, HOUR + RETENTION), 0)
+    restarted = RollupState(SETTLING, log)
+    restarted.load(0, 0)  # sweeps once, unsettled
+    restarted.sweep(0, 6_000)
+    assert [(c.campaign, c.cpo) for c in restarted.final_costs(0)] == [("c1", 5.0)]
+
+
+def test_a_late_value_of_an_unfolded_bucket_is_held_for_its_day() -> None:
+    """A value for a bucket the watermark has passed but the settled watermark has not is
+    applied (it belongs to a day not yet folded), not dropped as expired."""
+    state = RollupState(SETTLING, DictPackLog())
+    state.load(0, 0)
+    state.apply(0, 0, message(0, 50 * MIN), 0)
+    state.apply(0, 1, message(1, HOUR + RETENTION), 0)
+    state.sweep(0, 0)
+    state.apply(0, 2, message(2, HOUR + RETENTION, value("c1", 0, 4, 8.0)), 0)
+    state.sweep(0, 6_000)
+    assert [(c.campaign, c.cpo) for c in state.final_costs(0)] == [("c1", 2.0)]
