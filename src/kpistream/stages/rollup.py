@@ -43,6 +43,7 @@ def register(app: faust.App, runtime: Runtime, state: RollupState) -> None:
             for q, raw in parts.items():
                 for offset, value in raw:
                     state.apply(q, offset, value, now)
+                state.expire(q, now)
             await outbox.flush()
             for q in parts:
                 for seq in state.take_dead(q):

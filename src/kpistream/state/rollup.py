@@ -19,16 +19,17 @@ slowest raw input partition not yet read to its end.
 
 Attribution days (SPEC §8): a campaign's CPO on a day is its spend over its counted orders in
 that day, final once the low watermark has passed the day's end plus the largest window plus
-grace. That is exactly when the last bucket of the day expires from the largest window (its
-STEP divides the day), and a bucket's total when it expires is final: no event of its time can
-be accepted any more, and no cancellation can reach its orders (their ids expired first). So
-the partition folds each expiring bucket of a campaign row's largest window into that
-campaign's day sums, and once a day's last bucket has expired the day's CPO is final and goes
-to the customer stage. The day sums and how far buckets were folded are kept in one changelog
-record per partition (``ATTRIBUTION_SEQ``, written with each fold), so a restart neither loses
-nor folds twice what the tombstoned messages carried; a final day is forgotten only after its
-costs were acknowledged (:meth:`RollupState.costs_sent`), so a crash re-sends rather than
-loses it (the customer stage ignores a cost it holds).
+grace. That is exactly when the watermark has passed the day's last bucket of the largest
+window by that window's reach (its STEP divides the day), and a bucket's total then is final:
+no event of its time can be accepted any more, and no cancellation can reach its orders (their
+ids expired first). So the partition folds each such bucket of a campaign row's largest window
+into that campaign's day sums (at the settled watermark; the bucket is kept until then,
+:meth:`RollupState._unfolded`), and once a day's last bucket is folded the day's CPO is final
+and goes to the customer stage. The day sums and how far buckets were folded are kept in one
+changelog record per partition (``ATTRIBUTION_SEQ``, written with each fold), so a restart
+neither loses nor folds twice what the tombstoned messages carried; a final day is forgotten
+only after its costs were acknowledged (:meth:`RollupState.costs_sent`), so a crash re-sends
+rather than loses it (the customer stage ignores a cost it holds).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from kpistream.contracts.wire import (
 from kpistream.encoding import json_bytes
 from kpistream.kpi.formulas import SUM_FIELDS
 from kpistream.settings import Settings, WindowSpec
-from kpistream.state.buckets import RowId, Sums, bucket_expired, total, window_end
+from kpistream.state.buckets import ALERT_DIMENSIONS, RowId, Sums, total, window_end
 from kpistream.state.store import PackLog, records
 
 # The changelog key of a partition's attribution record: below every roll-up offset.
@@ -84,6 +85,7 @@ class WindowBuckets:
     (one roll-up message per aggregate batch): summing at each one was the roll-up's hottest
     line (18 % of a worker's samples while it drained a backlog, docs/benchmarks.md)."""
 
+    dimension: str = ""  # of the row (expiry: what the detector and attribution days hold)
     # arrays of doubles as decoded (no float object per field: the roll-up holds a vector
     # per bucket per source for as long as the largest window)
     by_source: dict[int, dict[int, HeldValue]] = field(default_factory=dict)
@@ -121,6 +123,9 @@ class WindowBuckets:
 
 
 RowCache = dict[RowId, dict[str, WindowBuckets]]
+# A partition's buckets by (window, bucket start, held for the detector): the rows' windows
+# holding each, so expiry reads only what expires and runs after every batch.
+ExpiryIndex = dict[tuple[str, int, bool], list[WindowBuckets]]
 
 
 def low_watermark(marks: Iterable[tuple[int, int]]) -> int:
@@ -191,9 +196,18 @@ class RollupState:
                  ) -> None:
         self.specs: dict[str, WindowSpec] = {s.name: s for s in settings.window_specs}
         self.grace_ms = settings.grace_ms
-        # per window name: STEP and how far behind the watermark a bucket stays (size+grace)
-        self.bucket_reach = {s.name: (s.step_ms, s.size_ms + self.grace_ms)
+        # With alerts on, the buckets the detector reads (its minute and baseline windows of
+        # the rows it watches) are kept until it has judged the minutes that read them (it
+        # sets ``evaluated``), however far ahead a backlog moved the watermark; every other
+        # bucket only as long as the rows' windows can cover it (:meth:`expiry_times`).
+        self.hold_for_alerts = hold_for_alerts
+        held_windows = {s.name for s in settings.alert_windows} if hold_for_alerts else set()
+        # per window name: STEP, how far behind the watermark a bucket stays (size+grace),
+        # and whether the detector reads it
+        self.bucket_reach = {s.name: (s.step_ms, s.size_ms + self.grace_ms,
+                                      s.name in held_windows)
                              for s in settings.window_specs}
+        self.expiry: dict[int, ExpiryIndex] = {}
         self.live = settings.clock == "live"
         self.idle_lag_ms = settings.idle_lag_ms
         self.partitions = settings.partitions
@@ -202,9 +216,6 @@ class RollupState:
         self.dirty: dict[int, set[tuple[RowId, str]]] = {}
         self.logs: dict[int, PartitionLog] = {}
         self.rebuilding: dict[int, object] = {}  # partitions being rebuilt, by rebuild
-        # With alerts on, buckets are kept until the detector has judged the minutes that
-        # read them (it sets ``evaluated``), however far ahead a backlog moved the watermark.
-        self.hold_for_alerts = hold_for_alerts
         self.evaluated: dict[int, int] = {}
         self.attribution_spec = settings.attribution_window
         self.period_ms = settings.attribution_period_ms
@@ -255,13 +266,19 @@ class RollupState:
             return NO_TIME
         return min(value for _, value in seen)
 
-    def expiry_time(self, q: int, now_ms: int) -> int:
-        """Time buckets expire against: the low watermark, held back to the detector's
-        progress when alerts are on."""
-        t = self.complete_time(q, now_ms)
-        if self.hold_for_alerts:
-            return min(t, self.evaluated.get(q, NO_TIME))
-        return t
+    def expiry_times(self, q: int, now_ms: int) -> tuple[int, int]:
+        """Times buckets expire against: for the rows, the stream time, whose windows are
+        the only ones published (a bucket before them can never be published again, whatever
+        a lagging source still sends for it); for the buckets the detector reads, the low
+        watermark held back to the detector's progress. Judged against the watermark, a
+        backlog's roll-up held every bucket until the slowest aggregate partition's messages
+        had passed it: 1.9x the aggregate's buckets as its peak RSS came
+        (docs/benchmarks.md). The campaign buckets of attribution days wait for the days to
+        be folded (:meth:`_unfolded`)."""
+        t_rows = self.stream_time(q, now_ms)
+        if not self.hold_for_alerts:
+            return t_rows, t_rows
+        return t_rows, min(self.complete_time(q, now_ms), self.evaluated.get(q, NO_TIME))
 
     def event_counts(self, q: int) -> dict[tuple[str, str], int] | None:
         """The input's outcome counts by (topic, outcome), summed over the aggregate
@@ -285,12 +302,14 @@ class RollupState:
     def apply(self, q: int, seq: int, data: bytes, now_ms: int) -> None:
         """Apply the roll-up message at offset ``seq`` and record it in the changelog."""
         self.log.put(q, seq, data)
-        self._apply(q, seq, decode_rollup(data), self.expiry_time(q, now_ms))
+        self._apply(q, seq, decode_rollup(data), *self.expiry_times(q, now_ms))
 
-    def _apply(self, q: int, seq: int, message: RollupMessage, t: int) -> None:
+    def _apply(self, q: int, seq: int, message: RollupMessage, t_free: int,
+               t_held: int) -> None:
         plog = self.logs.setdefault(q, PartitionLog())
         rows = self.cache.setdefault(q, {})
         dirty = self.dirty.setdefault(q, set())
+        expiry = self.expiry.setdefault(q, {})
         source, stamp = message.source, message.stamp
         held_message = plog.messages.get(seq)
         if held_message is None:
@@ -302,9 +321,13 @@ class RollupState:
         assert isinstance(values, BucketValues)  # as decoded
         for window, dimension, group, bucket, sums in values.columns():
             reach = reaches.get(window)
+            if reach is None:
+                continue
+            held_for_alerts = reach[2] and dimension in ALERT_DIMENSIONS
+            t = t_held if held_for_alerts else t_free
             # bucket_expired, inline: this runs for every value of every message
-            if reach is None or (t != NO_TIME and bucket + reach[0] <= t - reach[1]
-                                 and not self._unfolded(q, window, dimension, bucket)):
+            if (t != NO_TIME and bucket + reach[0] <= t - reach[1]
+                    and not self._unfolded(q, window, dimension, bucket)):
                 continue
             row = (dimension, group)
             # get-then-create: a setdefault default would build a WindowBuckets per value
@@ -313,11 +336,15 @@ class RollupState:
                 windows = rows[row] = {}
             buckets = windows.get(window)
             if buckets is None:
-                buckets = windows[window] = WindowBuckets()
+                buckets = windows[window] = WindowBuckets(dimension)
             # WindowBuckets.held, and a bucket set stale, inline: this runs for every value
             sources = buckets.by_source.get(bucket)
             if sources is None:
                 sources = buckets.by_source[bucket] = {}
+                slot = expiry.get((window, bucket, held_for_alerts))
+                if slot is None:
+                    slot = expiry[window, bucket, held_for_alerts] = []
+                slot.append(buckets)
             else:
                 held = sources.get(source)
                 if held is not None:
@@ -392,7 +419,7 @@ class RollupState:
                 if seq == ATTRIBUTION_SEQ:
                     self.attribution[q] = AttributionDays.decode(data)
                     continue
-                self._apply(q, seq, decode_rollup(data), NO_TIME)
+                self._apply(q, seq, decode_rollup(data), NO_TIME, NO_TIME)
                 if n % LOAD_STEP == LOAD_STEP - 1:
                     yield
                     if self.rebuilding.get(q) is not token:
@@ -409,6 +436,7 @@ class RollupState:
         for q in partitions:
             self.rebuilding.pop(q, None)
             self.cache.pop(q, None)
+            self.expiry.pop(q, None)
             self.dirty.pop(q, None)
             self.logs.pop(q, None)
             self.evaluated.pop(q, None)
@@ -417,25 +445,42 @@ class RollupState:
 
     # -- expiry ------------------------------------------------------------------------
     def sweep(self, q: int, now_ms: int) -> None:
-        """Forget buckets no current or future window of their row can cover, judged against
-        the low watermark, so a lagging source partition never loses the buckets it is still
-        filling (and the detector still sees its minutes)."""
-        t = self.expiry_time(q, now_ms)
-        plog = self.logs.get(q)
-        if t == NO_TIME or plog is None:
+        """Fold the attribution days the settled watermark has passed, then :meth:`expire`."""
+        if q not in self.logs:
             return
         # Days are final at the (settled) low watermark itself (SPEC §8), not once the
         # detector has judged the minutes (it stays idle_lag behind): the buckets it holds
         # are whole.
         self._fold(q, self.settled_time(q, now_ms))
-        for (dimension, _), windows in self.cache.get(q, {}).items():
-            for name, buckets in windows.items():
-                spec = self.specs[name]
-                for bucket in [b for b in buckets.by_source
-                               if bucket_expired(b, spec, t, self.grace_ms)
-                               and not self._unfolded(q, name, dimension, b)]:
-                    for held_message, _ in buckets.drop(bucket).values():
-                        plog.release(held_message)
+        self.expire(q, now_ms)
+
+    def expire(self, q: int, now_ms: int) -> int:
+        """Forget buckets no current or future window of their row can cover (as of
+        :meth:`expiry_times`); returns how many went. Run after every batch of messages: run
+        by the 5-second sweep only, a backlog's roll-up held minutes of event time beyond its
+        windows."""
+        plog, index = self.logs.get(q), self.expiry.get(q)
+        if plog is None or not index:
+            return 0
+        t_free, t_held = self.expiry_times(q, now_ms)
+        reaches = self.bucket_reach
+        gone = 0
+        for key in [key for key in index
+                    if (t := t_held if key[2] else t_free) != NO_TIME
+                    and key[1] + reaches[key[0]][0] <= t - reaches[key[0]][1]]:
+            window, bucket, _ = key
+            kept = []
+            for buckets in index.pop(key):
+                if self._unfolded(q, window, buckets.dimension, bucket):
+                    kept.append(buckets)
+                    continue
+                values = buckets.drop(bucket)
+                for held_message, _ in values.values():
+                    plog.release(held_message)
+                gone += bool(values)
+            if kept:
+                index[key] = kept
+        return gone
 
     def _unfolded(self, q: int, window: str, dimension: str, bucket: int) -> bool:
         """A campaign bucket of the largest window not yet folded into its day: it stays,

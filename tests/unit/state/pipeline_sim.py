@@ -260,6 +260,7 @@ class Sim:
         before = dict(self.rollup_log.data)
         for offset, data in enumerate(batch, start=start):
             self.state.apply(q, offset, data, self.now_ms)
+        self.state.expire(q, self.now_ms)
         if crash and rng is not None:
             # One changelog partition per roll-up partition, written in offset order: a
             # crash loses a suffix of the batch's records (a record of a later message never

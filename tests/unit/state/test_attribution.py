@@ -100,14 +100,22 @@ def test_a_day_is_final_at_the_watermark_while_the_detector_still_holds_its_buck
     """With alerts on, buckets stay until the detector has judged their minutes, idle_lag
     behind the watermark: the day is final at the watermark all the same (a replay ending
     within idle_lag of the boundary published no cost at all)."""
-    state = RollupState(SETTINGS, DictPackLog(), hold_for_alerts=True)
+    # the detector's minutes in 1h/1m, its baseline in the largest window, 2h/15m
+    alerting = Settings(windows=("1h/1m", "2h/15m"), clock="event", grace="5m", partitions=1,
+                        attribution_period="1h", watermark_settle="0s",
+                        alert_baseline_window="2h")
+    state = RollupState(alerting, DictPackLog(), hold_for_alerts=True)
     state.load(0, 0)
-    state.apply(0, 0, message(0, 50 * MIN, value("c1", 0, 2, 10.0)), 0)
-    state.apply(0, 1, message(1, HOUR + RETENTION), 0)
+    state.apply(0, 0, message(0, 50 * MIN, BucketValue("2h", "campaign", "c1", 0,
+                                                        sums(2, 10.0))), 0)
+    state.apply(0, 1, message(1, HOUR + 2 * HOUR + 5 * MIN), 0)
     state.evaluated[0] = 10 * MIN  # the detector has judged only the first minutes
     state.sweep(0, 0)
     assert [(c.campaign, c.cpo) for c in state.final_costs(0)] == [("c1", 5.0)]
-    assert state.cache[0][("campaign", "c1")]["1h"].totals  # still held for the detector
+    assert state.cache[0][("campaign", "c1")]["2h"].totals  # still held for the detector
+    state.evaluated[0] = HOUR + 2 * HOUR + 5 * MIN
+    state.sweep(0, 0)
+    assert state.cache[0][("campaign", "c1")]["2h"].totals == {}
 
 
 SETTLING = Settings(windows=("1h/15m",), clock="event", grace="5m", partitions=1,
