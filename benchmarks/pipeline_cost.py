@@ -124,6 +124,7 @@ def _run(settings: Settings, events: int, campaigns: int,
             for q, data in to_rollup:
                 rollup.apply(q, next_offset["rollup", q], data, now)
                 next_offset["rollup", q] += 1
+                rollup.expire(q, now)  # as the roll-up agent does after each batch
             t = lap("roll-up: apply", t)
             for r, data in to_customers:
                 customers.process(r, [(next_offset["customers", r],

@@ -38,6 +38,7 @@ from array import array
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from heapq import heappop, heappush
 
 import orjson
 
@@ -123,9 +124,23 @@ class WindowBuckets:
 
 
 RowCache = dict[RowId, dict[str, WindowBuckets]]
-# A partition's buckets by (window, bucket start, held for the detector): the rows' windows
-# holding each, so expiry reads only what expires and runs after every batch.
-ExpiryIndex = dict[tuple[str, int, bool], list[WindowBuckets]]
+ExpiryKey = tuple[str, int, bool]  # window, bucket start, held for the detector
+
+
+@dataclass(slots=True)
+class ExpiryIndex:
+    """A partition's buckets by :data:`ExpiryKey`: the rows' windows holding each, and per
+    kind (held or not) a heap of the times they expire at, so that expiry reads only what
+    expires and can run after every batch (scanning every key after every message cost the
+    1000-campaign roll-up a third more)."""
+
+    holders: dict[ExpiryKey, list[WindowBuckets]] = field(default_factory=dict)
+    # (the stream or detector time the bucket expires at, window, bucket start)
+    deadlines: tuple[list[tuple[int, str, int]], list[tuple[int, str, int]]] = field(
+        default_factory=lambda: ([], []))
+    # expired, but holding campaign buckets of attribution days not yet folded
+    waiting: dict[ExpiryKey, list[WindowBuckets]] = field(default_factory=dict)
+    folded_through: int = NO_TIME  # how far days were folded when ``waiting`` was checked
 
 
 def low_watermark(marks: Iterable[tuple[int, int]]) -> int:
@@ -309,7 +324,10 @@ class RollupState:
         plog = self.logs.setdefault(q, PartitionLog())
         rows = self.cache.setdefault(q, {})
         dirty = self.dirty.setdefault(q, set())
-        expiry = self.expiry.setdefault(q, {})
+        expiry = self.expiry.get(q)
+        if expiry is None:
+            expiry = self.expiry[q] = ExpiryIndex()
+        holders = expiry.holders
         source, stamp = message.source, message.stamp
         held_message = plog.messages.get(seq)
         if held_message is None:
@@ -341,9 +359,11 @@ class RollupState:
             sources = buckets.by_source.get(bucket)
             if sources is None:
                 sources = buckets.by_source[bucket] = {}
-                slot = expiry.get((window, bucket, held_for_alerts))
+                slot = holders.get((window, bucket, held_for_alerts))
                 if slot is None:
-                    slot = expiry[window, bucket, held_for_alerts] = []
+                    slot = holders[window, bucket, held_for_alerts] = []
+                    heappush(expiry.deadlines[held_for_alerts],
+                             (bucket + reach[0] + reach[1], window, bucket))
                 slot.append(buckets)
             else:
                 held = sources.get(source)
@@ -460,26 +480,38 @@ class RollupState:
         by the 5-second sweep only, a backlog's roll-up held minutes of event time beyond its
         windows."""
         plog, index = self.logs.get(q), self.expiry.get(q)
-        if plog is None or not index:
+        if plog is None or index is None:
             return 0
-        t_free, t_held = self.expiry_times(q, now_ms)
-        reaches = self.bucket_reach
         gone = 0
-        for key in [key for key in index
-                    if (t := t_held if key[2] else t_free) != NO_TIME
-                    and key[1] + reaches[key[0]][0] <= t - reaches[key[0]][1]]:
-            window, bucket, _ = key
-            kept = []
-            for buckets in index.pop(key):
-                if self._unfolded(q, window, buckets.dimension, bucket):
-                    kept.append(buckets)
-                    continue
-                values = buckets.drop(bucket)
-                for held_message, _ in values.values():
-                    plog.release(held_message)
-                gone += bool(values)
-            if kept:
-                index[key] = kept
+        for held, t in zip((False, True), self.expiry_times(q, now_ms), strict=True):
+            heap = index.deadlines[held]
+            while heap and t != NO_TIME and heap[0][0] <= t:
+                _, window, bucket = heappop(heap)
+                holders = index.holders.pop((window, bucket, held), None)
+                if holders:
+                    gone += self._forget(q, plog, index, (window, bucket, held), holders)
+        days = self.attribution.get(q)
+        if index.waiting and days is not None and days.folded_through > index.folded_through:
+            index.folded_through = days.folded_through
+            waiting, index.waiting = index.waiting, {}
+            for key, holders in waiting.items():
+                gone += self._forget(q, plog, index, key, holders)
+        return gone
+
+    def _forget(self, q: int, plog: PartitionLog, index: ExpiryIndex, key: ExpiryKey,
+                holders: list[WindowBuckets]) -> int:
+        """Drop an expired bucket from the rows' windows holding it, but campaign buckets of
+        days not yet folded, which wait; returns how many went."""
+        window, bucket, _ = key
+        gone = 0
+        for buckets in holders:
+            if self._unfolded(q, window, buckets.dimension, bucket):
+                index.waiting.setdefault(key, []).append(buckets)
+                continue
+            values = buckets.drop(bucket)
+            for held_message, _ in values.values():
+                plog.release(held_message)
+            gone += bool(values)
         return gone
 
     def _unfolded(self, q: int, window: str, dimension: str, bucket: int) -> bool:
