@@ -287,7 +287,7 @@ class RollupState:
         a lagging source still sends for it); for the buckets the detector reads, the low
         watermark held back to the detector's progress. Judged against the watermark, a
         backlog's roll-up held every bucket until the slowest aggregate partition's messages
-        had passed it: 1.9x the aggregate's buckets as its peak RSS came
+        had passed it: 2.6x the aggregate's buckets as its peak RSS came
         (docs/benchmarks.md). The campaign buckets of attribution days wait for the days to
         be folded (:meth:`_unfolded`)."""
         t_rows = self.stream_time(q, now_ms)
