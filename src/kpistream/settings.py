@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -434,6 +435,14 @@ class Settings(BaseSettings):
     @cached_property
     def window_specs(self) -> tuple[WindowSpec, ...]:
         return tuple(WindowSpec.parse(text) for text in self.windows)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None,
+                   deep: bool = False) -> Self:
+        """pydantic's copy, without the cached ``window_specs``: copied along, it kept the
+        original windows of a copy given new ones."""
+        copy = super().model_copy(update=update, deep=deep)
+        copy.__dict__.pop("window_specs", None)
+        return copy
 
     @property
     def idle_lag_ms(self) -> int:

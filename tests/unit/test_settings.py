@@ -212,3 +212,13 @@ def test_recovery_gives_up_only_after_retrying() -> None:
     assert Settings(recovery_retry="10s", recovery_timeout="3m").recovery_timeout_s == 180
     with pytest.raises(ValueError, match="recovery_timeout=10s must exceed recovery_retry=10s"):
         Settings(recovery_retry="10s", recovery_timeout="10s")
+
+
+def test_a_copy_with_new_windows_has_those_windows() -> None:
+    """``window_specs`` is cached: a copy must not carry the original's along."""
+    original = Settings(windows=("5m/10s",))
+    assert [s.name for s in original.window_specs] == ["5m"]
+    copy = original.model_copy(update={"windows": ("1h/1m", "2h/15m")})
+    assert [s.name for s in copy.window_specs] == ["1h", "2h"]
+    assert copy.attribution_window.name == "2h"
+    assert [s.name for s in original.window_specs] == ["5m"]
