@@ -282,18 +282,17 @@ class RollupState:
         return min(value for _, value in seen)
 
     def expiry_times(self, q: int, now_ms: int) -> tuple[int, int]:
-        """Times buckets expire against: for the rows, the stream time, whose windows are
-        the only ones published (a bucket before them can never be published again, whatever
-        a lagging source still sends for it); for the buckets the detector reads, the low
-        watermark held back to the detector's progress. Judged against the watermark, a
-        backlog's roll-up held every bucket until the slowest aggregate partition's messages
-        had passed it: 2.6x the aggregate's buckets as its peak RSS came
-        (docs/benchmarks.md). The campaign buckets of attribution days wait for the days to
-        be folded (:meth:`_unfolded`)."""
-        t_rows = self.stream_time(q, now_ms)
+        """Times buckets expire against: the low watermark, so that a lagging source
+        partition never loses the buckets it is still filling; for the buckets the detector
+        reads, the watermark held back to the detector's progress. (The stream time, whose
+        windows alone are published, was tried for the rows' buckets: it held half as many
+        during a backlog, but segment rows lost allocated spend in a worker without alerts,
+        for a reason not found; docs/benchmarks.md.) The campaign buckets of attribution
+        days also wait for the days to be folded (:meth:`_unfolded`)."""
+        t_rows = self.complete_time(q, now_ms)
         if not self.hold_for_alerts:
             return t_rows, t_rows
-        return t_rows, min(self.complete_time(q, now_ms), self.evaluated.get(q, NO_TIME))
+        return t_rows, min(t_rows, self.evaluated.get(q, NO_TIME))
 
     def event_counts(self, q: int) -> dict[tuple[str, str], int] | None:
         """The input's outcome counts by (topic, outcome), summed over the aggregate

@@ -1,7 +1,7 @@
-"""What the roll-up keeps (state/rollup.py, ``expiry_times``): a row's buckets only while a
-window at the stream time can cover them, the detector's buckets until it has judged them,
-and an attribution day's campaign buckets until the day is folded; forgotten after every
-batch, not only by the 5-second sweep."""
+"""What the roll-up keeps (state/rollup.py, ``expiry_times``): a row's buckets until the low
+watermark has passed them by their window's reach, the detector's buckets until it has also
+judged them, and an attribution day's campaign buckets until the day is folded; forgotten
+after every batch, not only by the 5-second sweep."""
 
 from __future__ import annotations
 
@@ -36,10 +36,9 @@ def held(state: RollupState, row: tuple[str, str], window: str) -> set[int]:
     return set(windows[window].totals) if window in windows else set()
 
 
-def lagging_source() -> RollupState:
-    """Source 0 has read an hour on; source 1 (its raw partitions behind) holds the low
-    watermark at T0. Every row has a bucket at T0 in every window."""
-    state = RollupState(SETTINGS, DictPackLog(), hold_for_alerts=True)
+def two_sources(*, hold_for_alerts: bool = True) -> RollupState:
+    """Every row has a bucket at T0 in every window; both sources are at T0."""
+    state = RollupState(SETTINGS, DictPackLog(), hold_for_alerts=hold_for_alerts)
     state.load(0, 0)
     values = [BucketValue(window, dimension, group, T0, sums(1))
               for window in ("5m", "1h", "2h")
@@ -47,54 +46,63 @@ def lagging_source() -> RollupState:
     state.apply(0, 0, message(0, 0, T0, T0, *values), 0)
     state.apply(0, 1, message(1, 0, T0, T0), 0)
     state.evaluated[0] = T0
-    state.apply(0, 2, message(0, 1, T0 + 60 * MIN, T0 + 60 * MIN), 0)
     return state
 
 
-def test_buckets_before_the_rows_windows_go_after_the_batch_whatever_the_watermark() -> None:
-    state = lagging_source()
-    assert state.complete_time(0, 0) == T0  # the watermark waits for source 1
-    state.expire(0, 0)
-    # 5m/10s reaches 10 minutes back from the stream time: gone for every row
+def advance(state: RollupState, seq: int, stamp: int, to: int, *sources: int) -> None:
+    for i, source in enumerate(sources):
+        state.apply(0, seq + i, message(source, stamp, to, to), 0)
+
+
+def test_a_lagging_source_holds_every_bucket_its_events_may_still_reach() -> None:
+    state = two_sources()
+    advance(state, 2, 1, T0 + 70 * MIN, 0)  # source 1 holds the watermark at T0
+    assert state.complete_time(0, 0) == T0
+    assert state.expire(0, 0) == 0
+    assert held(state, ("segment", "new"), "5m") == {T0}
+
+
+def test_buckets_go_after_the_batch_the_watermark_passed_them_in() -> None:
+    state = two_sources()
+    advance(state, 2, 1, T0 + 60 * MIN, 0, 1)
+    state.expire(0, 0)  # as the agent does after a batch: no sweep
+    # 5m/10s reaches 10 minutes back: gone for every row
     assert held(state, ("campaign", "c1"), "5m") == held(state, ("segment", "new"), "5m") == set()
     # 1h/1m reaches 65 minutes: still covered
     assert held(state, ("segment", "new"), "1h") == {T0}
 
 
 def test_the_detectors_buckets_stay_until_it_has_judged_them() -> None:
-    state = lagging_source()
-    state.apply(0, 3, message(0, 2, T0 + 70 * MIN, T0 + 70 * MIN), 0)
+    state = two_sources()
+    advance(state, 2, 1, T0 + 70 * MIN, 0, 1)
     state.expire(0, 0)
-    # 1h/1m: the stream time has passed the bucket for the rows ...
+    # 1h/1m: the watermark has passed the bucket, the segment row (no detector) lets it go ...
     assert held(state, ("segment", "new"), "1h") == set()
-    # ... but the detector watches campaign rows and has judged nothing since T0
+    # ... the detector watches campaign rows and has judged nothing since T0
     assert held(state, ("campaign", "c1"), "1h") == {T0}
-    state.apply(0, 4, message(1, 1, T0 + 70 * MIN, T0 + 70 * MIN), 0)
     state.evaluated[0] = T0 + 70 * MIN
     state.expire(0, 0)
     assert held(state, ("campaign", "c1"), "1h") == set()
 
 
 def test_a_campaign_bucket_of_the_largest_window_stays_until_its_day_is_folded() -> None:
-    state = lagging_source()
-    state.apply(0, 3, message(0, 2, T0 + 160 * MIN, T0 + 160 * MIN), 0)
-    state.evaluated[0] = T0 + 160 * MIN
-    state.expire(0, 0)
+    state = two_sources(hold_for_alerts=False)
+    advance(state, 2, 1, T0 + 160 * MIN, 0, 1)
+    state.expire(0, 0)  # the agent's expiry, before the sweep has folded the day
     assert held(state, ("segment", "new"), "2h") == set()
-    assert held(state, ("campaign", "c1"), "2h") == {T0}  # its day is not folded
+    assert held(state, ("campaign", "c1"), "2h") == {T0}
     assert state.final_costs(0) == []
-    # source 1 catches up: the watermark passes the day, which is folded, and the bucket goes
-    state.apply(0, 4, message(1, 1, T0 + 160 * MIN, T0 + 160 * MIN), 0)
-    state.sweep(0, 0)
+    state.sweep(0, 0)  # folds the day, then the bucket goes
     assert [(c.campaign, c.orders) for c in state.final_costs(0)] == [("c1", 1)]
     assert held(state, ("campaign", "c1"), "2h") == set()
 
 
-def test_a_value_for_a_bucket_the_stream_time_passed_is_not_held() -> None:
-    state = lagging_source()
+def test_a_value_for_a_bucket_the_watermark_passed_is_not_held() -> None:
+    state = two_sources()
+    advance(state, 2, 1, T0 + 60 * MIN, 0, 1)
     state.expire(0, 0)
-    state.apply(0, 3, message(1, 1, T0, T0, BucketValue("5m", "segment", "new", T0,
-                                                          sums(2))), 0)
+    state.apply(0, 4, message(1, 2, T0 + 60 * MIN, T0 + 60 * MIN,
+                              BucketValue("5m", "segment", "new", T0, sums(2))), 0)
     assert held(state, ("segment", "new"), "5m") == set()
     assert state.expiry_times(0, 0) == (T0 + 60 * MIN, T0)
     assert RollupState(SETTINGS, DictPackLog()).expiry_times(0, 0) == (NO_TIME, NO_TIME)
