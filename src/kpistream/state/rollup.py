@@ -135,7 +135,7 @@ class ExpiryIndex:
     1000-campaign roll-up's step up to a quarter slower)."""
 
     holders: dict[ExpiryKey, list[WindowBuckets]] = field(default_factory=dict)
-    # (the stream or detector time the bucket expires at, window, bucket start)
+    # (the watermark or detector time the bucket expires at, window, bucket start)
     deadlines: tuple[list[tuple[int, str, int]], list[tuple[int, str, int]]] = field(
         default_factory=lambda: ([], []))
     # expired, but holding campaign buckets of attribution days not yet folded
@@ -214,7 +214,7 @@ class RollupState:
         # With alerts on, the buckets the detector reads (its minute and baseline windows of
         # the rows it watches) are kept until it has judged the minutes that read them (it
         # sets ``evaluated``), however far ahead a backlog moved the watermark; every other
-        # bucket only as long as the rows' windows can cover it (:meth:`expiry_times`).
+        # bucket until the watermark has passed it by its window's reach (:meth:`expiry_times`).
         self.hold_for_alerts = hold_for_alerts
         held_windows = {s.name for s in settings.alert_windows} if hold_for_alerts else set()
         # per window name: STEP, how far behind the watermark a bucket stays (size+grace),
